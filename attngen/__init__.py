@@ -1,0 +1,20 @@
+"""attngen: a compiler for sparse attention.
+
+    import attngen
+    p = attngen.parse("causal & (sink(128) | local(4096))")
+    lay = attngen.layout(p, 8192, 8192, block=128)
+"""
+from attngen.dsl import load, parse
+from attngen.errors import AttnGenError, PatternError
+from attngen.ir.build import (band, block_cover, block_topk, causal, columns, dilated, document,
+                              fixed, full, heads, kv_heads, local, power, radial, rows, sink,
+                              strided, vertical_slash, where)
+from attngen.ir.pattern import Pattern
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttnGenError", "Pattern", "PatternError", "band", "block_cover", "block_topk", "causal",
+    "columns", "dilated", "document", "fixed", "full", "heads", "kv_heads", "load", "local",
+    "parse", "power", "radial", "rows", "sink", "strided", "vertical_slash", "where",
+]

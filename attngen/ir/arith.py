@@ -1,0 +1,220 @@
+"""Symbols of the predicate language and exact evaluation of sympy expressions over arrays.
+
+Predicates are sympy expressions over q (absolute query position), k (key position), N and M.
+`//` is `floor(a / b)` and `%` is `Mod(a, b)` (Python semantics: floor division, result
+with the divisor's sign). Values are evaluated as exact rationals (numerator, denominator)
+of int64 arrays, so `floor`, `Mod` and comparisons never round.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import sympy
+
+q = sympy.Symbol("q", integer=True, nonnegative=True)
+k = sympy.Symbol("k", integer=True, nonnegative=True)
+N = sympy.Symbol("N", integer=True, positive=True)
+M = sympy.Symbol("M", integer=True, positive=True)
+SYMBOLS = {"q": q, "k": k, "N": N, "M": M}
+
+
+class bitand(sympy.Function):
+    """Bitwise and of two integers (PowerAttention's `d & (d - 1) == 0`)."""
+
+    is_integer = True
+
+    @classmethod
+    def eval(cls, a, b):
+        if a.is_Integer and b.is_Integer:
+            return sympy.Integer(int(a) & int(b))
+
+
+class bitlen(sympy.Function):
+    """Python's int.bit_length of |x| (Radial Attention's frame-distance exponent)."""
+
+    is_integer = True
+    is_nonnegative = True
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Integer:
+            return sympy.Integer(abs(int(x)).bit_length())
+
+
+def floordiv(a, b) -> sympy.Expr:
+    return sympy.floor(sympy.sympify(a) / b)
+
+
+# -- exact evaluation ---------------------------------------------------------------------
+Rat = tuple[np.ndarray, np.ndarray]  # numerator, denominator (denominator > 0)
+
+
+def _norm(n, d) -> Rat:
+    n, d = np.asarray(n, dtype=np.int64), np.asarray(d, dtype=np.int64)
+    if np.all(d == 1):
+        return n, d
+    g = np.gcd(n, d)
+    g = np.where(g == 0, 1, g)
+    return n // g, d // g
+
+
+def _add(a: Rat, b: Rat) -> Rat:
+    if np.all(a[1] == 1) and np.all(b[1] == 1):
+        return a[0] + b[0], a[1]
+    return _norm(a[0] * b[1] + b[0] * a[1], a[1] * b[1])
+
+
+def _mul(a: Rat, b: Rat) -> Rat:
+    return _norm(a[0] * b[0], a[1] * b[1])
+
+
+def _floor(a: Rat) -> Rat:
+    return a[0] // a[1], np.ones_like(a[1])
+
+
+def _mod(a: Rat, b: Rat) -> Rat:
+    # x % 0 is defined as x so that vectorised branches that are never selected stay finite.
+    bn = np.where(b[0] == 0, 1, b[0])
+    quotient = _floor(_norm(a[0] * b[1] * np.sign(bn), a[1] * np.abs(bn)))
+    r = _add(a, _mul(_neg(quotient), b))
+    return np.where(b[0] == 0, a[0], r[0]), np.where(b[0] == 0, a[1], r[1])
+
+
+def _neg(a: Rat) -> Rat:
+    return -a[0], a[1]
+
+
+def _cmp(a: Rat, b: Rat) -> np.ndarray:
+    """Sign of a - b."""
+    return np.sign(a[0] * b[1] - b[0] * a[1])
+
+
+def _pow(base: Rat, exp: Rat) -> Rat:
+    e = exp[0]
+    pos = np.maximum(e, 0)
+    n = np.power(base[0], pos) * np.power(base[1], np.maximum(-e, 0))
+    d = np.power(base[1], pos) * np.power(base[0], np.maximum(-e, 0))
+    sign = np.where(d < 0, -1, 1)
+    return _norm(n * sign, d * sign)
+
+
+def _bitlen(x: Rat) -> Rat:
+    v = np.abs(x[0] // x[1]).astype(np.int64)
+    out = np.zeros_like(v)
+    nz = v > 0
+    out[nz] = np.floor(np.log2(v[nz].astype(np.float64))).astype(np.int64) + 1
+    # float log2 can be off by one near powers of two; fix exactly.
+    out = np.where(nz & (np.left_shift(1, np.maximum(out - 1, 0)) > v), out - 1, out)
+    out = np.where(nz & (np.left_shift(1, out) <= v), out + 1, out)
+    return out, np.ones_like(out)
+
+
+def _min(args: list[Rat]) -> Rat:
+    best = args[0]
+    for a in args[1:]:
+        take = _cmp(a, best) < 0
+        best = np.where(take, a[0], best[0]), np.where(take, a[1], best[1])
+    return best
+
+
+def _max(args: list[Rat]) -> Rat:
+    return _neg(_min([_neg(a) for a in args]))
+
+
+_REL: dict[type, Callable[[np.ndarray], np.ndarray]] = {
+    sympy.StrictLessThan: lambda s: s < 0,
+    sympy.LessThan: lambda s: s <= 0,
+    sympy.StrictGreaterThan: lambda s: s > 0,
+    sympy.GreaterThan: lambda s: s >= 0,
+    sympy.Equality: lambda s: s == 0,
+    sympy.Unequality: lambda s: s != 0,
+}
+
+
+def evaluate(expr: sympy.Basic, env: dict[sympy.Symbol, np.ndarray | int]):
+    """Evaluate an integer expression (→ Rat) or a predicate (→ bool array) exactly."""
+    if isinstance(expr, sympy.logic.boolalg.Boolean) or expr.is_Relational:
+        return _bool(expr, env)
+    return _value(expr, env)
+
+
+def evaluate_int(expr: sympy.Basic, env: dict) -> np.ndarray:
+    """An integer expression, floored (parameters are floored when evaluated)."""
+    return _floor(_value(sympy.sympify(expr), env))[0]
+
+
+def _value(e: sympy.Basic, env: dict) -> Rat:
+    if e.is_Integer:
+        return np.int64(int(e)), np.int64(1)
+    if e.is_Rational:
+        return np.int64(e.p), np.int64(e.q)
+    if e.is_Symbol:
+        v = np.asarray(env[e], dtype=np.int64)
+        return v, np.ones_like(v)
+    if isinstance(e, sympy.Add):
+        acc = _value(e.args[0], env)
+        for a in e.args[1:]:
+            acc = _add(acc, _value(a, env))
+        return acc
+    if isinstance(e, sympy.Mul):
+        acc = _value(e.args[0], env)
+        for a in e.args[1:]:
+            acc = _mul(acc, _value(a, env))
+        return acc
+    if isinstance(e, sympy.floor):
+        return _floor(_value(e.args[0], env))
+    if isinstance(e, sympy.ceiling):
+        return _neg(_floor(_neg(_value(e.args[0], env))))
+    if isinstance(e, sympy.Mod):
+        return _mod(_value(e.args[0], env), _value(e.args[1], env))
+    if isinstance(e, sympy.Abs):
+        a = _value(e.args[0], env)
+        return np.abs(a[0]), a[1]
+    if isinstance(e, sympy.Min):
+        return _min([_value(a, env) for a in e.args])
+    if isinstance(e, sympy.Max):
+        return _max([_value(a, env) for a in e.args])
+    if isinstance(e, sympy.Pow):
+        return _pow(_value(e.args[0], env), _value(e.args[1], env))
+    if isinstance(e, bitand):
+        a, b = (_floor(_value(x, env))[0] for x in e.args)
+        v = np.bitwise_and(a, b)
+        return v, np.ones_like(v)
+    if isinstance(e, bitlen):
+        return _bitlen(_value(e.args[0], env))
+    if isinstance(e, sympy.core.function.AppliedUndef):
+        # A runtime lookup table such as document ids: env maps the function to an array.
+        index = _floor(_value(e.args[0], env))[0]
+        v = np.asarray(env[e.func], dtype=np.int64)[index]
+        return v, np.ones_like(v)
+    if isinstance(e, sympy.Piecewise):
+        # Conditions are tried in order; the last one of a sympy Piecewise is always true.
+        branches = [(_value(v, env), _bool(c, env)) for v, c in e.args]
+        num, den = branches[-1][0]
+        for (vn, vd), cond in reversed(branches[:-1]):
+            num, den = np.where(cond, vn, num), np.where(cond, vd, den)
+        return num, den
+    raise TypeError(f"cannot evaluate {type(e).__name__}: {e}")
+
+
+def _bool(e: sympy.Basic, env: dict) -> np.ndarray:
+    if e is sympy.true:
+        return np.bool_(True)
+    if e is sympy.false:
+        return np.bool_(False)
+    if type(e) in _REL:
+        return _REL[type(e)](_cmp(_value(e.lhs, env), _value(e.rhs, env)))
+    if isinstance(e, sympy.And):
+        out = np.bool_(True)
+        for a in e.args:
+            out = np.logical_and(out, _bool(a, env))
+        return out
+    if isinstance(e, sympy.Or):
+        out = np.bool_(False)
+        for a in e.args:
+            out = np.logical_or(out, _bool(a, env))
+        return out
+    if isinstance(e, sympy.Not):
+        return np.logical_not(_bool(e.args[0], env))
+    raise TypeError(f"cannot evaluate predicate {type(e).__name__}: {e}")

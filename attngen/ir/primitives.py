@@ -1,0 +1,89 @@
+"""The primitive patterns: their parameters, defaults, constraints and sympy predicates.
+
+Each predicate is `allowed(q, k)` of DESIGN §3 over absolute query position q and key k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+
+from attngen.ir.arith import bitand, bitlen, floordiv, k, q
+
+doc = sympy.Function("doc")  # runtime document id of a position: document masking
+
+
+@dataclass(frozen=True)
+class PrimSpec:
+    name: str
+    params: tuple[str, ...]
+    defaults: dict  # parameter name → default value
+    minimum: dict   # parameter name → smallest allowed value
+    predicate: Callable[..., sympy.Basic] | None  # None for dynamic primitives
+    variadic: bool = False
+    doc: str = ""
+
+    @property
+    def dynamic(self) -> bool:
+        return self.predicate is None
+
+    @property
+    def required(self) -> int:
+        return sum(1 for p in self.params if p not in self.defaults)
+
+
+def _any_eq(sym, values):
+    return sympy.Or(*[sympy.Eq(sym, v) for v in values])
+
+
+def _radial(f, b, decay):
+    t = sympy.Abs(floordiv(q, f) - floordiv(k, f))
+    s = sympy.Integer(2) ** (bitlen(f) - bitlen(t))
+    width = sympy.Piecewise((f, t <= 1), (sympy.Max(b, s * decay), True))
+    band = sympy.Abs(sympy.Mod(q, f) - sympy.Mod(k, f)) <= width
+    keep_frame = sympy.Or(s >= b, sympy.Eq(sympy.Mod(t, floordiv(b, s)), 0))
+    return sympy.And(band, keep_frame)
+
+
+def _power(g):
+    t = sympy.Abs(floordiv(q, g) - floordiv(k, g))
+    return sympy.Eq(bitand(t, t - 1), 0)
+
+
+_SPECS = [
+    PrimSpec("full", (), {}, {}, lambda: sympy.true, doc="every key"),
+    PrimSpec("causal", (), {}, {}, lambda: k <= q, doc="k <= q"),
+    PrimSpec("local", ("w",), {}, {"w": 1}, lambda w: sympy.And(q - w < k, k <= q),
+             doc="q - w < k <= q: w keys ending at the diagonal"),
+    PrimSpec("band", ("l", "r"), {}, {"l": 0, "r": 0},
+             lambda l, r: sympy.And(q - l <= k, k <= q + r), doc="q - l <= k <= q + r"),
+    PrimSpec("sink", ("n",), {}, {"n": 1}, lambda n: k < n, doc="k < n"),
+    PrimSpec("columns", ("c",), {}, {"c": 0}, lambda *c: _any_eq(k, c), variadic=True,
+             doc="k in {c, ...}"),
+    PrimSpec("rows", ("r",), {}, {"r": 0}, lambda *r: _any_eq(q, r), variadic=True,
+             doc="q in {r, ...}"),
+    PrimSpec("strided", ("s",), {}, {"s": 1}, lambda s: sympy.Eq(sympy.Mod(q - k, s), 0),
+             doc="(q - k) mod s == 0"),
+    PrimSpec("fixed", ("l", "c"), {}, {"l": 1, "c": 0},
+             lambda l, c: sympy.Or(sympy.Eq(floordiv(k, l), floordiv(q, l)),
+                                   sympy.Mod(k, l) >= l - c),
+             doc="k // l == q // l or k mod l >= l - c"),
+    PrimSpec("dilated", ("w", "d"), {}, {"w": 1, "d": 1},
+             lambda w, d: sympy.And(q - k >= 0, q - k < w * d, sympy.Eq(sympy.Mod(q - k, d), 0)),
+             doc="0 <= q - k < w*d and (q - k) mod d == 0"),
+    PrimSpec("power", ("g",), {}, {"g": 1}, _power,
+             doc="|q//g - k//g| is 0 or a power of two"),
+    PrimSpec("radial", ("f", "b", "decay"), {"b": 128, "decay": 1}, {"f": 1, "b": 1},
+             _radial, doc="Radial Attention token rule, frames of f tokens"),
+    PrimSpec("document", (), {}, {}, lambda: sympy.Eq(doc(q), doc(k)),
+             doc="doc_ids[q] == doc_ids[k] (ids given at run time)"),
+    PrimSpec("vertical_slash", ("v", "s"), {}, {"v": 1, "s": 1}, None,
+             doc="dynamic: MInference vertical and slash lines"),
+    PrimSpec("block_topk", ("t", "g"), {"g": 64}, {"t": 1, "g": 1}, None,
+             doc="dynamic: top-t key blocks of g tokens per query block"),
+    PrimSpec("block_cover", ("gamma", "g"), {"g": 64}, {"g": 1}, None,
+             doc="dynamic: fewest key blocks reaching attention mass gamma (FlexPrefill)"),
+]
+
+PRIMITIVES: dict[str, PrimSpec] = {s.name: s for s in _SPECS}
