@@ -52,7 +52,8 @@ class PatternError(AttnGenError, ValueError):
             s = self.span
             line = s.line_text()
             width = max(1, min(s.length, len(line) - s.col + 1))
-            caret = " " * (s.col - 1) + "^" * width
+            pad = "".join(c if c == "\t" else " " for c in line[:s.col - 1])  # tabs stay tabs
+            caret = pad.ljust(s.col - 1) + "^" * width
             text = f"{s.file}:{s.line}:{s.col}: error: {self.message}\n  {line}\n  {caret}"
         if self.hint:
             text += f"\nhint: {self.hint}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import sympy
 
 from attngen.dsl import ast
-from attngen.dsl.parser import Parser, parse_program
-from attngen.errors import PatternError, did_you_mean
+from attngen.dsl.parser import Parser
+from attngen.errors import PatternError, Span, did_you_mean
 from attngen.ir import simplify as S
 from attngen.ir.arith import SYMBOLS, floordiv
 from attngen.ir.build import primitive
@@ -40,10 +40,9 @@ class Elaborator:
 
     def heads(self, tree: ast.Heads, env: dict) -> Node:
         ranges, default = [], None
-        owner: dict[int, object] = {}
         star_span = None
         for entry in tree.entries:
-            body = self.set_expr(entry.body, env)
+            body = self.plain(self.set_expr(entry.body, env), entry.body)
             for sel in entry.selectors:
                 if sel[0] == "*":
                     if star_span is not None:
@@ -51,12 +50,11 @@ class Elaborator:
                     star_span, default = sel[1], body
                     continue
                 lo, hi, span = sel
-                clash = next((h for h in range(lo, hi + 1) if h in owner), None)
+                clash = min((max(lo, a) for a, b, _ in ranges if a <= hi and lo <= b),
+                            default=None)
                 if clash is not None:
                     raise PatternError(f"head {clash} is assigned twice (head ranges overlap)",
                                        span)
-                for h in range(lo, hi + 1):
-                    owner[h] = span
                 ranges.append((lo, hi, body))
                 self.spans[("head", hi)] = span
         node = S.heads("heads" if tree.kind == "heads" else "kv_heads", ranges, default)
@@ -65,11 +63,12 @@ class Elaborator:
 
     def set_expr(self, tree, env: dict) -> Node:
         if isinstance(tree, ast.BinOp):
-            left, right = self.set_expr(tree.left, env), self.set_expr(tree.right, env)
+            left = self.plain(self.set_expr(tree.left, env), tree.left)
+            right = self.plain(self.set_expr(tree.right, env), tree.right)
             op = {"|": S.union, "&": S.inter, "-": S.diff}[tree.op]
             return op(left, right)
         if isinstance(tree, ast.UnaryOp):
-            return S.neg(self.set_expr(tree.operand, env))
+            return S.neg(self.plain(self.set_expr(tree.operand, env), tree.operand))
         if isinstance(tree, ast.Where):
             return S.where(self.cond(tree.cond, env))
         if isinstance(tree, ast.Name):
@@ -79,6 +78,15 @@ class Elaborator:
             return self.reference(tree.name, args, tree.span, tree.name_span,
                                   [a.span for a in tree.args])
         raise PatternError("expected a pattern here", getattr(tree, "span", None))
+
+    def plain(self, node: Node, tree) -> Node:
+        """`node` (elaborated from `tree`) if it is not a heads mixture, which may only be
+        the whole pattern: a def whose body is `heads { … }` cannot be an operand."""
+        if node.op == "heads":
+            name = getattr(tree, "name", getattr(tree, "id", None))
+            raise PatternError("`heads { … }` may only appear at the top of a pattern",
+                               tree.span, f"`{name}` is a {node.name} block" if name else None)
+        return node
 
     def reference(self, name: str, args: list, span, name_span, arg_spans) -> Node:
         if name in self.defs:
@@ -94,7 +102,8 @@ class Elaborator:
 
     def call_def(self, d: ast.Def, args: list, span) -> Node:
         if d.name in self.stack:
-            raise PatternError(f"`{d.name}` refers to itself", span)
+            cycle = " → ".join(self.stack[self.stack.index(d.name):] + [d.name])
+            raise PatternError(f"`{d.name}` refers to itself ({cycle})", span)
         required = sum(1 for p in d.params if p.default is None)
         if not required <= len(args) <= len(d.params):
             want = str(len(d.params)) if required == len(d.params) else \
@@ -106,10 +115,7 @@ class Elaborator:
             env[p.name] = args[i] if i < len(args) else self.arith(p.default, env)
         self.stack.append(d.name)
         try:
-            body = d.body
-            if isinstance(body, ast.Heads) and self.stack[:-1]:
-                raise PatternError("`heads { … }` may only appear at the top of a pattern", span)
-            node = self.pattern(body, env)
+            node = self.pattern(d.body, env)
         finally:
             self.stack.pop()
         return node
@@ -129,7 +135,8 @@ class Elaborator:
             if tree.id in ("q", "k"):
                 raise PatternError(f"`{tree.id}` is only defined inside where(…)", tree.span)
             raise PatternError(f"unknown name `{tree.id}` in an integer expression", tree.span,
-                               did_you_mean(tree.id, known))
+                               did_you_mean(tree.id, known) or
+                               f"the names here are {', '.join(sorted(known))}")
         if isinstance(tree, ast.UnaryOp) and tree.op == "-":
             return -self.arith(tree.operand, env, allow_qk)
         if isinstance(tree, ast.BinOp) and tree.op in "+-*//%":
@@ -164,7 +171,8 @@ class Elaborator:
         raise PatternError("expected a condition", getattr(tree, "span", None))
 
 
-def _pattern_of(prog: ast.Program, elab: Elaborator, name: str | None, file: str) -> Node:
+def _pattern_of(prog: ast.Program, elab: Elaborator, name: str | None, file: str,
+                end: Span | None = None) -> Node:
     if name is not None:
         if name not in elab.defs:
             raise PatternError(f"{file} has no definition `{name}`", None,
@@ -174,16 +182,17 @@ def _pattern_of(prog: ast.Program, elab: Elaborator, name: str | None, file: str
     if prog.expr is not None:
         return elab.pattern(prog.expr, {})
     if not prog.defs:
-        raise PatternError(f"{file} holds no pattern")
+        raise PatternError(f"{file} holds no pattern", end)
     d = prog.defs[-1]
     return elab.call_def(d, [], d.span)
 
 
 def load_text(source: str, name: str | None = None, file: str = "<pattern>") -> Pattern:
     """Parse pattern-language text: its expression, else its last (or named) definition."""
-    prog = parse_program(source, file)
+    parser = Parser(source, file)
+    prog = parser.program()
     elab = Elaborator(prog.defs)
-    node = _pattern_of(prog, elab, name, file)
+    node = _pattern_of(prog, elab, name, file, parser.tok_span(parser.tokens[-1]))
     return Pattern(node, elab.spans)
 
 

@@ -40,5 +40,8 @@ def tokenize(source: str, file: str) -> list[Token]:
         if kind not in ("ws", "comment"):
             tokens.append(Token(kind, m.group(), pos))
         pos = m.end()
-    tokens.append(Token("eof", "", len(source)))
+    # End of input sits right after the last token, not after trailing blanks or comments,
+    # so "missing ')'" points where the ')' belongs.
+    end = tokens[-1].offset + len(tokens[-1].text) if tokens else 0
+    tokens.append(Token("eof", "", end))
     return tokens

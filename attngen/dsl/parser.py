@@ -79,7 +79,9 @@ class Parser:
         if self.tok.kind != "eof":
             if self.at("def"):
                 raise PatternError("a definition cannot follow the pattern expression",
-                                   self.tok_span(self.tok))
+                                   self.tok_span(self.tok), "put every `def` before the pattern")
+            if self.at(")"):
+                raise PatternError("unmatched ')'", self.tok_span(self.tok))
             self.fail("expected an operator (| & -) or the end of the pattern")
         return prog
 

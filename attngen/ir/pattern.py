@@ -156,6 +156,8 @@ def evaluate_node(node: Node, rows: np.ndarray, cols: np.ndarray, M: int, N: int
     """The predicate of one head's node on a grid of absolute positions (broadcasting)."""
     env = {q: rows, k: cols, N_SYM: N, M_SYM: M}
     if doc_ids is not None:
+        if np.min(rows) < 0:
+            raise PatternError("document masking needs M <= N (every query has a position)")
         env[doc] = np.asarray(doc_ids.cpu() if isinstance(doc_ids, torch.Tensor) else doc_ids)
     memo: dict[Node, np.ndarray] = {}
     for n in walk(node):

@@ -1,0 +1,154 @@
+"""Interval bounds of a predicate over block boxes, vectorised over blocks.
+
+For every block, q ranges over [qa, qb] and k over [ka, kb]. Each integer expression gets a
+sound interval (lo, hi), each predicate a pair (must, may): `must` means true for every
+element of the box, `not may` means false for every element. Blocks that the bounds cannot
+decide are refined exactly by the caller. Float64 is exact for the integers involved
+(< 2^53); the few rational steps are widened by a hair so rounding never makes a bound
+unsound (a wider bound only sends a block to exact refinement).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import sympy
+
+from attngen.ir.arith import M, N, bitand, bitlen, k, q
+
+INF = np.inf
+
+
+def _fold(fn, arrays):
+    return functools.reduce(fn, arrays)
+
+
+def _widen(lo, hi):
+    eps = 1e-9 * (1.0 + np.maximum(np.abs(lo), np.abs(hi)))
+    return lo - eps, hi + eps
+
+
+def _mul(a, b):
+    c = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+    c = [np.where(np.isnan(x), 0.0, x) for x in c]  # 0 * inf
+    return _fold(np.minimum, c), _fold(np.maximum, c)
+
+
+def _floor(a):
+    lo, hi = _widen(*a)
+    return np.floor(lo), np.floor(hi)
+
+
+def _mod(a, b):
+    lo_b, hi_b = b
+    const = np.all(lo_b == hi_b) and np.all(lo_b > 0)
+    if not const:
+        pos = lo_b > 0
+        return np.where(pos, 0.0, -INF), np.where(pos, hi_b, INF)
+    period = lo_b
+    qlo, qhi = _floor((a[0] / period, a[1] / period))
+    same = (qlo == qhi) & np.isfinite(qlo)
+    lo = np.where(same, a[0] - qlo * period, 0.0)
+    hi = np.where(same, a[1] - qlo * period, period)  # x mod p < p, also for rational x
+    return lo, hi
+
+
+def _abs(a):
+    lo, hi = a
+    return (np.where(lo >= 0, lo, np.where(hi <= 0, -hi, 0.0)),
+            np.maximum(np.abs(lo), np.abs(hi)))
+
+
+def _bitlen(a):
+    lo, hi = _abs(a)
+    f = lambda x: np.where(x >= 1, np.floor(np.log2(np.maximum(x, 1))) + 1, 0.0)  # noqa: E731
+    return np.maximum(f(lo) - 1, 0), f(hi) + 1  # ±1 absorbs log2 rounding
+
+
+class Bounds:
+    """Evaluates sympy expressions to intervals given the block boxes."""
+
+    def __init__(self, qa, qb, ka, kb, M_val: int, N_val: int, lookups: dict | None = None):
+        f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+        self.env = {q: (f(qa), f(qb)), k: (f(ka), f(kb)), N: (f(N_val),) * 2,
+                    M: (f(M_val),) * 2}
+        self.lookups = lookups or {}  # sympy function → callable(symbol) → (lo, hi)
+
+    def value(self, e: sympy.Basic):
+        if e.is_Number:
+            v = float(e)
+            return (v, v) if e.is_Integer else _widen(v, v)
+        if e.is_Symbol:
+            return self.env[e]
+        args = e.args
+        if isinstance(e, sympy.Add):
+            lo, hi = self.value(args[0])
+            for a in args[1:]:
+                alo, ahi = self.value(a)
+                lo, hi = lo + alo, hi + ahi
+            return lo, hi
+        if isinstance(e, sympy.Mul):
+            acc = self.value(args[0])
+            for a in args[1:]:
+                acc = _mul(acc, self.value(a))
+            return acc
+        if isinstance(e, sympy.floor):
+            return _floor(self.value(args[0]))
+        if isinstance(e, sympy.ceiling):
+            lo, hi = _widen(*self.value(args[0]))
+            return np.ceil(lo), np.ceil(hi)
+        if isinstance(e, sympy.Mod):
+            return _mod(self.value(args[0]), self.value(args[1]))
+        if isinstance(e, sympy.Abs):
+            return _abs(self.value(args[0]))
+        if isinstance(e, (sympy.Min, sympy.Max)):
+            vals = [self.value(a) for a in args]
+            red = np.minimum if isinstance(e, sympy.Min) else np.maximum
+            return _fold(red, [v[0] for v in vals]), _fold(red, [v[1] for v in vals])
+        if isinstance(e, sympy.Pow) and args[0].is_Number and args[0] > 1:
+            lo, hi = self.value(args[1])
+            b = float(args[0])
+            return _widen(np.power(b, lo), np.power(b, hi))
+        if isinstance(e, bitlen):
+            return _bitlen(self.value(args[0]))
+        if isinstance(e, bitand):
+            a, b = self.value(args[0]), self.value(args[1])
+            nonneg = (a[0] >= 0) & (b[0] >= 0)
+            return np.where(nonneg, 0.0, -INF), np.where(nonneg, np.minimum(a[1], b[1]), INF)
+        if isinstance(e, sympy.Piecewise):
+            vals = [self.value(v) for v, _ in args]
+            return _fold(np.minimum, [v[0] for v in vals]), _fold(np.maximum, [v[1] for v in vals])
+        if isinstance(e, sympy.core.function.AppliedUndef) and e.func in self.lookups \
+                and args[0] in (q, k):
+            return self.lookups[e.func](args[0])
+        shape = np.broadcast(self.env[q][0], self.env[k][0]).shape
+        return np.full(shape, -INF), np.full(shape, INF)
+
+    def truth(self, e: sympy.Basic):
+        """(must, may) boolean arrays."""
+        if e is sympy.true or e is sympy.false:
+            v = bool(e)
+            return np.bool_(v), np.bool_(v)
+        if isinstance(e, sympy.And) or isinstance(e, sympy.Or):
+            parts = [self.truth(a) for a in e.args]
+            red = np.logical_and if isinstance(e, sympy.And) else np.logical_or
+            return _fold(red, [p[0] for p in parts]), _fold(red, [p[1] for p in parts])
+        if isinstance(e, sympy.Not):
+            must, may = self.truth(e.args[0])
+            return ~may, ~must
+        if e.is_Relational:
+            (alo, ahi), (blo, bhi) = self.value(e.lhs), self.value(e.rhs)
+            if isinstance(e, sympy.StrictLessThan):
+                return ahi < blo, alo < bhi
+            if isinstance(e, sympy.LessThan):
+                return ahi <= blo, alo <= bhi
+            if isinstance(e, sympy.StrictGreaterThan):
+                return alo > bhi, ahi > blo
+            if isinstance(e, sympy.GreaterThan):
+                return alo >= bhi, ahi >= blo
+            point = (alo == ahi) & (blo == bhi) & (alo == blo)
+            overlap = (alo <= bhi) & (blo <= ahi)
+            if isinstance(e, sympy.Equality):
+                return point, overlap
+            return ~overlap, ~point
+        raise TypeError(f"no bounds for {type(e).__name__}")

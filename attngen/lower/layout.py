@@ -1,0 +1,197 @@
+"""`BlockLayout`: the exact block classes of a pattern, held as CSR per distinct head pattern."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attngen.errors import PatternError
+from attngen.ir.node import Node
+from attngen.ir.pattern import Pattern, evaluate_node
+from attngen.lower.classify import classify
+from attngen.lower.grid import Grid
+from attngen.lower.runs import FULL, PARTIAL, Runs
+
+
+@dataclass(frozen=True)
+class CSR:
+    """Kv block indices per query block: indices[offsets[m]:offsets[m+1]]."""
+
+    offsets: np.ndarray  # int64 [QB + 1]
+    indices: np.ndarray  # int32 [nnz], ascending within a row
+
+    @staticmethod
+    def from_runs(runs: Runs, cls: int) -> "CSR":
+        row, col, _ = runs.blocks(cls)
+        counts = np.bincount(row, minlength=runs.rows)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return CSR(offsets, col.astype(np.int32))
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, m: int) -> np.ndarray:
+        return self.indices[self.offsets[m]:self.offsets[m + 1]]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    grid: Grid
+    heads: int
+    head_index: np.ndarray  # [heads] → index into the per-pattern lists below
+    nodes: tuple[Node, ...]
+    partial: tuple[CSR, ...]
+    full: tuple[CSR, ...]
+    doc_ids: object = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.heads, self.grid.QB, self.grid.KB
+
+    def classes(self) -> torch.Tensor:
+        """[H, QB, KB] uint8: 0 empty, 1 partial, 2 full (small sizes only)."""
+        H, QB, KB = self.shape
+        out = np.zeros((H, QB, KB), dtype=np.uint8)
+        for h in range(H):
+            i = self.head_index[h]
+            for csr, value in ((self.partial[i], PARTIAL), (self.full[i], FULL)):
+                rows = np.repeat(np.arange(QB), csr.counts)
+                out[h, rows, csr.indices] = value
+        return torch.from_numpy(out)
+
+    def to_flex(self) -> dict[str, torch.Tensor]:
+        """FlexAttention's kv_num_blocks/kv_indices (partial) and full_* tensors [1, H, QB, W]."""
+        def padded(csrs):
+            width = max(1, max(int(c.counts.max(initial=0)) for c in csrs))
+            num = np.zeros((self.heads, self.grid.QB), dtype=np.int32)
+            idx = np.zeros((self.heads, self.grid.QB, width), dtype=np.int32)
+            for h in range(self.heads):
+                c = csrs[self.head_index[h]]
+                num[h] = c.counts
+                rows = np.repeat(np.arange(self.grid.QB), c.counts)
+                pos = np.arange(len(c.indices)) - np.repeat(c.offsets[:-1], c.counts)
+                idx[h, rows, pos] = c.indices
+            return torch.from_numpy(num)[None], torch.from_numpy(idx)[None]
+
+        kv_num, kv_idx = padded(self.partial)
+        full_num, full_idx = padded(self.full)
+        return {"kv_num_blocks": kv_num, "kv_indices": kv_idx,
+                "full_kv_num_blocks": full_num, "full_kv_indices": full_idx}
+
+    def to_block_mask(self, device: str | torch.device = "cpu"):
+        """A FlexAttention BlockMask with the exact mask_mod on partial blocks."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        g = self.grid
+        if g.BM != g.BN:
+            raise ValueError("FlexAttention block masks here use square blocks (BM == BN)")
+        t = {name: v.to(device) for name, v in self.to_flex().items()}
+        return BlockMask.from_kv_blocks(
+            t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
+            t["full_kv_indices"], BLOCK_SIZE=(g.BM, g.BN), mask_mod=self.mask_mod(device),
+            seq_lengths=(g.M, g.N))
+
+    def mask_mod(self, device):
+        """A FlexAttention mask_mod evaluating the exact predicate (dense, for small sizes)."""
+        g = self.grid
+        rows = np.arange(g.M)[:, None] + g.offset
+        cols = np.arange(g.N)[None, :]
+        per_pattern = torch.from_numpy(np.stack([
+            evaluate_node(n, rows, cols, g.M, g.N, self.doc_ids) for n in self.nodes]))
+        table = per_pattern[torch.from_numpy(self.head_index)].to(device)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return table[h, q_idx, kv_idx]
+
+        return mask_mod
+
+    # -- counts -------------------------------------------------------------------------
+    def block_counts(self) -> tuple[int, int]:
+        """(partial, full) non-empty blocks summed over heads."""
+        p = sum(len(self.partial[i].indices) for i in self.head_index)
+        f = sum(len(self.full[i].indices) for i in self.head_index)
+        return p, f
+
+    def allowed_elements(self) -> int:
+        """Allowed (q, k) pairs over all heads: FULL blocks by area, PARTIAL ones counted."""
+        g = self.grid
+        total = 0
+        per_pattern = []
+        for i, node in enumerate(self.nodes):
+            fm = np.repeat(np.arange(g.QB), self.full[i].counts)
+            count = int(g.area(fm, self.full[i].indices.astype(np.int64)).sum())
+            pm = np.repeat(np.arange(g.QB), self.partial[i].counts)
+            count += _count_partial(node, g, pm, self.partial[i].indices.astype(np.int64),
+                                    self.doc_ids)
+            per_pattern.append(count)
+        for i in self.head_index:
+            total += per_pattern[i]
+        return total
+
+    def density(self) -> float:
+        """Allowed pairs ÷ causal pairs (bottom-right aligned), averaged over heads."""
+        return self.allowed_elements() / (causal_pairs(self.grid.M, self.grid.N) * self.heads)
+
+
+def causal_pairs(M: int, N: int) -> int:
+    q = np.arange(M, dtype=np.int64) + (N - M)
+    return int(np.clip(q + 1, 0, N).sum())
+
+
+def _count_partial(node: Node, g: Grid, m: np.ndarray, j: np.ndarray, doc_ids) -> int:
+    total = 0
+    step = max(1, (1 << 22) // (g.BM * g.BN))
+    di, dj = np.arange(g.BM)[None, :, None], np.arange(g.BN)[None, None, :]
+    for s in range(0, len(m), step):
+        rows = m[s:s + step, None, None] * g.BM + di
+        cols = j[s:s + step, None, None] * g.BN + dj
+        valid = (rows < g.M) & (cols < g.N)
+        allowed = evaluate_node(node, np.minimum(rows, g.M - 1) + g.offset,
+                                np.minimum(cols, g.N - 1), g.M, g.N, doc_ids)
+        total += int((allowed & valid).sum())
+    return total
+
+
+def _block(block) -> tuple[int, int]:
+    bm, bn = (block, block) if isinstance(block, int) else tuple(block)
+    if bm < 1 or bn < 1:
+        raise ValueError(f"block sizes must be positive, got {block}")
+    return int(bm), int(bn)
+
+
+def layout(pattern: Pattern | str, M: int, N: int | None = None,
+           block: int | tuple[int, int] = 128, heads: int = 1, kv_heads: int | None = None,
+           doc_ids=None) -> BlockLayout:
+    """Exact block layout of `pattern` for M queries × N keys (DESIGN §4)."""
+    if isinstance(pattern, str):
+        from attngen.dsl import parse  # text is accepted for convenience at the API edge
+
+        pattern = parse(pattern)
+    N = M if N is None else N
+    if M < 1 or N < 1:
+        raise ValueError(f"M and N must be positive, got M={M}, N={N}")
+    if pattern.is_dynamic:
+        raise PatternError(f"`{pattern}` is input-dependent: its layout exists only at run time")
+    pattern.check(M, N)
+    bm, bn = _block(block)
+    grid = Grid(M, N, bm, bn)
+    if doc_ids is not None:
+        doc_ids = np.asarray(doc_ids.cpu() if isinstance(doc_ids, torch.Tensor) else doc_ids,
+                             dtype=np.int64)
+        if doc_ids.shape != (N,):
+            raise ValueError(f"doc_ids must have shape [{N}], got {list(doc_ids.shape)}")
+    head_nodes = pattern.head_nodes(heads, kv_heads)
+    distinct: dict[Node, int] = {}
+    for n in head_nodes:
+        distinct.setdefault(n, len(distinct))
+    runs = [classify(n, grid, doc_ids) for n in distinct]
+    return BlockLayout(
+        grid=grid, heads=heads,
+        head_index=np.array([distinct[n] for n in head_nodes], dtype=np.int64),
+        nodes=tuple(distinct),
+        partial=tuple(CSR.from_runs(r, PARTIAL) for r in runs),
+        full=tuple(CSR.from_runs(r, FULL) for r in runs),
+        doc_ids=doc_ids,
+    )
