@@ -47,74 +47,95 @@ def floordiv(a, b) -> sympy.Expr:
 
 
 # -- exact evaluation ---------------------------------------------------------------------
-Rat = tuple[np.ndarray, np.ndarray]  # numerator, denominator (denominator > 0)
+# A value is (numerator, denominator) with denominator > 0, or None for integers (the
+# common case, kept free of rational bookkeeping).
+Rat = tuple[np.ndarray, np.ndarray | None]
 
 
 def _norm(n, d) -> Rat:
-    n, d = np.asarray(n, dtype=np.int64), np.asarray(d, dtype=np.int64)
-    if np.all(d == 1):
-        return n, d
-    g = np.gcd(n, d)
-    g = np.where(g == 0, 1, g)
-    return n // g, d // g
+    n = np.asarray(n, dtype=np.int64)
+    if d is None:
+        return n, None
+    d = np.asarray(d, dtype=np.int64)
+    if np.any(d == 0):
+        raise ZeroDivisionError("division by zero")
+    # Not reduced by the gcd: magnitudes stay far below int64 for positions < 2^31.
+    sign = np.where(d < 0, -1, 1)
+    n, d = n * sign, d * sign
+    return (n, None) if np.all(d == 1) else (n, d)
+
+
+def _den(a: Rat):
+    return 1 if a[1] is None else a[1]
 
 
 def _add(a: Rat, b: Rat) -> Rat:
-    if np.all(a[1] == 1) and np.all(b[1] == 1):
-        return a[0] + b[0], a[1]
-    return _norm(a[0] * b[1] + b[0] * a[1], a[1] * b[1])
+    if a[1] is None and b[1] is None:
+        return a[0] + b[0], None
+    return _norm(a[0] * _den(b) + b[0] * _den(a), _den(a) * _den(b))
 
 
 def _mul(a: Rat, b: Rat) -> Rat:
-    return _norm(a[0] * b[0], a[1] * b[1])
-
-
-def _floor(a: Rat) -> Rat:
-    return a[0] // a[1], np.ones_like(a[1])
-
-
-def _mod(a: Rat, b: Rat) -> Rat:
-    # x % 0 is defined as x so that vectorised branches that are never selected stay finite.
-    bn = np.where(b[0] == 0, 1, b[0])
-    quotient = _floor(_norm(a[0] * b[1] * np.sign(bn), a[1] * np.abs(bn)))
-    r = _add(a, _mul(_neg(quotient), b))
-    return np.where(b[0] == 0, a[0], r[0]), np.where(b[0] == 0, a[1], r[1])
+    if a[1] is None and b[1] is None:
+        return a[0] * b[0], None
+    return _norm(a[0] * b[0], _den(a) * _den(b))
 
 
 def _neg(a: Rat) -> Rat:
     return -a[0], a[1]
 
 
+def _inv(a: Rat) -> Rat:
+    return _norm(_den(a), a[0])
+
+
+def _floor(a: Rat) -> Rat:
+    return (a[0], None) if a[1] is None else (np.floor_divide(a[0], a[1]), None)
+
+
+def _mod(a: Rat, b: Rat) -> Rat:
+    if np.any(b[0] == 0):
+        raise ZeroDivisionError("modulo by zero")
+    return _add(a, _neg(_mul(_floor(_mul(a, _inv(b))), b)))
+
+
 def _cmp(a: Rat, b: Rat) -> np.ndarray:
     """Sign of a - b."""
-    return np.sign(a[0] * b[1] - b[0] * a[1])
+    if a[1] is None and b[1] is None:
+        return np.sign(a[0] - b[0])
+    return np.sign(a[0] * _den(b) - b[0] * _den(a))
 
 
 def _pow(base: Rat, exp: Rat) -> Rat:
-    e = exp[0]
-    pos = np.maximum(e, 0)
-    n = np.power(base[0], pos) * np.power(base[1], np.maximum(-e, 0))
-    d = np.power(base[1], pos) * np.power(base[0], np.maximum(-e, 0))
-    sign = np.where(d < 0, -1, 1)
-    return _norm(n * sign, d * sign)
+    e = _floor(exp)[0]
+    if np.all(e >= 0):
+        return _norm(np.power(base[0], e), None if base[1] is None else np.power(base[1], e))
+    pos, neg = np.maximum(e, 0), np.maximum(-e, 0)
+    d = _den(base)
+    return _norm(np.power(base[0], pos) * np.power(d, neg), np.power(d, pos) * np.power(base[0], neg))
 
 
 def _bitlen(x: Rat) -> Rat:
-    v = np.abs(x[0] // x[1]).astype(np.int64)
+    v = np.abs(_floor(x)[0]).astype(np.int64)
     out = np.zeros_like(v)
     nz = v > 0
     out[nz] = np.floor(np.log2(v[nz].astype(np.float64))).astype(np.int64) + 1
     # float log2 can be off by one near powers of two; fix exactly.
     out = np.where(nz & (np.left_shift(1, np.maximum(out - 1, 0)) > v), out - 1, out)
     out = np.where(nz & (np.left_shift(1, out) <= v), out + 1, out)
-    return out, np.ones_like(out)
+    return out, None
+
+
+def _select(cond, a: Rat, b: Rat) -> Rat:
+    if a[1] is None and b[1] is None:
+        return np.where(cond, a[0], b[0]), None
+    return np.where(cond, a[0], b[0]), np.where(cond, _den(a), _den(b))
 
 
 def _min(args: list[Rat]) -> Rat:
     best = args[0]
     for a in args[1:]:
-        take = _cmp(a, best) < 0
-        best = np.where(take, a[0], best[0]), np.where(take, a[1], best[1])
+        best = _select(_cmp(a, best) < 0, a, best)
     return best
 
 
@@ -146,12 +167,11 @@ def evaluate_int(expr: sympy.Basic, env: dict) -> np.ndarray:
 
 def _value(e: sympy.Basic, env: dict) -> Rat:
     if e.is_Integer:
-        return np.int64(int(e)), np.int64(1)
+        return np.int64(int(e)), None
     if e.is_Rational:
         return np.int64(e.p), np.int64(e.q)
     if e.is_Symbol:
-        v = np.asarray(env[e], dtype=np.int64)
-        return v, np.ones_like(v)
+        return np.asarray(env[e], dtype=np.int64), None
     if isinstance(e, sympy.Add):
         acc = _value(e.args[0], env)
         for a in e.args[1:]:
@@ -179,22 +199,20 @@ def _value(e: sympy.Basic, env: dict) -> Rat:
         return _pow(_value(e.args[0], env), _value(e.args[1], env))
     if isinstance(e, bitand):
         a, b = (_floor(_value(x, env))[0] for x in e.args)
-        v = np.bitwise_and(a, b)
-        return v, np.ones_like(v)
+        return np.bitwise_and(a, b), None
     if isinstance(e, bitlen):
         return _bitlen(_value(e.args[0], env))
     if isinstance(e, sympy.core.function.AppliedUndef):
         # A runtime lookup table such as document ids: env maps the function to an array.
         index = _floor(_value(e.args[0], env))[0]
-        v = np.asarray(env[e.func], dtype=np.int64)[index]
-        return v, np.ones_like(v)
+        return np.asarray(env[e.func], dtype=np.int64)[index], None
     if isinstance(e, sympy.Piecewise):
         # Conditions are tried in order; the last one of a sympy Piecewise is always true.
         branches = [(_value(v, env), _bool(c, env)) for v, c in e.args]
-        num, den = branches[-1][0]
-        for (vn, vd), cond in reversed(branches[:-1]):
-            num, den = np.where(cond, vn, num), np.where(cond, vd, den)
-        return num, den
+        out = branches[-1][0]
+        for value, cond in reversed(branches[:-1]):
+            out = _select(cond, value, out)
+        return out
     raise TypeError(f"cannot evaluate {type(e).__name__}: {e}")
 
 

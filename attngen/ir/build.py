@@ -41,6 +41,8 @@ def primitive(name: str, args: list, span: Span | None = None,
     values = []
     for pname, value, vspan in zip(names, args, arg_spans + [span] * len(args)):
         value = sympy.sympify(value)
+        if pname not in spec.fractional:
+            value = sympy.floor(value)  # sizes are floored when evaluated (DESIGN §3)
         if value.free_symbols - {SYMBOLS["N"], SYMBOLS["M"]}:
             raise PatternError(f"{name}: parameter {pname} may only depend on N and M", vspan)
         if not value.free_symbols and pname in spec.minimum and value < spec.minimum[pname]:

@@ -23,6 +23,7 @@ class PrimSpec:
     predicate: Callable[..., sympy.Basic] | None  # None for dynamic primitives
     variadic: bool = False
     doc: str = ""
+    fractional: tuple[str, ...] = ()  # parameters not floored to integers
 
     @property
     def dynamic(self) -> bool:
@@ -42,7 +43,8 @@ def _radial(f, b, decay):
     s = sympy.Integer(2) ** (bitlen(f) - bitlen(t))
     width = sympy.Piecewise((f, t <= 1), (sympy.Max(b, s * decay), True))
     band = sympy.Abs(sympy.Mod(q, f) - sympy.Mod(k, f)) <= width
-    keep_frame = sympy.Or(s >= b, sympy.Eq(sympy.Mod(t, floordiv(b, s)), 0))
+    # floor(b/s) >= 1 whenever s < b; the Max only keeps the unused branch defined.
+    keep_frame = sympy.Or(s >= b, sympy.Eq(sympy.Mod(t, sympy.Max(1, floordiv(b, s))), 0))
     return sympy.And(band, keep_frame)
 
 
@@ -75,7 +77,8 @@ _SPECS = [
     PrimSpec("power", ("g",), {}, {"g": 1}, _power,
              doc="|q//g - k//g| is 0 or a power of two"),
     PrimSpec("radial", ("f", "b", "decay"), {"b": 128, "decay": 1}, {"f": 1, "b": 1},
-             _radial, doc="Radial Attention token rule, frames of f tokens"),
+             _radial, doc="Radial Attention token rule, frames of f tokens",
+             fractional=("decay",)),
     PrimSpec("document", (), {}, {}, lambda: sympy.Eq(doc(q), doc(k)),
              doc="doc_ids[q] == doc_ids[k] (ids given at run time)"),
     PrimSpec("vertical_slash", ("v", "s"), {}, {"v": 1, "s": 1}, None,
@@ -83,7 +86,8 @@ _SPECS = [
     PrimSpec("block_topk", ("t", "g"), {"g": 64}, {"t": 1, "g": 1}, None,
              doc="dynamic: top-t key blocks of g tokens per query block"),
     PrimSpec("block_cover", ("gamma", "g"), {"g": 64}, {"g": 1}, None,
-             doc="dynamic: fewest key blocks reaching attention mass gamma (FlexPrefill)"),
+             doc="dynamic: fewest key blocks reaching attention mass gamma (FlexPrefill)",
+             fractional=("gamma",)),
 ]
 
 PRIMITIVES: dict[str, PrimSpec] = {s.name: s for s in _SPECS}

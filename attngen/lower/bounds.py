@@ -72,7 +72,7 @@ class Bounds:
         f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
         self.env = {q: (f(qa), f(qb)), k: (f(ka), f(kb)), N: (f(N_val),) * 2,
                     M: (f(M_val),) * 2}
-        self.lookups = lookups or {}  # sympy function → callable(symbol) → (lo, hi)
+        self.lookups = lookups or {}  # sympy function → callable(lo, hi) → (min, max)
 
     def value(self, e: sympy.Basic):
         if e.is_Number:
@@ -118,9 +118,11 @@ class Bounds:
         if isinstance(e, sympy.Piecewise):
             vals = [self.value(v) for v, _ in args]
             return _fold(np.minimum, [v[0] for v in vals]), _fold(np.maximum, [v[1] for v in vals])
-        if isinstance(e, sympy.core.function.AppliedUndef) and e.func in self.lookups \
-                and args[0] in (q, k):
-            return self.lookups[e.func](args[0])
+        if isinstance(e, sympy.core.function.AppliedUndef) and e.func in self.lookups:
+            lo, hi = self.value(args[0])
+            if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
+                return self.lookups[e.func](np.asarray(lo, dtype=np.int64),
+                                            np.asarray(hi, dtype=np.int64))
         shape = np.broadcast(self.env[q][0], self.env[k][0]).shape
         return np.full(shape, -INF), np.full(shape, INF)
 
@@ -152,3 +154,29 @@ class Bounds:
                 return point, overlap
             return ~overlap, ~point
         raise TypeError(f"no bounds for {type(e).__name__}")
+
+
+class RangeMinMax:
+    """Min and max of an int array over inclusive index ranges (a sparse table)."""
+
+    def __init__(self, values: np.ndarray):
+        self.n = len(values)
+        self.lo_tables, self.hi_tables = [values], [values]
+        width = 1
+        while 2 * width <= self.n:
+            lo, hi = self.lo_tables[-1], self.hi_tables[-1]
+            self.lo_tables.append(np.minimum(lo[:-width], lo[width:]))
+            self.hi_tables.append(np.maximum(hi[:-width], hi[width:]))
+            width *= 2
+
+    def __call__(self, a: np.ndarray, b: np.ndarray):
+        a, b = np.clip(a, 0, self.n - 1), np.clip(b, 0, self.n - 1)
+        a, b = np.broadcast_arrays(np.minimum(a, b), np.maximum(a, b))
+        level = np.floor(np.log2(b - a + 1)).astype(np.int64)
+        lo, hi = np.empty(a.shape), np.empty(a.shape)
+        for lv in np.unique(level):
+            sel = level == lv
+            w = 1 << int(lv)
+            lo[sel] = np.minimum(self.lo_tables[lv][a[sel]], self.lo_tables[lv][b[sel] - w + 1])
+            hi[sel] = np.maximum(self.hi_tables[lv][a[sel]], self.hi_tables[lv][b[sel] - w + 1])
+        return lo, hi
