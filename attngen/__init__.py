@@ -10,11 +10,12 @@ from attngen.ir.build import (band, block_cover, block_topk, causal, columns, di
                               fixed, full, heads, kv_heads, local, power, radial, rows, sink,
                               strided, vertical_slash, where)
 from attngen.ir.pattern import Pattern
+from attngen.lower import BlockLayout, Plan, layout, lower
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttnGenError", "Pattern", "PatternError", "band", "block_cover", "block_topk", "causal",
+    "AttnGenError", "BlockLayout", "Pattern", "Plan", "layout", "lower", "PatternError", "band", "block_cover", "block_topk", "causal",
     "columns", "dilated", "document", "fixed", "full", "heads", "kv_heads", "load", "local",
     "parse", "power", "radial", "rows", "sink", "strided", "vertical_slash", "where",
 ]

@@ -1,0 +1,217 @@
+"""`attngen.lower`: the plan a kernel runs: per head group, its terms, each with the
+strategy that computes it and its cost.
+
+Strategies (DESIGN §4): "ranges" (a union of affine atoms: per query block, kv-block
+intervals in closed form, nothing to build), "table" (other static terms: CSR of kv blocks
+from the exact layout), "dynamic" (indices estimated at run time). The plan itself is
+numeric and cheap (vectorised over query blocks); the sympy form of a ranges term's bounds,
+which the kernel template prints, is built on demand and cached per (term, block sizes).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy
+
+from attngen.errors import PatternError
+from attngen.ir import simplify as S
+from attngen.ir.arith import M as M_SYM
+from attngen.ir.arith import N as N_SYM
+from attngen.ir.node import Node
+from attngen.ir.pattern import Pattern
+from attngen.lower.atoms import BIG, SYMPY, Atom, atoms_of, block_ranges, numeric
+from attngen.lower.grid import Grid
+from attngen.lower.layout import _block, layout
+
+m_sym = sympy.Symbol("m", integer=True, nonnegative=True)  # query-block index in kernels
+
+
+@dataclass(frozen=True)
+class Term:
+    pattern: str
+    strategy: str  # "ranges" | "table" | "dynamic"
+    blocks: int  # kv blocks visited, summed over query blocks (one head)
+    masked_blocks: int  # of which need the mask evaluated (not provably FULL)
+    node: Node = field(repr=False, compare=False)
+
+    def range_exprs(self, BM: int, BN: int) -> list[tuple[sympy.Expr, ...]]:
+        """Per atom of a ranges term: (nlo, nhi, flo, fhi) as sympy expressions of the
+        query-block index `m`, N and M: the kv blocks to visit and the FULL ones."""
+        if self.strategy != "ranges":
+            raise ValueError(f"a {self.strategy} term has no closed-form ranges")
+        return _symbolic_ranges(self.node, BM, BN)
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    heads: tuple[int, ...]
+    pattern: str
+    terms: tuple[Term, ...]
+
+    @property
+    def blocks(self) -> int:
+        return sum(t.blocks for t in self.terms)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pattern: str
+    grid: Grid
+    groups: tuple[HeadGroup, ...]
+    head_dim: int
+    dtype_bytes: int
+
+    @property
+    def blocks(self) -> int:
+        """kv blocks visited over all heads and query blocks."""
+        return sum(g.blocks * len(g.heads) for g in self.groups)
+
+    @property
+    def elements(self) -> int:
+        """Score elements computed (blocks × BM × BN)."""
+        return self.blocks * self.grid.BM * self.grid.BN
+
+    @property
+    def bytes_read(self) -> int:
+        """K and V bytes read for the visited blocks (Q and O are extra, once each)."""
+        return self.blocks * self.grid.BN * self.head_dim * 2 * self.dtype_bytes
+
+    @property
+    def block_density(self) -> float:
+        """Visited blocks ÷ blocks a causal kernel visits."""
+        g = self.grid
+        causal = _causal_blocks(g)
+        return self.blocks / (causal * sum(len(x.heads) for x in self.groups))
+
+    def summary(self) -> str:
+        g = self.grid
+        lines = [f"plan for `{self.pattern}`  M={g.M} N={g.N} block={g.BM}x{g.BN}",
+                 f"  visits {self.blocks} kv blocks ({self.block_density:.2%} of causal)"]
+        for grp in self.groups:
+            heads = _ranges_text(grp.heads)
+            lines.append(f"  heads {heads}: {grp.pattern}")
+            for t in grp.terms:
+                lines.append(f"    {t.strategy:<8} {t.pattern}  [{t.blocks} blocks, "
+                             f"{t.masked_blocks} masked]")
+        return "\n".join(lines)
+
+
+def _ranges_text(heads: tuple[int, ...]) -> str:
+    out, start = [], heads[0]
+    for a, b in zip(heads, heads[1:] + (None,)):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}..{a}")
+            start = b
+    return ", ".join(out)
+
+
+def _causal_blocks(g: Grid) -> int:
+    atom = Atom(dlo=0)
+    nlo, nhi, _, _ = block_ranges(atom, np.arange(g.QB), g.BM, g.BN, g.M, g.N)
+    return int(np.maximum(nhi - nlo + 1, 0).sum())
+
+
+def _interval_union_size(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per row, the size of the union of inclusive intervals lo[:, i]..hi[:, i]."""
+    order = np.argsort(lo, axis=1)
+    lo, hi = np.take_along_axis(lo, order, 1), np.take_along_axis(hi, order, 1)
+    total = np.zeros(lo.shape[0], dtype=np.int64)
+    reach = np.full(lo.shape[0], -1, dtype=np.int64)  # last block already counted
+    for i in range(lo.shape[1]):
+        start = np.maximum(lo[:, i], reach + 1)
+        total += np.maximum(hi[:, i] - start + 1, 0)
+        reach = np.maximum(reach, hi[:, i])
+    return total
+
+
+def _ranges_cost(atoms: list[Atom], g: Grid) -> tuple[int, int]:
+    m = np.arange(g.QB, dtype=np.int64)
+    spans = [block_ranges(a, m, g.BM, g.BN, g.M, g.N) for a in atoms]
+    if not spans:
+        return 0, 0
+    visit = _interval_union_size(np.stack([s[0] for s in spans], 1),
+                                 np.stack([s[1] for s in spans], 1))
+    full = _interval_union_size(np.stack([s[2] for s in spans], 1),
+                                np.stack([s[3] for s in spans], 1))
+    return int(visit.sum()), int((visit - full).sum())
+
+
+def _split_terms(node: Node, value) -> list[tuple[str, Node]]:
+    """(strategy, node) terms of one head's pattern; ranges terms are merged into one."""
+    if node.is_dynamic:
+        if node.op == "or":
+            parts = [_split_terms(c, value) for c in node.children]
+            terms = [t for p in parts for t in p]
+            ranges = [n for s, n in terms if s == "ranges"]
+            others = [(s, n) for s, n in terms if s != "ranges"]
+            return ([("ranges", S.union(*ranges))] if ranges else []) + others
+        return [("dynamic", node)]
+    if atoms_of(node, value) is not None:
+        return [("ranges", node)]
+    if node.op == "or":
+        affine = [c for c in node.children if atoms_of(c, value) is not None]
+        rest = [c for c in node.children if c not in affine]
+        return ([("ranges", S.union(*affine))] if affine else []) + [("table", c) for c in rest]
+    return [("table", node)]
+
+
+def lower(pattern: Pattern | str, M: int, N: int | None = None,
+          block: int | tuple[int, int] = 128, heads: int = 1, kv_heads: int | None = None,
+          head_dim: int = 128, dtype_bytes: int = 2) -> Plan:
+    """The plan for `pattern` at M queries × N keys (DESIGN §4)."""
+    if isinstance(pattern, str):
+        from attngen.dsl import parse  # text is accepted for convenience at the API edge
+
+        pattern = parse(pattern)
+    N = M if N is None else N
+    pattern.check(M, N)
+    grid = Grid(M, N, *_block(block))
+    value = numeric(M, N)
+    by_node: dict[Node, list[int]] = {}
+    for h, n in enumerate(pattern.head_nodes(heads, kv_heads)):
+        by_node.setdefault(n, []).append(h)
+    groups = []
+    for node, hs in by_node.items():
+        terms = []
+        for strategy, term in _split_terms(node, value):
+            if strategy == "ranges":
+                blocks, masked = _ranges_cost(atoms_of(term, value), grid)
+            elif strategy == "table":
+                lay = layout(Pattern(term), M, N, block=block)
+                partial, full = lay.block_counts()
+                blocks, masked = partial + full, partial
+            else:
+                blocks = masked = _dynamic_blocks(term, grid, value)
+            terms.append(Term(term.text, strategy, blocks, masked, term))
+        groups.append(HeadGroup(tuple(hs), node.text, tuple(terms)))
+    return Plan(str(pattern), grid, tuple(groups), head_dim, dtype_bytes)
+
+
+def _dynamic_blocks(node: Node, g: Grid, value) -> int:
+    """A budget estimate of the blocks a dynamic term visits (its indices come at run time)."""
+    prim = node if node.op == "prim" else next(
+        (c for c in node.children if c.op == "prim" and c.is_dynamic), None)
+    causal = _causal_blocks(g)
+    if prim is None:
+        return causal
+    p = [value(x) if x.is_integer else float(x) for x in prim.params]
+    if prim.name == "vertical_slash":
+        per_row = -(-p[0] // g.BN) + -(-p[1] // g.BN)
+        return min(causal, per_row * g.QB)
+    if prim.name == "block_topk":
+        return min(causal, (int(p[0]) + 1) * g.QB)
+    return causal  # block_cover: unknown until run time; bounded by causal
+
+
+@functools.lru_cache(maxsize=256)
+def _symbolic_ranges(node: Node, BM: int, BN: int) -> list[tuple[sympy.Expr, ...]]:
+    atoms = atoms_of(node, lambda x: int(x) if x.is_Integer else x)
+    if atoms is None:
+        raise PatternError(f"`{node.text}` is not a union of affine atoms")
+    unbounded = {BIG: sympy.oo, -BIG: -sympy.oo}
+    atoms = [Atom(**{f: unbounded.get(v, v) if isinstance(v, int) else v
+                     for f, v in vars(a).items()}) for a in atoms]
+    return [tuple(block_ranges(a, m_sym, BM, BN, M_SYM, N_SYM, ops=SYMPY)) for a in atoms]
+
