@@ -104,7 +104,7 @@ class Classifier:
             return region.combine(self.node(node.children[0], region), AND_NOT)
         if node.op in ("or", "and"):
             return self.combination(node.op, list(node.children), region, self.node,
-                                    lambda c: atoms_of(c, self.value) is not None)
+                                    lambda c: isinstance(c, Node) and atoms_of(c, self.value) is not None)
         return self.predicate(node.predicate, region)
 
     # -- predicates (inside primitives and where) --------------------------------------------
