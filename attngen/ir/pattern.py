@@ -118,7 +118,12 @@ class Pattern:
             for pname, value in zip(names, n.params):
                 if pname not in spec.minimum or not value.free_symbols:
                     continue
-                v = int(evaluate_int(value, env))
+                try:
+                    v = int(evaluate_int(value, env))
+                except ZeroDivisionError:
+                    raise PatternError(f"{n.name}: parameter {pname} = {sympy.sstr(value)} "
+                                       f"divides by zero at N={N}, M={M}",
+                                       self.spans.get(n)) from None
                 if v < spec.minimum[pname]:
                     raise PatternError(
                         f"{n.name}: parameter {pname} = {sympy.sstr(value)} evaluates to {v} "
@@ -130,6 +135,9 @@ class Pattern:
              doc_ids=None) -> torch.Tensor:
         """Dense boolean mask [heads, M, N] (tests and pictures at small sizes only)."""
         N = M if N is None else N
+        if self.is_dynamic:
+            raise PatternError(f"`{self}` is input-dependent: its mask exists only at run time",
+                               self.spans.get(self.node))
         self.check(M, N)
         rows = np.arange(M, dtype=np.int64)[:, None] + (N - M)
         cols = np.arange(N, dtype=np.int64)[None, :]
@@ -170,7 +178,10 @@ def evaluate_node(node: Node, rows: np.ndarray, cols: np.ndarray, M: int, N: int
         elif n.op == "prim" and n.name == "document" and doc not in env:
             raise PatternError("document needs doc_ids: one int per key position")
         else:
-            v = evaluate(n.predicate, env)
+            try:
+                v = evaluate(n.predicate, env)
+            except ZeroDivisionError:
+                raise PatternError(f"division by zero while evaluating `{n.text}`") from None
         memo[n] = np.broadcast_to(v, np.broadcast_shapes(rows.shape, cols.shape))
     return memo[node]
 

@@ -1,0 +1,7 @@
+"""`python -m attngen …` is the `attngen` command."""
+import sys
+
+from attngen.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

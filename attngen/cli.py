@@ -1,0 +1,321 @@
+"""`attngen` on the command line: a thin front over the public API (DESIGN §8).
+
+    attngen show "causal & (sink(128) | local(4096))" --n 32
+    attngen layout streaming --n 8192 --block 128 --out layout.pt
+    attngen demo
+
+Every error about the user's input (a PatternError, a bad argument) is printed to stderr
+and exits with status 2, never with a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import attngen
+from attngen import library, viz
+from attngen.dsl import load_text
+from attngen.errors import PatternError, did_you_mean
+from attngen.ir.node import walk
+
+MAX_ASCII_N = 64  # element picture up to this many keys (and queries)
+MAX_ASCII_BLOCKS = 64  # block picture up to this many query and kv blocks
+MAX_SAVED_CLASSES = 1 << 26  # `layout --out` saves classes() up to H·QB·KB of this
+
+
+# -- arguments -----------------------------------------------------------------------------
+def resolve(spec: str, name: str | None = None) -> attngen.Pattern:
+    """PATTERN as a path to a .attn file, a bundled file's stem, or pattern-language text."""
+    if os.path.isfile(spec):
+        return attngen.load(spec, name)
+    stems = library.files()
+    if spec in stems:
+        return attngen.load(stems[spec], name)
+    if spec.endswith(".attn"):
+        raise ValueError(f"no such file: {spec}")
+    try:
+        return load_text(spec, name, "<pattern>")
+    except PatternError as e:
+        if re.fullmatch(r"[A-Za-z_]\w*", spec) and did_you_mean(spec, set(stems)):
+            raise PatternError(e.message, e.span, did_you_mean(spec, set(stems))
+                               + " (a bundled pattern file)") from None
+        raise
+
+
+def block_arg(text: str) -> int | tuple[int, int]:
+    """`64` or `64x128` (BM x BN)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
+    if not m or int(m[1]) < 1 or (m[2] is not None and int(m[2]) < 1):
+        raise argparse.ArgumentTypeError(f"expected a block size such as 64 or 64x128, got {text!r}")
+    return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
+
+
+def default_heads(p: attngen.Pattern) -> int:
+    """Enough heads to show every entry of a `heads { … }` mixture (and `*`); else 1."""
+    if not p.is_mixture:
+        return 1
+    n = p.node
+    return max((r.hi for r in n.ranges), default=-1) + 1 + (n.default >= 0)
+
+
+def uses_document(p: attngen.Pattern) -> bool:
+    return any(n.op == "prim" and n.name == "document" for n in walk(p.node))
+
+
+class Problem:
+    """The sizes a command works at, checked, and the illustrative doc_ids if it needs them."""
+
+    def __init__(self, p: attngen.Pattern, args: argparse.Namespace):
+        self.pattern = p
+        self.N = args.n
+        self.M = args.n if args.m is None else args.m
+        self.block = args.block
+        self.heads = default_heads(p) if args.heads is None else args.heads
+        self.kv_heads = getattr(args, "kv_heads", None)
+        for what, v in (("--n", self.N), ("--m", self.M), ("--heads", self.heads),
+                        ("--kv-heads", self.kv_heads or 1)):
+            if v < 1:
+                raise ValueError(f"{what} must be at least 1, got {v}")
+        self.doc_ids = None
+        self.docs = getattr(args, "docs", 4)
+        if uses_document(p):  # ids are a run-time input; show equal-length documents
+            if self.docs < 1:
+                raise ValueError(f"--docs must be at least 1, got {self.docs}")
+            self.doc_ids = torch.arange(self.N) * self.docs // self.N
+
+    @property
+    def kw(self) -> dict:
+        return {"heads": self.heads, "kv_heads": self.kv_heads}
+
+    def layout(self) -> attngen.BlockLayout:
+        return attngen.layout(self.pattern, self.M, self.N, block=self.block,
+                              doc_ids=self.doc_ids, **self.kw)
+
+    def plan_summary(self) -> str:
+        try:
+            return attngen.lower(self.pattern, self.M, self.N, block=self.block,
+                                 **self.kw).summary()
+        except (KeyError, PatternError):
+            if self.doc_ids is None:
+                raise
+            return "plan: not available yet for `document` (its ids are a run-time input)"
+
+    @property
+    def docs_note(self) -> str:
+        if self.doc_ids is None:
+            return ""
+        return f"doc_ids: {self.docs} equal documents (a run-time input; see --docs)"
+
+    def describe(self) -> str:
+        bm, bn = (self.block, self.block) if isinstance(self.block, int) else self.block
+        text = f"M={self.M} N={self.N} heads={self.heads} block={bm}x{bn}"
+        return f"{text}  {self.docs_note}" if self.docs_note else text
+
+
+def _block_chars() -> str:
+    try:
+        viz.BLOCK_CHARS.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+        return viz.BLOCK_CHARS
+    except (UnicodeEncodeError, LookupError):
+        return viz.ASCII_BLOCK_CHARS
+
+
+def _density_lines(lay: attngen.BlockLayout) -> list[str]:
+    partial, full = lay.block_counts()
+    return [f"density    {lay.density():.4f}  (allowed pairs / causal pairs, exact)",
+            (f"blocks     {partial} partial + {full} full of {viz.causal_blocks(lay)} causal "
+             f"blocks: block density {viz.block_density(lay):.2%}")]
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_show(args: argparse.Namespace) -> int:
+    p = resolve(args.pattern, args.name)
+    pb = Problem(p, args)
+    print(f"pattern    {p}")
+    print(f"shape      {pb.describe()}")
+    if p.is_dynamic:
+        print("dynamic    the blocks are picked at run time from q and k (DESIGN §5); "
+              "no static layout or picture" + (", no PNG written" if args.png else ""))
+    else:
+        lay = pb.layout()
+        g = lay.grid
+        if pb.N <= MAX_ASCII_N and pb.M <= MAX_ASCII_N:
+            print("mask       (# allowed, . masked; a row per query, a column per key)")
+            print(viz.ascii_mask(p, pb.M, pb.N, doc_ids=pb.doc_ids, **pb.kw))
+        elif g.QB <= MAX_ASCII_BLOCKS and g.KB <= MAX_ASCII_BLOCKS:
+            c = _block_chars()
+            print(f"blocks     ({c[2]} full, {c[1]} partial, {c[0]} empty; "
+                  f"{g.QB} query blocks x {g.KB} kv blocks)")
+            print(viz.ascii_blocks(lay, c))
+        else:
+            print(f"picture    {g.QB}x{g.KB} blocks are too many for the terminal; use --png")
+        print("\n".join(_density_lines(lay)))
+        if args.png:
+            path = viz.save_png(p, pb.M, pb.N, pb.block, args.png, doc_ids=pb.doc_ids, **pb.kw)
+            print(f"wrote      {path}")
+    print(pb.plan_summary())
+    return 0
+
+
+def _stats(counts: np.ndarray) -> str:
+    return f"{int(counts.min())} / {counts.mean():.2f} / {int(counts.max())}"
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    p = resolve(args.pattern, args.name)
+    pb = Problem(p, args)
+    lay = pb.layout()
+    g = lay.grid
+    print(f"pattern    {p}")
+    print(f"shape      {pb.describe()}: {g.QB} query blocks x {g.KB} kv blocks")
+    for i, node in enumerate(lay.nodes):
+        hs = [h for h in range(lay.heads) if lay.head_index[h] == i]
+        print(f"{viz.heads_text(hs)}: {node.text}")
+        print(f"  {'':<8} {'nnz':>10}   kv blocks per query block min / mean / max")
+        part, full = lay.partial[i].counts, lay.full[i].counts
+        for label, c in (("partial", part), ("full", full), ("total", part + full)):
+            print(f"  {label:<8} {int(c.sum()):>10}   {_stats(c)}")
+    print("\n".join(_density_lines(lay)))
+    if args.out:
+        saved = {**lay.to_flex(), "pattern": str(p), "M": g.M, "N": g.N,
+                 "block": (g.BM, g.BN), "heads": lay.heads}
+        if lay.heads * g.QB * g.KB <= MAX_SAVED_CLASSES:
+            saved["classes"] = lay.classes()
+        else:
+            print(f"note       classes() left out: {lay.heads}x{g.QB}x{g.KB} is too large")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, args.out)
+        print(f"wrote      {args.out}  ({', '.join(saved)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    N, block = args.n, 128
+    print(f"attngen {attngen.__version__} demo: the bundled pattern library at N={N} "
+          f"(plans with {block}x{block} blocks)\n")
+    for stem, path in sorted(library.files().items()):
+        defs = re.findall(r"^def (\w+)", path.read_text(), re.MULTILINE)
+        p = attngen.load(path)
+        pb = Problem(p, argparse.Namespace(n=N, m=None, block=block, heads=None))
+        print(f"== {stem}.attn: {defs[-1] if defs else 'pattern'}  ({len(defs)} definitions)")
+        print(f"   {p}")
+        if p.is_dynamic:
+            print("   density    picked at run time (dynamic)")
+        else:
+            note = f"  ({pb.docs_note})" if pb.docs_note else ""
+            print(f"   density    {pb.layout().density():.4f} of causal{note}")
+        print("   " + pb.plan_summary().replace("\n", "\n   ") + "\n")
+
+    streaming = library.files()["streaming"].read_text()
+    a_shape = load_text(streaming + "\na_shape(64, 256)", file=str(library.files()["streaming"]))
+    lay = attngen.layout(a_shape, 1024, 1024, block=64)
+    c = _block_chars()
+    print("A-shape from streaming.attn, a_shape(s=64, w=256), at N=1024 with 64x64 blocks "
+          f"({c[2]} full, {c[1]} partial, {c[0]} empty):")
+    print(f"   {a_shape}")
+    print(viz.ascii_blocks(lay, c))
+    print("\n".join(_density_lines(lay)))
+    png = viz.save_png(a_shape, 1024, 1024, 64, Path(args.out_dir) / "a_shape.png")
+    print(f"wrote      {png}")
+    print("\nKernels (attngen.compile / attngen.attention), the benchmark and the per-head "
+          "profiler arrive with later issues; the demo will run them end to end then.")
+    return 0
+
+
+# -- the parser ----------------------------------------------------------------------------
+_PATTERN_HELP = ("pattern-language text, a path to a .attn file, or a bundled pattern file's "
+                 "name (" + ", ".join(sorted(library.files())) + ")")
+
+
+def _sizes(sub: argparse.ArgumentParser, n_default: int | None) -> None:
+    sub.add_argument("--n", type=int, default=n_default, required=n_default is None,
+                     help="number of keys N" + (f" (default {n_default})" if n_default else ""))
+    sub.add_argument("--m", type=int, default=None, help="number of queries M, bottom-right "
+                     "aligned (default N)")
+    sub.add_argument("--block", type=block_arg, default=64,
+                     help="block size: 64 or BMxBN such as 128x64 (default 64)")
+    sub.add_argument("--heads", type=int, default=None, help="query heads (default 1, or "
+                     "enough for every entry of a heads { … } mixture)")
+    sub.add_argument("--kv-heads", type=int, default=None, help="kv heads (GQA; default heads)")
+    sub.add_argument("--name", default=None, help="the definition to use (default the last)")
+    sub.add_argument("--docs", type=int, default=4, help="patterns with `document`: split "
+                     "the N keys into this many equal documents (default 4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="attngen", formatter_class=fmt,
+        description="attngen: a compiler for sparse attention.",
+        epilog="examples:\n  attngen show \"causal & (sink(128) | local(4096))\" --n 32\n"
+               "  attngen layout streaming --n 8192 --out layout.pt\n  attngen demo\n\n"
+               "`attngen COMMAND --help` tells more.")
+    parser.add_argument("--version", action="version", version=f"attngen {attngen.__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    show = subs.add_parser(
+        "show", formatter_class=fmt, help="picture, density and plan of a pattern",
+        description="Print the canonical pattern, a picture (the mask when N <= 64, else the "
+                    "block classes when there are at most 64x64 blocks), the exact density, "
+                    "the block counts and the plan (strategy per term).",
+        epilog="examples:\n  attngen show \"causal & (sink(128) | local(4096))\" --n 32\n"
+               "  attngen show streaming --name tri_shape --n 4096 --png tri.png\n"
+               "  attngen show patterns/longlora.attn --n 2048 --heads 8")
+    show.add_argument("pattern", metavar="PATTERN", help=_PATTERN_HELP)
+    _sizes(show, 4096)
+    show.add_argument("--png", default=None, help="also draw mask and blocks into this PNG")
+    show.set_defaults(run=cmd_show)
+
+    lay = subs.add_parser(
+        "layout", formatter_class=fmt, help="CSR block-layout statistics; save Flex tensors",
+        description="Print, per distinct head pattern, the partial and full kv blocks per "
+                    "query block (nnz, min / mean / max). --out saves the FlexAttention "
+                    "tensors of BlockLayout.to_flex() and classes() with torch.save.",
+        epilog="example:\n  attngen layout \"causal & (sink(128) | local(4096))\" --n 32768 "
+               "--block 128 --out a_shape.pt\n  python -c \"import torch; "
+               "print(torch.load('a_shape.pt').keys())\"")
+    lay.add_argument("pattern", metavar="PATTERN", help=_PATTERN_HELP)
+    _sizes(lay, None)
+    lay.add_argument("--out", default=None, help="torch.save the layout tensors to this file")
+    lay.set_defaults(run=cmd_layout)
+
+    demo = subs.add_parser(
+        "demo", formatter_class=fmt, help="tour the bundled library end to end",
+        description="Load every bundled pattern and print its canonical text, density and "
+                    "plan; draw the StreamingLLM/MInference A-shape as blocks and as a PNG.",
+        epilog="example:\n  attngen demo            # writes ./attngen-demo/a_shape.png")
+    demo.add_argument("--n", type=int, default=4096, help="sequence length (default 4096)")
+    demo.add_argument("--out-dir", default="attngen-demo", help="where the PNG goes "
+                      "(default ./attngen-demo)")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (status 2)
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except PatternError as e:
+        print(e, file=sys.stderr)
+    except ValueError as e:
+        print(f"attngen {args.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # `attngen demo | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit-time flush is quiet
+        return 0
+    except OSError as e:
+        print(f"attngen {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 2

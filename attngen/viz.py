@@ -1,0 +1,149 @@
+"""Pictures of patterns: ASCII for terminals, PNG (matplotlib, Agg) for files.
+
+    p = attngen.parse("causal & (sink(64) | local(256))")
+    print(ascii_mask(p, 16, 16))                                # one character per (q, k)
+    print(ascii_blocks(attngen.layout(p, 1024, 1024, block=64)))  # one per block
+    save_png(p, 2048, 2048, 64, "a_shape.png")
+
+Element-level pictures come from `pattern.mask`, so they are for small sizes only: the PNG
+draws the element mask only while M·N ≤ MAX_PIXELS and the block classes only while
+QB·KB ≤ MAX_PIXELS; nothing here materialises a large dense mask.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from attngen.ir.build import causal
+from attngen.ir.pattern import Pattern
+from attngen.lower import BlockLayout, layout
+
+MAX_PIXELS = 1 << 22  # 2048 × 2048: the largest element mask or block grid a PNG draws
+MAX_PNG_ROWS = 8  # distinct head patterns drawn in one PNG
+BLOCK_CHARS = "·▒█"  # empty, partial, full: indexed by the values of BlockLayout.classes()
+ASCII_BLOCK_CHARS = ".+#"  # the same for terminals that cannot print the ones above
+COLOURS = ("#ffffff", "#9ecae1", "#08519c")  # empty, partial, full
+
+
+def heads_text(heads: list[int]) -> str:
+    """[0, 1, 2, 5] → "heads 0..2, 5"; [3] → "head 3"."""
+    parts, start = [], heads[0]
+    for a, b in zip(heads, heads[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}..{a}")
+            start = b
+    return ("heads " if len(heads) > 1 else "head ") + ", ".join(parts)
+
+
+def _grouped(pictures: list[str]) -> str:
+    """Each distinct picture once, labelled with its heads when there is more than one head."""
+    if len(pictures) == 1:
+        return pictures[0]
+    groups: dict[str, list[int]] = {}
+    for h, pic in enumerate(pictures):
+        groups.setdefault(pic, []).append(h)
+    return "\n".join(f"{heads_text(hs)}:\n{pic}" for pic, hs in groups.items())
+
+
+def _draw(table: np.ndarray, chars: str) -> str:
+    lut = np.array(list(chars))
+    return "\n".join("".join(row) for row in lut[table.astype(np.int64)])
+
+
+def ascii_mask(pattern: Pattern, M: int, N: int | None = None, heads: int = 1,
+               kv_heads: int | None = None, doc_ids=None) -> str:
+    """Rows of `#` (allowed) and `.` (masked): one row per query, one column per key.
+    Heads with the same mask are drawn once. Meant for N up to a terminal's width."""
+    N = M if N is None else N
+    mask = pattern.mask(M, N, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids).numpy()
+    return _grouped([_draw(m, ".#") for m in mask])
+
+
+def ascii_blocks(lay: BlockLayout, chars: str = BLOCK_CHARS) -> str:
+    """One character per (query block, kv block): `█` full, `▒` partial, `·` empty.
+    Heads with the same layout are drawn once."""
+    return _grouped([_draw(c, chars) for c in lay.classes().numpy()])
+
+
+def causal_blocks(lay: BlockLayout) -> int:
+    """Blocks a causal kernel visits on the same grid, over all heads (at least 1): the
+    denominator of block density."""
+    g = lay.grid
+    partial, full = layout(causal, g.M, g.N, block=(g.BM, g.BN)).block_counts()
+    return max(1, partial + full) * lay.heads
+
+
+def block_density(lay: BlockLayout) -> float:
+    """Non-empty blocks (partial + full) ÷ the blocks of a causal kernel on the same grid."""
+    return sum(lay.block_counts()) / causal_blocks(lay)
+
+
+def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[int, int] = 64,
+             path: str | Path = "pattern.png", heads: int = 1, kv_heads: int | None = None,
+             doc_ids=None) -> Path:
+    """Draw the element mask (when M·N ≤ MAX_PIXELS) and the block classes side by side,
+    one row per distinct head pattern (at most MAX_PNG_ROWS rows), titled with the pattern,
+    its density and its block density. Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    N = M if N is None else N
+    lay = layout(pattern, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
+    g = lay.grid
+    rows: dict[int, list[int]] = {}  # distinct head pattern (index into lay.nodes) → heads
+    for h, i in enumerate(lay.head_index.tolist()):
+        rows.setdefault(i, []).append(h)
+    rows = dict(list(rows.items())[:MAX_PNG_ROWS])
+    panels = [name for name, fits in (("mask", M * N <= MAX_PIXELS),
+                                      ("blocks", g.QB * g.KB <= MAX_PIXELS)) if fits]
+    masks = {i: Pattern(lay.nodes[i]).mask(M, N, doc_ids=doc_ids)[0].numpy()
+             for i in rows} if "mask" in panels else {}
+    classes = lay.classes().numpy() if "blocks" in panels else None
+
+    partial, full = lay.block_counts()
+    title = "\n".join(textwrap.wrap(str(pattern), 110)[:6])
+    title += (f"\nM={M}  N={N}  heads={heads}   density {lay.density():.4f} of causal"
+              f"\nblocks {g.BM}x{g.BN}: {partial} partial + {full} full = "
+              f"{block_density(lay):.2%} of causal blocks")
+    if "mask" not in panels:
+        title += f"   (element mask not drawn: M·N > {MAX_PIXELS})"
+
+    ncols = max(1, len(panels))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(max(8.0, 4.6 * ncols), 4.4 * len(rows) + 1.6),
+                             squeeze=False, layout="constrained")
+    for r, (i, hs) in enumerate(rows.items()):
+        label = f"{heads_text(hs)}: " if heads > 1 else ""
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            if panel == "mask":
+                ax.imshow(masks[i], cmap=ListedColormap([COLOURS[0], COLOURS[2]]), vmin=0,
+                          vmax=1, interpolation="nearest", aspect="auto")
+                ax.set(title=f"{label}mask {M}x{N}", xlabel="key k", ylabel="query row i")
+            else:
+                ax.imshow(classes[hs[0]], cmap=ListedColormap(COLOURS), vmin=0, vmax=2,
+                          interpolation="nearest", aspect="auto")
+                ax.set(title=f"{label}blocks {g.QB}x{g.KB} of {g.BM}x{g.BN}",
+                       xlabel="kv block", ylabel="query block")
+            ax.title.set_fontsize(9)
+        if pattern.is_mixture:  # name each row's own pattern
+            axes[r][0].annotate(textwrap.shorten(lay.nodes[i].text, 100), (0, 1.1),
+                                xycoords="axes fraction", fontsize=7)
+        if not panels:
+            axes[r][0].axis("off")
+            axes[r][0].text(0.5, 0.5, "too large to draw", ha="center", va="center")
+    fig.suptitle(title, fontsize=8)
+    fig.legend(handles=[Patch(facecolor=COLOURS[2], label="full / allowed"),
+                        Patch(facecolor=COLOURS[1], label="partial"),
+                        Patch(facecolor=COLOURS[0], edgecolor="#888888", label="empty / masked")],
+               loc="outside lower center", ncol=3, fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
