@@ -11,11 +11,12 @@ from attngen.ir.build import (band, block_cover, block_topk, causal, columns, di
                               strided, vertical_slash, where)
 from attngen.ir.pattern import Pattern
 from attngen.lower import BlockLayout, Plan, layout, lower
+from attngen.runtime import Kernel, attention, compile
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttnGenError", "BlockLayout", "Pattern", "Plan", "layout", "lower", "PatternError", "band", "block_cover", "block_topk", "causal",
+    "AttnGenError", "BlockLayout", "Kernel", "attention", "compile", "Pattern", "Plan", "layout", "lower", "PatternError", "band", "block_cover", "block_topk", "causal",
     "columns", "dilated", "document", "fixed", "full", "heads", "kv_heads", "load", "local",
     "parse", "power", "radial", "rows", "sink", "strided", "vertical_slash", "where",
 ]

@@ -203,7 +203,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         defs = re.findall(r"^def (\w+)", path.read_text(), re.MULTILINE)
         p = attngen.load(path)
         pb = Problem(p, argparse.Namespace(n=N, m=None, block=block, heads=None))
-        print(f"== {stem}.attn: {defs[-1] if defs else 'pattern'}  ({len(defs)} definitions)")
+        count = f"{len(defs)} definition{'s' * (len(defs) != 1)}"
+        print(f"== {stem}.attn: {defs[-1] if defs else 'its expression'}  ({count})")
         print(f"   {p}")
         if p.is_dynamic:
             print("   density    picked at run time (dynamic)")
@@ -222,7 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(viz.ascii_blocks(lay, c))
     print("\n".join(_density_lines(lay)))
     png = viz.save_png(a_shape, 1024, 1024, 64, Path(args.out_dir) / "a_shape.png")
-    print(f"wrote      {png}")
+    print(f"wrote      {png.resolve()}")
     print("\nKernels (attngen.compile / attngen.attention), the benchmark and the per-head "
           "profiler arrive with later issues; the demo will run them end to end then.")
     return 0

@@ -121,13 +121,14 @@ SYMPY = SimpleNamespace(max=sympy.Max, min=sympy.Min,
                         floordiv=lambda a, b: sympy.floor(a / b))
 
 
-def block_ranges(atom: Atom, m, BM: int, BN: int, M, N, ops=NUMPY):
+def block_ranges(atom: Atom, m, BM: int, BN: int, M, N, ops=NUMPY, qa=None, qb=None, KB=None):
     """Per query block m: non-empty kv blocks [nlo, nhi] and FULL kv blocks [flo, fhi]
-    (inclusive; an empty range has lo > hi)."""
-    KB = ops.floordiv(N + BN - 1, BN)
+    (inclusive; an empty range has lo > hi). qa, qb (first and last absolute query
+    position of the block) and KB (number of kv blocks) may be given as names."""
+    KB = ops.floordiv(N + BN - 1, BN) if KB is None else KB
     off = N - M
-    qa = m * BM + off
-    qb = ops.min((m + 1) * BM, M) - 1 + off
+    qa = m * BM + off if qa is None else qa
+    qb = ops.min((m + 1) * BM, M) - 1 + off if qb is None else qb
     klo, khi = ops.max(atom.klo, 0), ops.min(atom.khi, N - 1)
     v0 = ops.max(klo + atom.dlo, atom.qlo)
     v1 = ops.min(khi + atom.dhi, atom.qhi)

@@ -215,3 +215,82 @@ def _symbolic_ranges(node: Node, BM: int, BN: int) -> list[tuple[sympy.Expr, ...
                      for f, v in vars(a).items()}) for a in atoms]
     return [tuple(block_ranges(a, m_sym, BM, BN, M_SYM, N_SYM, ops=SYMPY)) for a in atoms]
 
+
+
+# -- kernel loops for a ranges term --------------------------------------------------------
+BM_SYM = sympy.Symbol("BLOCK_M", integer=True, positive=True)
+BN_SYM = sympy.Symbol("BLOCK_N", integer=True, positive=True)
+MAX_RANGE_ATOMS = 3  # each further atom doubles the loops a kernel needs
+
+
+Q_FIRST = sympy.Symbol("q_first", integer=True)  # first absolute query position of block m
+Q_LAST = sympy.Symbol("q_last", integer=True)
+N_BLOCKS = sympy.Symbol("n_blocks", integer=True, positive=True)  # cdiv(N, BLOCK_N)
+BOUND_NAMES = ("lo", "hi", "full_lo", "full_hi")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One kernel loop over kv blocks start..stop-1 of a query block; `masked` says whether
+    the predicate is evaluated on its blocks. Bounds are sympy in the per-atom names
+    lo_i, hi_i, full_lo_i, full_hi_i (see RangeLoops.bounds)."""
+
+    start: sympy.Expr
+    stop: sympy.Expr
+    masked: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class RangeLoops:
+    """A ranges term as kernel loops: per atom its block bounds (sympy in m, N, M,
+    BLOCK_M, BLOCK_N, q_first, q_last, n_blocks), then disjoint loops over them."""
+
+    bounds: tuple[tuple[str, sympy.Expr], ...]  # (name, expression), in order
+    segments: tuple[Segment, ...]
+
+
+def range_atoms(node: Node) -> list[Atom] | None:
+    """The atoms of a ranges term with symbolic parameters and ±oo for unbounded sides."""
+    atoms = atoms_of(node, lambda x: int(x) if x.is_Integer else x)
+    if atoms is None:
+        return None
+    unbounded = {BIG: sympy.oo, -BIG: -sympy.oo}
+    return [Atom(**{f: unbounded.get(v, v) if isinstance(v, int) else v
+                    for f, v in vars(a).items()}) for a in atoms]
+
+
+@functools.lru_cache(maxsize=256)
+def range_loops(node: Node) -> RangeLoops | None:
+    """Disjoint kernel loops covering exactly the kv blocks a union of atoms allows.
+
+    Atom i visits its block interval minus the intervals of atoms 0..i-1 (at most two
+    pieces per earlier atom); each piece splits into masked / FULL (no mask) / masked
+    loops around the atom's own FULL run. A block FULL for one atom is FULL for the union,
+    so skipping the mask there is exact. None if the node is not a small union of atoms."""
+    atoms = range_atoms(node)
+    if atoms is None or not 0 < len(atoms) <= MAX_RANGE_ATOMS:
+        return None
+    bounds, names = [], []
+    for i, a in enumerate(atoms):
+        exprs = block_ranges(a, m_sym, BM_SYM, BN_SYM, M_SYM, N_SYM, ops=SYMPY,
+                             qa=Q_FIRST, qb=Q_LAST, KB=N_BLOCKS)
+        syms = [sympy.Symbol(f"{b}_{i}", integer=True) for b in BOUND_NAMES]
+        bounds += [(s.name, e) for s, e in zip(syms, exprs)]
+        names.append(syms)
+    segments: list[Segment] = []
+    for i, (lo, hi, flo, fhi) in enumerate(names):
+        pieces = [(lo, hi)]
+        for lo_j, hi_j, _, _ in names[:i]:
+            pieces = [p for a, b in pieces
+                      for p in ((a, sympy.Min(b, lo_j - 1)), (sympy.Max(a, hi_j + 1), b))]
+        note = f"atom {i}" + (f" outside atoms 0..{i - 1}" if i else "")
+        for a, b in pieces:
+            segments += [
+                Segment(a, sympy.Min(b, flo - 1) + 1, True, note + ": partial blocks before"),
+                Segment(sympy.Max(a, flo), sympy.Min(b, fhi) + 1, False, note + ": full blocks"),
+                # flo also bounds "after" from below: when an atom has no FULL run
+                # (flo > fhi) the "before" loop already covers blocks up to flo - 1
+                Segment(sympy.Max(a, fhi + 1, flo), b + 1, True, note + ": partial blocks after"),
+            ]
+    return RangeLoops(tuple(bounds), tuple(segments))

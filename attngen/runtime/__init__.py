@@ -1,0 +1,5 @@
+"""Runtime: the kernel cache, loading, tuning and launching."""
+from attngen.runtime.api import attention, compile
+from attngen.runtime.kernel import Kernel
+
+__all__ = ["Kernel", "attention", "compile"]

@@ -1,0 +1,83 @@
+"""`attngen.compile` and `attngen.attention` (DESIGN §6)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from attngen.codegen.render import KernelSpec, render
+from attngen.dsl import parse
+from attngen.ir.pattern import Pattern
+from attngen.runtime import cache
+from attngen.runtime.env import interpreting
+from attngen.runtime.kernel import Kernel
+from attngen.runtime.key import cache_key, device_capability
+
+OPTIONS = {"max_range_atoms": 3}
+_KERNELS: dict[tuple, Kernel] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> Pattern:
+    return parse(text)
+
+
+def _pattern(pattern: Pattern | str) -> Pattern:
+    return _parsed(pattern) if isinstance(pattern, str) else pattern
+
+
+def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
+            heads: int = 32, kv_heads: int | None = None,
+            device: str | torch.device | None = None) -> Kernel:
+    """The Triton kernel for `pattern`, from the in-process table, the disk cache, or freshly
+    rendered. `kernel.source` is the generated code; `kernel(q, k, v)` runs it."""
+    pattern = _pattern(pattern)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
+    device = torch.device(device)
+    memo = (pattern.node, heads, kv_heads, head_dim, dtype, device.type, device.index)
+    kernel = _KERNELS.get(memo)
+    if kernel is not None:
+        return kernel
+    spec = KernelSpec.build(pattern, heads, kv_heads)
+    key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
+                    device_capability(device.type, device.index), OPTIONS)
+
+    def build():
+        import attngen
+
+        meta = {"pattern": str(pattern), "head_group": spec.head_group, "head_dim": head_dim,
+                "dtype": str(dtype), "attngen": attngen.__version__,
+                "groups": [{"pattern": g.node.text, "strategy": g.strategy}
+                           for g in spec.groups]}
+        return render(spec, key, attngen.__version__), meta
+
+    entry = cache.get_or_build(key, build)
+    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered)
+    _KERNELS[memo] = kernel
+    return kernel
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | str,
+              scale: float | None = None, return_lse: bool = False,
+              doc_ids: torch.Tensor | None = None, backend: str = "auto"):
+    """Sparse attention of q [B, Hq, M, D] against k, v [B, Hkv, N, D] under `pattern`.
+
+    backend: "triton" (generated kernel; CUDA, or CPU with TRITON_INTERPRET=1),
+    "reference" (dense PyTorch oracle), or "auto" (triton where it can run)."""
+    pattern = _pattern(pattern)
+    if backend == "auto":
+        backend = "triton" if (q.is_cuda or interpreting()) else "reference"
+    if backend == "reference":
+        from attngen.reference import attention as reference
+
+        return reference(q, k, v, pattern, scale=scale, return_lse=return_lse,
+                         doc_ids=doc_ids, kv_heads_pattern=k.shape[1])
+    if backend != "triton":
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise NotImplementedError("the generated backward kernels are not available yet; "
+                                  "use backend='reference' for gradients")
+    kernel = compile(pattern, head_dim=q.shape[-1], dtype=q.dtype, heads=q.shape[1],
+                     kv_heads=k.shape[1], device=q.device)
+    return kernel(q, k, v, scale=scale, return_lse=return_lse, doc_ids=doc_ids)

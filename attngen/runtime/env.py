@@ -1,0 +1,21 @@
+"""Every directory and environment variable attngen reads, in one place."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """$ATTNGEN_CACHE_DIR, default ~/.cache/attngen."""
+    return Path(os.environ.get("ATTNGEN_CACHE_DIR", Path.home() / ".cache" / "attngen"))
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def lock_timeout_s() -> float:
+    """How long to wait for another process compiling the same key before compiling
+    privately ($ATTNGEN_LOCK_TIMEOUT, seconds)."""
+    return float(os.environ.get("ATTNGEN_LOCK_TIMEOUT", "120"))

@@ -1,0 +1,178 @@
+"""A compiled kernel: the generated module, its launch, its tables and its tuning."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attngen.codegen.render import KernelSpec
+from attngen.ir.pattern import Pattern
+from attngen.lower.layout import layout
+from attngen.runtime.env import interpreting
+
+# Hopper-aware search space (BLOCK_M, BLOCK_N, warps, stages); the interpreter uses the first
+# of INTERPRETER_CONFIGS (small blocks exercise the block logic on small shapes).
+GPU_CONFIGS = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4),
+               (128, 128, 8, 2), (64, 128, 4, 3)]
+INTERPRETER_CONFIGS = [(16, 16, 1, 1)]
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int
+
+
+def _load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+@dataclass
+class Kernel:
+    """`kernel(q, k, v)`: the same contract as `attngen.attention` for its pattern."""
+
+    spec: KernelSpec
+    key: str
+    path: Path
+    head_dim: int
+    dtype: torch.dtype
+    rendered: bool
+    module: object = field(repr=False, default=None)
+    tables: dict = field(default_factory=dict, repr=False)
+    tuned: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def pattern(self) -> Pattern:
+        return self.spec.pattern
+
+    @property
+    def source(self) -> str:
+        return (self.path / "kernel.py").read_text()
+
+    def load(self) -> "Kernel":
+        if self.module is None:
+            self.module = _load_module(self.path / "kernel.py", f"attngen_kernel_{self.key[:16]}")
+        return self
+
+    # -- tables for table groups ------------------------------------------------------------
+    def _tables(self, M: int, N: int, cfg: Config, device, doc_ids):
+        doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
+        key = (M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
+        if key not in self.tables:
+            QB = -(-M // cfg.block_m)
+            offsets, indices, base = [], [], 0
+            for g in (g for g in self.spec.groups if g.strategy == "table"):
+                lay = layout(Pattern(g.node), M, N, block=(cfg.block_m, cfg.block_n),
+                             doc_ids=doc_ids)
+                for csr in (lay.partial[0], lay.full[0]):
+                    offsets.append(csr.offsets + base)
+                    indices.append(csr.indices)
+                    base += len(csr.indices)
+            off = np.stack(offsets) if offsets else np.zeros((1, QB + 1), dtype=np.int64)
+            idx = np.concatenate(indices) if indices else np.zeros(1, dtype=np.int32)
+            self.tables[key] = (torch.from_numpy(off.astype(np.int32)).to(device),
+                                torch.from_numpy(np.append(idx, 0).astype(np.int32)).to(device))
+        return self.tables[key]
+
+    # -- launch --------------------------------------------------------------------------
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                 return_lse: bool = False, doc_ids: torch.Tensor | None = None):
+        B, H, M, D = q.shape
+        HKV, N = k.shape[1], k.shape[2]
+        _check(q, k, v, self.head_dim, len(self.spec.head_group))
+        if self.spec.uses_doc and doc_ids is None:
+            raise ValueError(f"`{self.pattern}` needs doc_ids: one int per key position")
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        cfg = self.config(q, k, v, doc_ids)
+        out, lse = self.launch(q, k, v, cfg, scale, doc_ids)
+        return (out, lse) if return_lse else out
+
+    def launch(self, q, k, v, cfg: Config, scale, doc_ids):
+        self.load()
+        B, H, M, D = q.shape
+        HKV, N = k.shape[1], k.shape[2]
+        out = torch.empty_like(q)
+        lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
+        head_group = torch.tensor(self.spec.head_group, dtype=torch.int32, device=q.device)
+        tab_off, tab_idx = self._tables(M, N, cfg, q.device, doc_ids)
+        doc = (doc_ids.to(device=q.device, dtype=torch.int32) if doc_ids is not None
+               else torch.zeros(1, dtype=torch.int32, device=q.device))
+        QB = -(-M // cfg.block_m)
+        grid = (QB, B * H)
+        self.module.attn_fwd[grid](
+            q, k, v, out, lse, head_group, tab_off, tab_idx, doc,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            H, HKV, M, N, QB, float(scale if scale is not None else 1.0 / math.sqrt(D)),
+            HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=N % cfg.block_n == 0,
+            num_warps=cfg.warps, num_stages=cfg.stages)
+        return out, lse
+
+    # -- tuning --------------------------------------------------------------------------
+    def config(self, q, k, v, doc_ids) -> Config:
+        if interpreting() or not q.is_cuda:
+            return Config(*INTERPRETER_CONFIGS[0])
+        bucket = f"{_bucket(q.shape[2])}x{_bucket(k.shape[2])}"
+        if bucket not in self.tuned:
+            saved = self._saved_tuning().get(bucket)
+            self.tuned[bucket] = Config(*saved) if saved else self._tune(q, k, v, doc_ids, bucket)
+        return self.tuned[bucket]
+
+    def _saved_tuning(self) -> dict:
+        try:
+            return json.loads((self.path / "tuning.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _tune(self, q, k, v, doc_ids, bucket: str) -> Config:
+        import triton.testing
+
+        best, best_ms = None, float("inf")
+        for c in GPU_CONFIGS:
+            cfg = Config(*c)
+            if cfg.block_m * self.head_dim > 128 * 256 or cfg.block_n * self.head_dim > 128 * 256:
+                continue
+            try:
+                ms = triton.testing.do_bench(lambda: self.launch(q, k, v, cfg, None, doc_ids),
+                                             warmup=5, rep=20)
+            except Exception:  # a config the device cannot run (shared memory, registers)
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        saved = self._saved_tuning()
+        saved[bucket] = [best.block_m, best.block_n, best.warps, best.stages]
+        tmp = self.path / f".tuning-{os.getpid()}.json"
+        tmp.write_text(json.dumps(saved, indent=2))
+        os.replace(tmp, self.path / "tuning.json")
+        return best
+
+
+def _check(q, k, v, head_dim: int, heads: int) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be 4-D: [B, H, M, D] and [B, Hkv, N, D]")
+    B, H, M, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k and v must be [B={B}, Hkv, N, D={D}], got {list(k.shape)} and "
+                         f"{list(v.shape)}")
+    if H % k.shape[1]:
+        raise ValueError(f"{H} query heads are not a multiple of {k.shape[1]} kv heads")
+    if D != head_dim or H != heads:
+        raise ValueError(f"kernel compiled for {heads} heads of dim {head_dim}, "
+                         f"got {H} heads of dim {D}")
+    if D & (D - 1) or not 16 <= D <= 256:
+        raise ValueError(f"head_dim must be a power of two in 16..256, got {D}")

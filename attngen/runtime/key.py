@@ -1,0 +1,65 @@
+"""The kernel cache key: the only place its parts are listed, each with why it is there."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from attngen.codegen.render import TEMPLATE, template_text
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> tuple[str, str, str]:
+    import triton
+
+    import attngen
+
+    return attngen.__version__, triton.__version__, torch.__version__
+
+
+@functools.lru_cache(maxsize=None)
+def _template_hash(name: str) -> str:
+    return hashlib.sha256(template_text(name).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _generator_hash() -> str:
+    """sha256 of the code that turns a pattern into source (ir, lower, codegen), so a change
+    to the generator never serves kernels the old code rendered."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for sub in ("ir", "lower", "codegen"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def device_capability(device_type: str, index: int | None) -> str:
+    from attngen.runtime.env import interpreting
+
+    if device_type != "cuda" or interpreting():
+        return "interpreter"
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
+def cache_key(pattern_key: str, head_group: tuple[int, ...], head_dim: int, dtype: torch.dtype,
+              capability: str, options: dict) -> str:
+    parts = {
+        "pattern": pattern_key,          # the canonical IR decides every loop and predicate
+        "head_group": head_group,        # which heads share which specialised branch
+        "head_dim": head_dim,            # a compile-time constant of the kernel
+        "dtype": str(dtype),             # tensor core path and output conversion
+        "capability": capability,        # what the generated code may use ("interpreter")
+        "options": options,              # lowering options (range atoms cap, ...)
+        "template": _template_hash(TEMPLATE),  # a template edit must never reuse old code
+        "generator": _generator_hash(),  # nor an edit to the code that fills the template
+        "versions": _versions(),         # attngen, triton, torch
+    }
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
