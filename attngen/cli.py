@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,10 @@ def _sizes(sub: argparse.ArgumentParser, n_default: int | None) -> None:
                      "the N keys into this many equal documents (default 4)")
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -262,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = subs.add_parser(
         "show", formatter_class=fmt, help="picture, density and plan of a pattern",
-        description="Print the canonical pattern, a picture (the mask when N <= 64, else the "
+        description=_wrap("Print the canonical pattern, a picture (the mask when N <= 64, else the "
                     "block classes when there are at most 64x64 blocks), the exact density, "
-                    "the block counts and the plan (strategy per term).",
+                    "the block counts and the plan (strategy per term)."),
         epilog="examples:\n  attngen show \"causal & (sink(128) | local(4096))\" --n 32\n"
                "  attngen show streaming --name tri_shape --n 4096 --png tri.png\n"
                "  attngen show patterns/longlora.attn --n 2048 --heads 8")
@@ -275,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lay = subs.add_parser(
         "layout", formatter_class=fmt, help="CSR block-layout statistics; save Flex tensors",
-        description="Print, per distinct head pattern, the partial and full kv blocks per "
+        description=_wrap("Print, per distinct head pattern, the partial and full kv blocks per "
                     "query block (nnz, min / mean / max). --out saves the FlexAttention "
-                    "tensors of BlockLayout.to_flex() and classes() with torch.save.",
+                    "tensors of BlockLayout.to_flex() and classes() with torch.save."),
         epilog="example:\n  attngen layout \"causal & (sink(128) | local(4096))\" --n 32768 "
                "--block 128 --out a_shape.pt\n  python -c \"import torch; "
                "print(torch.load('a_shape.pt').keys())\"")
@@ -288,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = subs.add_parser(
         "demo", formatter_class=fmt, help="tour the bundled library end to end",
-        description="Load every bundled pattern and print its canonical text, density and "
-                    "plan; draw the StreamingLLM/MInference A-shape as blocks and as a PNG.",
+        description=_wrap("Load every bundled pattern and print its canonical text, density and "
+                    "plan; draw the StreamingLLM/MInference A-shape as blocks and as a PNG."),
         epilog="example:\n  attngen demo            # writes ./attngen-demo/a_shape.png")
     demo.add_argument("--n", type=int, default=4096, help="sequence length (default 4096)")
     demo.add_argument("--out-dir", default="attngen-demo", help="where the PNG goes "

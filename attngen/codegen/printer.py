@@ -83,7 +83,7 @@ def _add(pr: Printer, e: sympy.Add) -> str:
 
 def _mul(pr: Printer, e: sympy.Mul) -> str:
     coeff, rest = e.as_coeff_Mul()
-    if coeff.is_Rational and not coeff.is_Integer:
+    if coeff.is_Rational and not coeff.is_Integer and not rest.atoms(sympy.Pow):
         raise ValueError(f"rational coefficient outside floor/comparison: {e}")
     if coeff == -1:
         return f"(-{pr.p(rest)})"
@@ -102,10 +102,10 @@ def _integral_fraction(e: sympy.Expr):
 
 
 def _floor(pr: Printer, e: sympy.floor) -> str:
-    frac = _integral_fraction(e.args[0])
-    if frac is None or frac[0].atoms(sympy.Pow):
+    num, den = sympy.fraction(sympy.together(e.args[0]))
+    if not den.is_integer or num.atoms(sympy.Pow):
         return f"_ffloor({pr.p(e.args[0])})"  # radial's power-of-two scale, exact in fp32
-    num, den = frac
+    # _floordiv is exact for a divisor of either sign
     return pr.p(num) if den == 1 else f"_floordiv({pr.p(num)}, {pr.p(den)})"
 
 

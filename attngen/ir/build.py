@@ -40,14 +40,14 @@ def primitive(name: str, args: list, span: Span | None = None,
         args = list(args) + [spec.defaults[p] for p in spec.params[len(args):]]
     values = []
     for pname, value, vspan in zip(names, args, arg_spans + [span] * len(args)):
-        value = sympy.sympify(value)
-        if pname not in spec.fractional:
-            value = sympy.floor(value)  # sizes are floored when evaluated (DESIGN §3)
+        written = sympy.sympify(value)
+        value = written if pname in spec.fractional else sympy.floor(written)  # DESIGN §3.3
         if value.free_symbols - {SYMBOLS["N"], SYMBOLS["M"]}:
             raise PatternError(f"{name}: parameter {pname} may only depend on N and M", vspan)
         if not value.free_symbols and pname in spec.minimum and value < spec.minimum[pname]:
             what = "window" if name in ("local", "dilated", "band") else "size"
-            raise PatternError(f"{name}: {pname} = {sympy.sstr(value)} is not a valid {what}; "
+            shown = sympy.sstr(written) + (f" (floored to {value})" if written != value else "")
+            raise PatternError(f"{name}: {pname} = {shown} is not a valid {what}; "
                                f"it must be at least {spec.minimum[pname]}", vspan)
         if name == "block_cover" and pname == "gamma" and not value.free_symbols \
                 and not 0 < value <= 1:

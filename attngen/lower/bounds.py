@@ -29,7 +29,8 @@ def _widen(lo, hi):
 
 
 def _mul(a, b):
-    c = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+    with np.errstate(invalid="ignore"):  # 0 * inf is nan, mapped to 0 below
+        c = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
     c = [np.where(np.isnan(x), 0.0, x) for x in c]  # 0 * inf
     return _fold(np.minimum, c), _fold(np.maximum, c)
 

@@ -102,8 +102,10 @@ class BlockLayout:
             evaluate_node(n, rows, cols, g.M, g.N, self.doc_ids) for n in self.nodes]))
         table = per_pattern[torch.from_numpy(self.head_index)].to(device)
 
+        last = table.shape[0] - 1  # a one-head layout broadcasts over every head
+
         def mask_mod(b, h, q_idx, kv_idx):
-            return table[h, q_idx, kv_idx]
+            return table[torch.clamp(h, max=last), q_idx, kv_idx]
 
         return mask_mod
 

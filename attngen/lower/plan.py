@@ -159,7 +159,7 @@ def _split_terms(node: Node, value) -> list[tuple[str, Node]]:
 
 def lower(pattern: Pattern | str, M: int, N: int | None = None,
           block: int | tuple[int, int] = 128, heads: int = 1, kv_heads: int | None = None,
-          head_dim: int = 128, dtype_bytes: int = 2) -> Plan:
+          head_dim: int = 128, dtype_bytes: int = 2, doc_ids=None) -> Plan:
     """The plan for `pattern` at M queries × N keys (DESIGN §4)."""
     if isinstance(pattern, str):
         from attngen.dsl import parse  # text is accepted for convenience at the API edge
@@ -179,7 +179,7 @@ def lower(pattern: Pattern | str, M: int, N: int | None = None,
             if strategy == "ranges":
                 blocks, masked = _ranges_cost(atoms_of(term, value), grid)
             elif strategy == "table":
-                lay = layout(Pattern(term), M, N, block=block)
+                lay = layout(Pattern(term), M, N, block=block, doc_ids=doc_ids)
                 partial, full = lay.block_counts()
                 blocks, masked = partial + full, partial
             else:
@@ -207,14 +207,10 @@ def _dynamic_blocks(node: Node, g: Grid, value) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _symbolic_ranges(node: Node, BM: int, BN: int) -> list[tuple[sympy.Expr, ...]]:
-    atoms = atoms_of(node, lambda x: int(x) if x.is_Integer else x)
+    atoms = range_atoms(node)
     if atoms is None:
         raise PatternError(f"`{node.text}` is not a union of affine atoms")
-    unbounded = {BIG: sympy.oo, -BIG: -sympy.oo}
-    atoms = [Atom(**{f: unbounded.get(v, v) if isinstance(v, int) else v
-                     for f, v in vars(a).items()}) for a in atoms]
     return [tuple(block_ranges(a, m_sym, BM, BN, M_SYM, N_SYM, ops=SYMPY)) for a in atoms]
-
 
 
 # -- kernel loops for a ranges term --------------------------------------------------------
@@ -255,9 +251,9 @@ def range_atoms(node: Node) -> list[Atom] | None:
     atoms = atoms_of(node, lambda x: int(x) if x.is_Integer else x)
     if atoms is None:
         return None
-    unbounded = {BIG: sympy.oo, -BIG: -sympy.oo}
-    return [Atom(**{f: unbounded.get(v, v) if isinstance(v, int) else v
-                    for f, v in vars(a).items()}) for a in atoms]
+    unbounded = {sympy.Integer(BIG): sympy.oo, sympy.Integer(-BIG): -sympy.oo}
+    return [Atom(**{f: sympy.sympify(v).xreplace(unbounded) for f, v in vars(a).items()})
+            for a in atoms]
 
 
 @functools.lru_cache(maxsize=256)

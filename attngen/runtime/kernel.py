@@ -20,7 +20,7 @@ from attngen.runtime.env import interpreting
 # of INTERPRETER_CONFIGS (small blocks exercise the block logic on small shapes).
 GPU_CONFIGS = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 4),
                (128, 128, 8, 2), (64, 128, 4, 3)]
-INTERPRETER_CONFIGS = [(16, 16, 1, 1)]
+INTERPRETER_CONFIGS = [(32, 32, 1, 1)]
 
 
 @dataclass(frozen=True)

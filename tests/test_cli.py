@@ -1,0 +1,191 @@
+"""The command line (`attngen show | layout | demo`), called in process through `main`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+import attngen
+from attngen import library
+from attngen.cli import main
+from attngen.viz import block_density
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+# -- show ----------------------------------------------------------------------------------
+def test_show_small_draws_the_mask(capsys):
+    rc, out, err = run(capsys, "show", "causal & (sink(2) | local(3))", "--n", "8")
+    assert rc == 0 and not err
+    p = attngen.parse("causal & (sink(2) | local(3))")
+    assert f"pattern    {p}" in out
+    mask = p.mask(8, 8)[0]
+    rows = ["".join("#" if a else "." for a in row) for row in mask.tolist()]
+    assert "\n".join(rows) in out
+    assert f"density    {p.density(8, 8):.4f}" in out
+    assert "ranges" in out and "plan for" in out
+
+
+def test_show_readme_example(capsys):
+    rc, out, _ = run(capsys, "show", "causal & (sink(128) | local(4096))", "--n", "32")
+    assert rc == 0
+    assert "causal & (local(4096) | sink(128))" in out
+    assert "#" * 32 in out and "density    1.0000" in out
+
+
+def test_show_large_draws_blocks_and_counts(capsys):
+    rc, out, _ = run(capsys, "show", "streaming", "--name", "streaming_llm", "--n", "4096",
+                     "--block", "128")
+    assert rc == 0
+    p = attngen.load("streaming", "streaming_llm")
+    lay = attngen.layout(p, 4096, 4096, block=128)
+    partial, full = lay.block_counts()
+    assert str(p) in out and "local(2000)" in out
+    assert "█" in out and "▒" in out and "·" in out
+    assert len([line for line in out.splitlines() if set(line) <= set("█▒·") and line]) == 32
+    assert f"density    {lay.density():.4f}" in out
+    assert f"{partial} partial + {full} full" in out
+    assert f"block density {block_density(lay):.2%}" in out
+    assert "ranges" in out
+
+
+def test_show_too_many_blocks_for_a_picture(capsys):
+    rc, out, _ = run(capsys, "show", "causal & local(1024)", "--n", "65536", "--block", "128")
+    assert rc == 0 and "too many for the terminal" in out and "█" not in out
+
+
+def test_show_strategies(capsys):
+    rc, out, _ = run(capsys, "show", "sparse_transformer", "--n", "2048")
+    assert rc == 0 and "table" in out
+    rc, out, _ = run(capsys, "show", "minference", "--n", "2048")
+    assert rc == 0 and "dynamic" in out and "density    " not in out
+
+
+def test_show_file_with_name_and_mixture_heads(capsys, tmp_path):
+    path = tmp_path / "mine.attn"
+    path.write_text("def win(w=16) = local(w)\n"
+                    "def layer() = heads { 0..1: causal; *: win() }\n")
+    rc, out, _ = run(capsys, "show", str(path), "--name", "win", "--n", "256")
+    assert rc == 0 and "pattern    local(16)" in out
+    rc, out, _ = run(capsys, "show", str(path), "--n", "256")
+    assert rc == 0 and "heads=3" in out  # 0..1 and one head for `*`
+    assert "heads 0..1:" in out and "head 2:" in out
+
+
+def test_show_document_uses_illustrative_ids(capsys):
+    rc, out, _ = run(capsys, "show", "document", "--n", "1024", "--docs", "2")
+    assert rc == 0 and "2 equal documents" in out
+    ids = torch.arange(1024) * 2 // 1024
+    lay = attngen.layout(attngen.load("document"), 1024, 1024, block=64, doc_ids=ids)
+    assert f"density    {lay.density():.4f}" in out
+
+
+def test_show_png(capsys, tmp_path):
+    png = tmp_path / "sub" / "a.png"
+    rc, out, _ = run(capsys, "show", "streaming", "--name", "a_shape", "--n", "1024",
+                     "--png", str(png))
+    assert rc == 0 and str(png) in out
+    assert_png(png)
+
+
+# -- layout --------------------------------------------------------------------------------
+def test_layout_stats_and_out_match_to_flex(capsys, tmp_path):
+    text = "heads { 0: causal & (sink(64) | local(200)); *: causal & strided(64) }"
+    out_file = tmp_path / "lay.pt"
+    rc, out, _ = run(capsys, "layout", text, "--n", "1000", "--m", "700", "--block", "64",
+                     "--heads", "3", "--out", str(out_file))
+    assert rc == 0
+    p = attngen.parse(text)
+    lay = attngen.layout(p, 700, 1000, block=64, heads=3)
+    assert "head 0:" in out and "heads 1..2:" in out
+    for i in range(len(lay.nodes)):
+        part, full = lay.partial[i].counts, lay.full[i].counts
+        total = part + full
+        assert (f"{int(total.sum())}   {int(total.min())} / {total.mean():.2f} / "
+                f"{int(total.max())}") in out
+    saved = torch.load(out_file)
+    for name, tensor in lay.to_flex().items():
+        assert torch.equal(saved[name], tensor), name
+    assert torch.equal(saved["classes"], lay.classes())
+    assert saved["pattern"] == str(p) and saved["block"] == (64, 64)
+
+
+def test_layout_rectangular_block(capsys):
+    rc, out, _ = run(capsys, "layout", "causal", "--n", "512", "--block", "128x64")
+    assert rc == 0 and "block=128x64" in out and "4 query blocks x 8 kv blocks" in out
+
+
+# -- demo ----------------------------------------------------------------------------------
+def test_demo(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(capsys, "demo")
+    assert rc == 0 and "Traceback" not in err
+    for stem in library.files():
+        assert f"== {stem}.attn" in out
+        assert str(attngen.load(stem)) in out
+    assert out.count("plan for") >= len(library.files()) - 1  # document has no plan yet
+    assert "ranges" in out and "table" in out and "dynamic" in out
+    assert "█" in out and "later issues" in out
+    png = tmp_path / "attngen-demo" / "a_shape.png"
+    assert str(png) in out
+    assert_png(png)
+
+
+# -- help and errors -----------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [[], ["show"], ["layout"], ["demo"]])
+def test_help_has_an_example(capsys, argv):
+    rc, out, _ = run(capsys, *argv, "--help")
+    assert rc == 0 and "example" in out and "attngen" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "loacl(4)"], "<pattern>:1:1: error: unknown pattern `loacl`"),
+    (["show", "causal & local(0)"], "<pattern>:1:16: error: local: w = 0"),
+    (["show", "streamin"], "did you mean `streaming`?"),
+    (["show", "missing.attn"], "no such file: missing.attn"),
+    (["show", "causal", "--n", "0"], "--n must be at least 1"),
+    (["show", "causal", "--block", "0"], "expected a block size"),
+    (["layout", "causal"], "the following arguments are required: --n"),
+    (["layout", "longlora", "--n", "64", "--heads", "4"], "head index 7 is out of range"),
+    (["layout", "minference", "--n", "64"], "input-dependent"),
+    ([], "usage: attngen"),
+])
+def test_errors_exit_2_without_traceback(capsys, argv, message):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err + out
+
+
+def test_pattern_error_shows_the_caret(capsys):
+    rc, _, err = run(capsys, "show", "causal &\n  loacl(4)")
+    assert rc == 2
+    assert err.splitlines()[:3] == ["<pattern>:2:3: error: unknown pattern `loacl`",
+                                    "    loacl(4)", "    ^^^^^"]
+
+
+@pytest.mark.slow
+def test_python_m_attngen_error_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "attngen", "show", "loacl(4)"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: unknown pattern `loacl`" in result.stderr and "^^^^^" in result.stderr
