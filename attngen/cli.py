@@ -235,6 +235,33 @@ _PATTERN_HELP = ("pattern-language text, a path to a .attn file, or a bundled pa
                  "name (" + ", ".join(sorted(library.files())) + ")")
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    p = resolve(args.pattern, args.name)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    kern = attngen.compile(p, head_dim=args.head_dim, dtype=dtype, heads=args.heads,
+                           kv_heads=args.kv_heads, device=args.device)
+    if args.o:
+        Path(args.o).write_text(kern.source)
+        print(f"wrote {args.o}")
+    else:
+        print(kern.source, end="")
+    print(f"# cache entry: {kern.path} ({'rendered now' if kern.rendered else 'cache hit'})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from attngen import bench
+
+    result = bench.bench(args.patterns, args.lengths, heads=args.heads, head_dim=args.head_dim,
+                         repeats=args.repeats, check_max_n=args.check_max_n,
+                         log=lambda row: print(row, flush=True))
+    bench.save(result, args.out, args.md)
+    print(bench.markdown(result))
+    print(f"wrote {args.out}" + (f" and {args.md}" if args.md else ""))
+    return 0
+
+
 def _sizes(sub: argparse.ArgumentParser, n_default: int | None) -> None:
     sub.add_argument("--n", type=int, default=n_default, required=n_default is None,
                      help="number of keys N" + (f" (default {n_default})" if n_default else ""))
@@ -291,6 +318,43 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--out", default=None, help="torch.save the layout tensors to this file")
     lay.set_defaults(run=cmd_layout)
 
+    comp = subs.add_parser(
+        "compile", formatter_class=fmt, help="print or write the generated Triton kernel",
+        description=_wrap("Render (or fetch from the cache) the forward kernel specialised for "
+                          "PATTERN; print its source, or write it with -o. The cache entry's "
+                          "path goes to stderr."),
+        epilog="examples:\n  attngen compile \"causal & (sink(128) | local(4096))\" "
+               "--head-dim 128 --dtype bf16\n  attngen compile streaming -o a_shape_kernel.py")
+    comp.add_argument("pattern", metavar="PATTERN", help=_PATTERN_HELP)
+    comp.add_argument("--name", default=None, help="the definition to use (default the last)")
+    comp.add_argument("--head-dim", type=int, default=128)
+    comp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    comp.add_argument("--heads", type=int, default=32)
+    comp.add_argument("--kv-heads", type=int, default=None)
+    comp.add_argument("--device", default=None, help="cuda or cpu (the interpreter); "
+                      "default cuda when present")
+    comp.add_argument("-o", default=None, help="write the source to this file")
+    comp.set_defaults(run=cmd_compile)
+
+    ben = subs.add_parser(
+        "bench", formatter_class=fmt, help="time kernels against FlexAttention and SDPA (GPU)",
+        description=_wrap("On a CUDA GPU, time the attngen kernel of each pattern, FlexAttention "
+                          "with a block mask built from the same pattern, and SDPA causal "
+                          "(cuDNN, FlashAttention-2) in one process; median of --repeats runs. "
+                          "Writes JSON and a markdown table."),
+        epilog="example:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md")
+    ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
+                     "local(4096), A-shape, local+strided)")
+    ben.add_argument("--lengths", nargs="+", type=int, default=None)
+    ben.add_argument("--heads", type=int, default=32)
+    ben.add_argument("--head-dim", type=int, default=128)
+    ben.add_argument("--repeats", type=int, default=20)
+    ben.add_argument("--check-max-n", type=int, default=8192,
+                     help="compare with an fp32 reference up to this length")
+    ben.add_argument("--out", default="bench.json")
+    ben.add_argument("--md", default=None)
+    ben.set_defaults(run=cmd_bench)
+
     demo = subs.add_parser(
         "demo", formatter_class=fmt, help="tour the bundled library end to end",
         description=_wrap("Load every bundled pattern and print its canonical text, density and "
@@ -316,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except PatternError as e:
         print(e, file=sys.stderr)
+    except NotImplementedError as e:
+        print(f"attngen {args.command}: not available: {e}", file=sys.stderr)
     except ValueError as e:
         print(f"attngen {args.command}: error: {e}", file=sys.stderr)
     except BrokenPipeError:  # `attngen demo | head`

@@ -1,0 +1,196 @@
+"""`attngen bench`: time generated kernels against FlexAttention and PyTorch SDPA on a GPU.
+
+Every system runs in the same process on the same inputs: the attngen kernel (tuned once,
+tuning time reported apart), FlexAttention compiled once with a block mask built from the
+same pattern (its build time reported apart), and SDPA causal with the cuDNN and
+FlashAttention-2 back-ends. Each time is the median of `repeats` runs, each timed with CUDA
+events after warm-up. Effective TFLOP/s counts 4·D flops per allowed (q, k) pair and head.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+import attngen
+from attngen.codegen.torch_predicate import count_allowed, mask_mod, predicate_fn
+
+DEFAULT_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))",
+                    "causal & (local(1024) | strided(128))"]
+
+
+@dataclass
+class Row:
+    pattern: str
+    N: int
+    system: str
+    ms: float | None
+    tflops: float | None = None
+    vs_flex: float | None = None  # this system's time ÷ Flex's time
+    setup_s: float | None = None  # compile / tune / block-mask build, outside the timing
+    max_err: float | None = None  # vs an fp32 reference, where checked
+    note: str = ""
+    times_ms: list = field(default_factory=list)
+
+
+def _time(fn, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _sdpa(q, k, v, backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run():
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return run
+
+
+def _flex(pattern, N, H, device):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    t0 = time.perf_counter()
+    lay = attngen.layout(pattern, N, N, block=128, heads=1)
+    t = {name: x.to(device) for name, x in lay.to_flex().items()}
+    bm = BlockMask.from_kv_blocks(t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
+                                  t["full_kv_indices"], BLOCK_SIZE=128,
+                                  mask_mod=mask_mod(list(lay.nodes), [0], N, N),
+                                  seq_lengths=(N, N))
+    return bm, time.perf_counter() - t0
+
+
+_FLEX = None
+
+
+def _flex_fn():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _reference(q, k, v, pattern, N):
+    """fp32 attention with the exact mask (sizes where the dense mask fits)."""
+    f = predicate_fn(pattern.node, N, N)
+    pos = torch.arange(N, device=q.device)
+    mask = f(pos[:, None], pos[None, :])
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask), mask
+
+
+def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, heads: int = 32,
+          head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, repeats: int = 20,
+          check_max_n: int = 8192, log=print) -> dict:
+    from torch.nn.attention import SDPBackend
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("attngen bench needs a CUDA GPU")
+    device = torch.device("cuda")
+    patterns = patterns or DEFAULT_PATTERNS
+    lengths = lengths or [8192, 32768, 131072]
+    rows: list[Row] = []
+    for N in lengths:
+        g = torch.Generator(device=device).manual_seed(N)
+        q, k, v = (torch.randn(1, heads, N, head_dim, device=device, dtype=dtype, generator=g)
+                   for _ in range(3))
+        causal_pairs = N * (N + 1) // 2
+        for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                              ("sdpa-fa2", SDPBackend.FLASH_ATTENTION)):
+            try:
+                times = _time(_sdpa(q, k, v, backend), repeats)
+                ms = statistics.median(times)
+                rows.append(Row("causal", N, name, ms, 4 * causal_pairs * head_dim * heads
+                                / ms / 1e9, times_ms=times))
+            except RuntimeError as e:
+                rows.append(Row("causal", N, name, None, note=str(e).splitlines()[0][:120]))
+            log(rows[-1])
+        for text in patterns:
+            p = attngen.parse(text)
+            allowed = count_allowed(p.node, N, N, device) * heads
+            flops = 4 * allowed * head_dim
+            # FlexAttention with a block mask from the same layout
+            bm, build_s = _flex(p, N, heads, device)
+            flex = _flex_fn()
+            t0 = time.perf_counter()
+            flex(q, k, v, block_mask=bm)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            times = _time(lambda: flex(q, k, v, block_mask=bm), repeats)
+            flex_ms = statistics.median(times)
+            rows.append(Row(str(p), N, "flex", flex_ms, flops / flex_ms / 1e9, 1.0,
+                            setup_s=build_s, times_ms=times,
+                            note=f"block mask built in {build_s:.3f} s; first call {first:.1f} s"))
+            log(rows[-1])
+            # attngen
+            t0 = time.perf_counter()
+            kern = attngen.compile(p, head_dim=head_dim, dtype=dtype, heads=heads)
+            out = kern(q, k, v)
+            torch.cuda.synchronize()
+            setup = time.perf_counter() - t0
+            times = _time(lambda: kern(q, k, v), repeats)
+            ms = statistics.median(times)
+            row = Row(str(p), N, "attngen", ms, flops / ms / 1e9, ms / flex_ms, setup_s=setup,
+                      times_ms=times, note=f"config {kern.tuned}")
+            if N <= check_max_n:
+                ref, mask = _reference(q, k, v, p, N)
+                row.max_err = (out.float() - ref).abs().max().item()
+                sdpa_bf16 = torch.nn.functional.scaled_dot_product_attention(q, k, v,
+                                                                             attn_mask=mask)
+                sdpa_err = (sdpa_bf16.float() - ref).abs().max().item()
+                flex_err = (flex(q, k, v, block_mask=bm).float() - ref).abs().max().item()
+                row.note += (f"; max err attngen {row.max_err:.2e}, sdpa-bf16 {sdpa_err:.2e}, "
+                             f"flex {flex_err:.2e} (ratio to sdpa {row.max_err / sdpa_err:.2f})")
+                del ref, mask, sdpa_bf16
+            rows.append(row)
+            log(rows[-1])
+        del q, k, v
+        torch.cuda.empty_cache()
+    import triton
+
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "attngen": attngen.__version__,
+            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
+            "shape": {"B": 1, "H": heads, "D": head_dim, "dtype": str(dtype)},
+            "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups"}
+    return {"meta": meta, "rows": [asdict(r) for r in rows]}
+
+
+def markdown(result: dict) -> str:
+    m = result["meta"]
+    lines = [f"{m['device']}, torch {m['torch']}, triton {m['triton']}, attngen {m['attngen']}, "
+             f"{m['date']}; B=1 H={m['shape']['H']} D={m['shape']['D']} {m['shape']['dtype']}; "
+             f"{m['statistic']}, {m['repeats']} runs.", "",
+             "| pattern | N | system | ms | TFLOP/s (allowed) | × Flex time | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        fmt = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
+        lines.append(f"| `{r['pattern']}` | {r['N']} | {r['system']} | {fmt(r['ms'], '.3f')} | "
+                     f"{fmt(r['tflops'], '.0f')} | {fmt(r['vs_flex'], '.2f')} | {r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def save(result: dict, json_path: str, md_path: str | None = None) -> None:
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(markdown(result))
+
