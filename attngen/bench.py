@@ -67,7 +67,7 @@ def _flex(pattern, N, H, device):
 
     t0 = time.perf_counter()
     lay = attngen.layout(pattern, N, N, block=128, heads=1)
-    t = {name: x.to(device) for name, x in lay.to_flex().items()}
+    t = {name: x.to(device) for name, x in lay.to_flex(width=lay.grid.KB).items()}
     bm = BlockMask.from_kv_blocks(t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
                                   t["full_kv_indices"], BLOCK_SIZE=128,
                                   mask_mod=mask_mod(list(lay.nodes), [0], N, N),
@@ -81,8 +81,12 @@ _FLEX = None
 def _flex_fn():
     global _FLEX
     if _FLEX is None:
+        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
+        # one compile per (shape, mask_mod): more than dynamo's default limit of 8
+        torch._dynamo.config.cache_size_limit = 256
+        torch._dynamo.config.recompile_limit = 256
         _FLEX = torch.compile(flex_attention, dynamic=False)
     return _FLEX
 
@@ -98,7 +102,9 @@ def _reference(q, k, v, pattern, N):
 
 def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, heads: int = 32,
           head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, repeats: int = 20,
-          check_max_n: int = 8192, log=print) -> dict:
+          check_max_n: int = 8192, variants: dict | None = None, log=print) -> dict:
+    """variants: system name → compile options, e.g. {"attngen-fused": {"fused_loops": True}}
+    (default: {"attngen": {}})."""
     from torch.nn.attention import SDPBackend
 
     if not torch.cuda.is_available():
@@ -139,28 +145,10 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
                             setup_s=build_s, times_ms=times,
                             note=f"block mask built in {build_s:.3f} s; first call {first:.1f} s"))
             log(rows[-1])
-            # attngen
-            t0 = time.perf_counter()
-            kern = attngen.compile(p, head_dim=head_dim, dtype=dtype, heads=heads)
-            out = kern(q, k, v)
-            torch.cuda.synchronize()
-            setup = time.perf_counter() - t0
-            times = _time(lambda: kern(q, k, v), repeats)
-            ms = statistics.median(times)
-            row = Row(str(p), N, "attngen", ms, flops / ms / 1e9, ms / flex_ms, setup_s=setup,
-                      times_ms=times, note=f"config {kern.tuned}")
-            if N <= check_max_n:
-                ref, mask = _reference(q, k, v, p, N)
-                row.max_err = (out.float() - ref).abs().max().item()
-                sdpa_bf16 = torch.nn.functional.scaled_dot_product_attention(q, k, v,
-                                                                             attn_mask=mask)
-                sdpa_err = (sdpa_bf16.float() - ref).abs().max().item()
-                flex_err = (flex(q, k, v, block_mask=bm).float() - ref).abs().max().item()
-                row.note += (f"; max err attngen {row.max_err:.2e}, sdpa-bf16 {sdpa_err:.2e}, "
-                             f"flex {flex_err:.2e} (ratio to sdpa {row.max_err / sdpa_err:.2f})")
-                del ref, mask, sdpa_bf16
-            rows.append(row)
-            log(rows[-1])
+            for system, options in (variants or {"attngen": {}}).items():
+                rows.append(_attngen_row(system, options, p, q, k, v, N, flops, flex_ms,
+                                         repeats, check_max_n, bm))
+                log(rows[-1])
         del q, k, v
         torch.cuda.empty_cache()
     import triton
@@ -169,8 +157,39 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
             "triton": triton.__version__, "attngen": attngen.__version__,
             "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
             "shape": {"B": 1, "H": heads, "D": head_dim, "dtype": str(dtype)},
-            "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups"}
+            "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups",
+            "variants": variants or {"attngen": {}}}
     return {"meta": meta, "rows": [asdict(r) for r in rows]}
+
+
+def _attngen_row(system, options, p, q, k, v, N, flops, flex_ms, repeats, check_max_n, bm):
+    heads, head_dim = q.shape[1], q.shape[3]
+    t0 = time.perf_counter()
+    kern = attngen.compile(p, head_dim=head_dim, dtype=q.dtype, heads=heads, options=options)
+    out = kern(q, k, v)
+    torch.cuda.synchronize()
+    setup = time.perf_counter() - t0
+    times = _time(lambda: kern(q, k, v), repeats)
+    ms = statistics.median(times)
+    cfg = kern.config(q, k, v, None)
+    row = Row(str(p), N, system, ms, flops / ms / 1e9, ms / flex_ms, setup_s=setup,
+              times_ms=times, note=f"BLOCK {cfg.block_m}x{cfg.block_n}, {cfg.warps} warps, "
+                                   f"{cfg.stages} stages")
+    if N <= check_max_n:
+        ref, mask = _reference(q, k, v, p, N)
+        row.max_err = (out.float() - ref).abs().max().item()
+        sdpa_bf16 = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        sdpa_err = (sdpa_bf16.float() - ref).abs().max().item()
+        flex_err = (_flex_fn()(q, k, v, block_mask=bm).float() - ref).abs().max().item()
+        row.note += (f"; max err attngen {row.max_err:.2e}, sdpa-bf16 {sdpa_err:.2e}, "
+                     f"flex {flex_err:.2e} (ratio to sdpa {row.max_err / sdpa_err:.2f})")
+    return row
+
+
+def line(r: Row) -> str:
+    fmt = lambda x, f: "—" if x is None else format(x, f)  # noqa: E731
+    return (f"{r.system:10} N={r.N:<7} {fmt(r.ms, '9.3f')} ms {fmt(r.tflops, '5.0f')} TF "
+            f"x{fmt(r.vs_flex, '.2f')} Flex  {r.pattern}  {r.note}")
 
 
 def markdown(result: dict) -> str:

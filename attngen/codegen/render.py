@@ -47,9 +47,11 @@ class KernelSpec:
     pattern: Pattern
     groups: tuple[GroupSpec, ...]
     head_group: tuple[int, ...]  # query head → group index
+    fused_loops: bool = False  # ranges: one loop per piece, masking decided per block
 
     @staticmethod
-    def build(pattern: Pattern, heads: int, kv_heads: int | None = None) -> "KernelSpec":
+    def build(pattern: Pattern, heads: int, kv_heads: int | None = None,
+              fused_loops: bool = False) -> "KernelSpec":
         if pattern.is_dynamic:
             raise PatternError(f"`{pattern}` is input-dependent; its kernels (estimation on "
                                "the GPU) are not generated yet")
@@ -64,7 +66,7 @@ class KernelSpec:
             else:
                 groups.append(GroupSpec(i, node, "table", slots))
                 slots += 1
-        return KernelSpec(pattern, tuple(groups), tuple(head_group))
+        return KernelSpec(pattern, tuple(groups), tuple(head_group), fused_loops)
 
     @property
     def uses_tables(self) -> bool:
@@ -83,7 +85,7 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
                  "predicate": printer(g.node.predicate), "table_slot": g.table_slot,
                  "bounds": [], "segments": []}
         if g.strategy == "ranges":
-            loops = range_loops(g.node)
+            loops = range_loops(g.node, spec.fused_loops)
             local = Printer({**_KERNEL_NAMES, **{s: s.name for _, e in loops.bounds
                                                  for s in e.free_symbols}}, "tl")
             entry["bounds"] = [(name, local(e)) for name, e in loops.bounds]
@@ -91,6 +93,7 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
             seg_printer = Printer({**_KERNEL_NAMES, **names}, "tl")
             entry["segments"] = [
                 {"start": seg_printer(s.start), "stop": seg_printer(s.stop),
+                 "full_lo": seg_printer(s.full_lo), "full_hi": seg_printer(s.full_hi),
                  "masked": s.masked, "note": s.note} for s in loops.segments]
         groups.append(entry)
     text = " ".join(g["predicate"] for g in groups)

@@ -61,12 +61,14 @@ class BlockLayout:
                 out[h, rows, csr.indices] = value
         return torch.from_numpy(out)
 
-    def to_flex(self) -> dict[str, torch.Tensor]:
-        """FlexAttention's kv_num_blocks/kv_indices (partial) and full_* tensors [1, H, QB, W]."""
+    def to_flex(self, width: int | None = None) -> dict[str, torch.Tensor]:
+        """FlexAttention's kv_num_blocks/kv_indices (partial) and full_* tensors [1, H, QB, W],
+        W = the widest row unless `width` is given (BlockMask needs W = KB)."""
         def padded(csrs):
-            width = max(1, max(int(c.counts.max(initial=0)) for c in csrs))
+            w = max(1, max(int(c.counts.max(initial=0)) for c in csrs))
+            width_ = w if width is None else max(width, w)
             num = np.zeros((self.heads, self.grid.QB), dtype=np.int32)
-            idx = np.zeros((self.heads, self.grid.QB, width), dtype=np.int32)
+            idx = np.zeros((self.heads, self.grid.QB, width_), dtype=np.int32)
             for h in range(self.heads):
                 c = csrs[self.head_index[h]]
                 num[h] = c.counts
@@ -87,7 +89,8 @@ class BlockLayout:
         g = self.grid
         if g.BM != g.BN:
             raise ValueError("FlexAttention block masks here use square blocks (BM == BN)")
-        t = {name: v.to(device) for name, v in self.to_flex().items()}
+        # from_kv_blocks scatters the indices into a [QB, W + 1] table: W must be KB
+        t = {name: v.to(device) for name, v in self.to_flex(width=g.KB).items()}
         return BlockMask.from_kv_blocks(
             t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
             t["full_kv_indices"], BLOCK_SIZE=(g.BM, g.BN), mask_mod=self.mask_mod(device),

@@ -225,16 +225,21 @@ N_BLOCKS = sympy.Symbol("n_blocks", integer=True, positive=True)  # cdiv(N, BLOC
 BOUND_NAMES = ("lo", "hi", "full_lo", "full_hi")
 
 
+NEVER, ALWAYS, OUTSIDE_FULL = 0, 1, 2  # when a loop evaluates the predicate
+
+
 @dataclass(frozen=True)
 class Segment:
-    """One kernel loop over kv blocks start..stop-1 of a query block; `masked` says whether
-    the predicate is evaluated on its blocks. Bounds are sympy in the per-atom names
-    lo_i, hi_i, full_lo_i, full_hi_i (see RangeLoops.bounds)."""
+    """One kernel loop over kv blocks start..stop-1 of a query block. `masked`: NEVER,
+    ALWAYS, or OUTSIDE_FULL (on blocks outside full_lo..full_hi, decided per block at run
+    time). Bounds are sympy in the per-atom names lo_i, hi_i, full_lo_i, full_hi_i."""
 
     start: sympy.Expr
     stop: sympy.Expr
-    masked: bool
+    masked: int
     note: str
+    full_lo: sympy.Expr = sympy.Integer(0)
+    full_hi: sympy.Expr = sympy.Integer(-1)
 
 
 @dataclass(frozen=True)
@@ -257,13 +262,15 @@ def range_atoms(node: Node) -> list[Atom] | None:
 
 
 @functools.lru_cache(maxsize=256)
-def range_loops(node: Node) -> RangeLoops | None:
+def range_loops(node: Node, fused: bool = False) -> RangeLoops | None:
     """Disjoint kernel loops covering exactly the kv blocks a union of atoms allows.
 
     Atom i visits its block interval minus the intervals of atoms 0..i-1 (at most two
-    pieces per earlier atom); each piece splits into masked / FULL (no mask) / masked
-    loops around the atom's own FULL run. A block FULL for one atom is FULL for the union,
-    so skipping the mask there is exact. None if the node is not a small union of atoms."""
+    pieces per earlier atom). Split loops (default): each piece becomes masked / FULL (no
+    mask) / masked loops around the atom's own FULL run. Fused: one loop per piece that
+    decides per block whether to mask (fewer loops, so fewer pipeline fills; one scalar
+    branch per block). A block FULL for one atom is FULL for the union, so skipping the
+    mask there is exact. None if the node is not a small union of atoms."""
     atoms = range_atoms(node)
     if atoms is None or not 0 < len(atoms) <= MAX_RANGE_ATOMS:
         return None
@@ -282,11 +289,16 @@ def range_loops(node: Node) -> RangeLoops | None:
                       for p in ((a, sympy.Min(b, lo_j - 1)), (sympy.Max(a, hi_j + 1), b))]
         note = f"atom {i}" + (f" outside atoms 0..{i - 1}" if i else "")
         for a, b in pieces:
+            if fused:
+                segments.append(Segment(a, b + 1, OUTSIDE_FULL, note + ": masked outside its "
+                                        "full blocks", flo, fhi))
+                continue
             segments += [
-                Segment(a, sympy.Min(b, flo - 1) + 1, True, note + ": partial blocks before"),
-                Segment(sympy.Max(a, flo), sympy.Min(b, fhi) + 1, False, note + ": full blocks"),
+                Segment(a, sympy.Min(b, flo - 1) + 1, ALWAYS, note + ": partial blocks before"),
+                Segment(sympy.Max(a, flo), sympy.Min(b, fhi) + 1, NEVER, note + ": full blocks"),
                 # flo also bounds "after" from below: when an atom has no FULL run
                 # (flo > fhi) the "before" loop already covers blocks up to flo - 1
-                Segment(sympy.Max(a, fhi + 1, flo), b + 1, True, note + ": partial blocks after"),
+                Segment(sympy.Max(a, fhi + 1, flo), b + 1, ALWAYS,
+                        note + ": partial blocks after"),
             ]
     return RangeLoops(tuple(bounds), tuple(segments))

@@ -13,7 +13,7 @@ from attngen.runtime.env import interpreting
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
 
-OPTIONS = {"max_range_atoms": 3}
+DEFAULT_OPTIONS = {"fused_loops": False}
 _KERNELS: dict[tuple, Kernel] = {}
 
 
@@ -28,20 +28,23 @@ def _pattern(pattern: Pattern | str) -> Pattern:
 
 def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
             heads: int = 32, kv_heads: int | None = None,
-            device: str | torch.device | None = None) -> Kernel:
+            device: str | torch.device | None = None, options: dict | None = None) -> Kernel:
     """The Triton kernel for `pattern`, from the in-process table, the disk cache, or freshly
-    rendered. `kernel.source` is the generated code; `kernel(q, k, v)` runs it."""
+    rendered. `kernel.source` is the generated code; `kernel(q, k, v)` runs it.
+    options: {"fused_loops": bool} (ranges terms: one loop per block run, see lower.plan)."""
+    options = {**DEFAULT_OPTIONS, **(options or {})}
     pattern = _pattern(pattern)
     if device is None:
         device = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
     device = torch.device(device)
-    memo = (pattern.node, heads, kv_heads, head_dim, dtype, device.type, device.index)
+    memo = (pattern.node, heads, kv_heads, head_dim, dtype, device.type, device.index,
+            tuple(sorted(options.items())))
     kernel = _KERNELS.get(memo)
     if kernel is not None:
         return kernel
-    spec = KernelSpec.build(pattern, heads, kv_heads)
+    spec = KernelSpec.build(pattern, heads, kv_heads, fused_loops=options["fused_loops"])
     key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
-                    device_capability(device.type, device.index), OPTIONS)
+                    device_capability(device.type, device.index), options)
 
     def build():
         import attngen

@@ -18,7 +18,7 @@ from attngen.runtime.env import interpreting
 
 # Hopper-aware search space (BLOCK_M, BLOCK_N, warps, stages); the interpreter uses the first
 # of INTERPRETER_CONFIGS (small blocks exercise the block logic on small shapes).
-GPU_CONFIGS = [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3)]
+GPU_CONFIGS = [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4)]
 INTERPRETER_CONFIGS = [(32, 32, 1, 1)]
 
 
