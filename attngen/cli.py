@@ -264,6 +264,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from attngen.runtime import cache
+    from attngen.runtime.env import cache_dir
+
+    entries = cache.entries()
+    if args.action == "ls":
+        print(f"{cache_dir()}: {len(entries)} entries")
+        for e in entries:
+            try:
+                meta = json.loads((e / "meta.json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            print(f"  {e.name[:16]}  {meta.get('created', '?'):19}  {meta.get('dtype', '')}"
+                  f"  {meta.get('pattern', '?')}")
+        return 0
+    if args.action == "verify":
+        bad = [(e, why) for e in entries if (why := cache.verify(e)) is not None]
+        for e, why in bad:
+            print(f"  {e.name[:16]}: {why}")
+        print(f"{len(entries) - len(bad)} ok, {len(bad)} corrupt")
+        return 1 if bad else 0
+    print(f"removed {cache.clear()} entries from {cache_dir()}")
+    return 0
+
+
 def _sizes(sub: argparse.ArgumentParser, n_default: int | None) -> None:
     sub.add_argument("--n", type=int, default=n_default, required=n_default is None,
                      help="number of keys N" + (f" (default {n_default})" if n_default else ""))
@@ -358,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--out", default="bench.json")
     ben.add_argument("--md", default=None)
     ben.set_defaults(run=cmd_bench)
+
+    cac = subs.add_parser(
+        "cache", formatter_class=fmt, help="list, verify or clear the kernel cache",
+        description=_wrap("The content-addressed kernel cache ($ATTNGEN_CACHE_DIR, default "
+                          "~/.cache/attngen): ls lists entries, verify checks every checksum "
+                          "(exit 1 if any entry is corrupt), clear removes them all."),
+        epilog="examples:\n  attngen cache ls\n  attngen cache verify\n  attngen cache clear")
+    cac.add_argument("action", choices=["ls", "verify", "clear"])
+    cac.set_defaults(run=cmd_cache)
 
     demo = subs.add_parser(
         "demo", formatter_class=fmt, help="tour the bundled library end to end",
