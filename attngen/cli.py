@@ -225,9 +225,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n".join(_density_lines(lay)))
     png = viz.save_png(a_shape, 1024, 1024, 64, Path(args.out_dir) / "a_shape.png")
     print(f"wrote      {png.resolve()}")
-    print("\nKernels (attngen.compile / attngen.attention), the benchmark and the per-head "
-          "profiler arrive with later issues; the demo will run them end to end then.")
+    _demo_kernel(a_shape)
+    print("\nThe per-head profiler for Hugging Face models (attngen search / eval) arrives with "
+          "a later issue; the demo will run it end to end then.")
     return 0
+
+
+def _demo_kernel(pattern: attngen.Pattern) -> None:
+    """Compile the pattern's Triton kernel and check it against the reference."""
+    from attngen.reference import attention as reference
+    from attngen.runtime.env import use_interpreter_without_gpu
+
+    interpreted = use_interpreter_without_gpu()
+    device = "cpu" if interpreted else "cuda"
+    dtype = torch.float32 if interpreted else torch.bfloat16
+    M = N = 300 if interpreted else 4096
+    H, D = 2, 64
+    kern = attngen.compile(pattern, head_dim=D, dtype=dtype, heads=H, device=device)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, H, n, D, generator=g).to(device, dtype) for n in (M, N, N))
+    out = kern(q, k, v)
+    ref = reference(q.float(), k.float(), v.float(), pattern)
+    err = (out.float() - ref.to(out.device)).abs().max().item()
+    where = "Triton interpreter (CPU)" if interpreted else torch.cuda.get_device_name()
+    print(f"\nkernel     {kern.path / 'kernel.py'} "
+          f"({'rendered now' if kern.rendered else 'from the cache'})")
+    print(f"ran        M=N={N}, {H} heads, head_dim {D}, {str(dtype)[6:]} on {where}: "
+          f"max |out - reference| = {err:.1e}")
+    print(f"           `attngen compile \"{pattern}\"` prints the generated source")
 
 
 # -- the parser ----------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 import os
 
-from hypothesis import HealthCheck, settings
+# Generated kernels run on the CPU through Triton's interpreter. Triton decides how to build a
+# @triton.jit function when the kernel module is imported, so set this before anything does.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # `ci`: deterministic and bounded; `dev`: more examples, random. HYPOTHESIS_PROFILE picks.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,

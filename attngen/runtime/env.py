@@ -19,3 +19,13 @@ def lock_timeout_s() -> float:
     """How long to wait for another process compiling the same key before compiling
     privately ($ATTNGEN_LOCK_TIMEOUT, seconds)."""
     return float(os.environ.get("ATTNGEN_LOCK_TIMEOUT", "120"))
+
+
+def use_interpreter_without_gpu() -> bool:
+    """On a machine without CUDA, run generated kernels through Triton's interpreter. Must run
+    before the first kernel module is imported; returns whether the interpreter is on."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return interpreting()
