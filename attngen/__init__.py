@@ -6,9 +6,27 @@
 """
 from attngen.dsl import load, parse
 from attngen.errors import AttnGenError, PatternError
-from attngen.ir.build import (band, block_cover, block_topk, causal, columns, dilated, document,
-                              fixed, full, heads, kv_heads, local, power, radial, rows, sink,
-                              strided, vertical_slash, where)
+from attngen.ir.build import (
+                              band,
+                              block_cover,
+                              block_topk,
+                              causal,
+                              columns,
+                              dilated,
+                              document,
+                              fixed,
+                              full,
+                              heads,
+                              kv_heads,
+                              local,
+                              power,
+                              radial,
+                              rows,
+                              sink,
+                              strided,
+                              vertical_slash,
+                              where,
+)
 from attngen.ir.pattern import Pattern
 from attngen.lower import BlockLayout, Plan, layout, lower
 from attngen.runtime import Kernel, attention, compile
@@ -16,7 +34,8 @@ from attngen.runtime import Kernel, attention, compile
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttnGenError", "BlockLayout", "Kernel", "attention", "compile", "Pattern", "Plan", "layout", "lower", "PatternError", "band", "block_cover", "block_topk", "causal",
-    "columns", "dilated", "document", "fixed", "full", "heads", "kv_heads", "load", "local",
-    "parse", "power", "radial", "rows", "sink", "strided", "vertical_slash", "where",
+    "AttnGenError", "BlockLayout", "Kernel", "Pattern", "PatternError", "Plan", "attention",
+    "band", "block_cover", "block_topk", "causal", "columns", "compile", "dilated", "document",
+    "fixed", "full", "heads", "kv_heads", "layout", "load", "local", "lower", "parse", "power",
+    "radial", "rows", "sink", "strided", "vertical_slash", "where",
 ]

@@ -149,7 +149,7 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
                 rows.append(_attngen_row(system, options, p, q, k, v, N, flops, flex_ms,
                                          repeats, check_max_n, bm))
                 log(rows[-1])
-        del q, k, v
+        q = k = v = None  # free this length's inputs before the next
         torch.cuda.empty_cache()
     import triton
 

@@ -53,7 +53,8 @@ def block_arg(text: str) -> int | tuple[int, int]:
     """`64` or `64x128` (BM x BN)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", text)
     if not m or int(m[1]) < 1 or (m[2] is not None and int(m[2]) < 1):
-        raise argparse.ArgumentTypeError(f"expected a block size such as 64 or 64x128, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a block size such as 64 or 64x128, got {text!r}")
     return int(m[1]) if m[2] is None else (int(m[1]), int(m[2]))
 
 
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"attngen {args.command}: error: {e}", file=sys.stderr)
     except BrokenPipeError:  # `attngen demo | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit-time flush is quiet
+        sys.stdout = open(os.devnull, "w")
         return 0
     except OSError as e:
         print(f"attngen {args.command}: error: {e}", file=sys.stderr)

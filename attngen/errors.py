@@ -16,7 +16,7 @@ class Span:
     length: int = 1
 
     @staticmethod
-    def at(source: str, file: str, offset: int, length: int = 1) -> "Span":
+    def at(source: str, file: str, offset: int, length: int = 1) -> Span:
         line = source.count("\n", 0, offset) + 1
         col = offset - (source.rfind("\n", 0, offset) + 1) + 1
         return Span(source, file, line, col, max(1, length))

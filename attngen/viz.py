@@ -115,7 +115,8 @@ def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[
         title += f"   (element mask not drawn: M·N > {MAX_PIXELS})"
 
     ncols = max(1, len(panels))
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(max(8.0, 4.6 * ncols), 4.4 * len(rows) + 1.6),
+    size = (max(8.0, 4.6 * ncols), 4.4 * len(rows) + 1.6)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=size,
                              squeeze=False, layout="constrained")
     for r, (i, hs) in enumerate(rows.items()):
         label = f"{heads_text(hs)}: " if heads > 1 else ""

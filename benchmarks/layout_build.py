@@ -70,8 +70,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
 
-    import attngen
     import torch
+
+    import attngen
 
     p = attngen.parse(PATTERN)
     rows = []

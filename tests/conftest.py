@@ -4,7 +4,7 @@ import os
 # @triton.jit function when the kernel module is imported, so set this before anything does.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 # `ci`: deterministic and bounded; `dev`: more examples, random. HYPOTHESIS_PROFILE picks.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,

@@ -27,7 +27,8 @@ CASES = {
     "zero stride": ("causal & strided(0)", None, 1, 18, "strided: s = 0", None),
     "zero dilation": ("dilated(4, 0)", None, 1, 12, "dilated: d = 0", None),
     "zero sink": ("sink(0) | local(8)", None, 1, 6, "sink: n = 0 is not a valid size", None),
-    "fractional window": ("local(0.5)", None, 1, 7, "w = 1/2 (floored to 0) is not a valid window", None),
+    "fractional window": ("local(0.5)", None, 1, 7,
+                          "w = 1/2 (floored to 0) is not a valid window", None),
     "gamma out of range": ("block_cover(2)", None, 1, 13, "gamma = 2 must lie in (0, 1]", None),
     # parameters known only at evaluation time
     "negative at N": ("local(N - 100)", (50, 50, 1), 1, 1,

@@ -19,6 +19,7 @@ def test_there_are_examples():
 def test_example_runs(script, tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, check=False)
-    assert result.returncode == 0, f"{script.name}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, \
+        f"{script.name}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     assert result.stdout.strip()
     assert len(script.read_text().splitlines()) < 80, "examples stay short (STYLE.md)"

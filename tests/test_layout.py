@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import attngen
+from attngen.ir.arith import M as M_SYM
+from attngen.ir.arith import N as N_SYM
 from attngen.lower.atoms import atoms_of, block_ranges, numeric
 from attngen.lower.plan import m_sym
-from attngen.ir.arith import M as M_SYM, N as N_SYM
 from tests.test_properties import brute_classes
 
 

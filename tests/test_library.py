@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def _definitions() -> list[tuple[str, str]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def call(stem: str, expr: str) -> attngen.Pattern:
     """`expr` (e.g. "a_shape(2, 4)") evaluated with the definitions of a bundled file."""
     return attngen.parse(library.files()[stem].read_text() + "\n" + expr)

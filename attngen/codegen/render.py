@@ -51,7 +51,7 @@ class KernelSpec:
 
     @staticmethod
     def build(pattern: Pattern, heads: int, kv_heads: int | None = None,
-              fused_loops: bool = False) -> "KernelSpec":
+              fused_loops: bool = False) -> KernelSpec:
         if pattern.is_dynamic:
             raise PatternError(f"`{pattern}` is input-dependent; its kernels (estimation on "
                                "the GPU) are not generated yet")

@@ -60,7 +60,7 @@ def predicate_fn(node: Node, M_val: int, N_val: int, doc_ids: torch.Tensor | Non
     """f(q_pos, k_pos) -> bool tensor, with N and M bound."""
     body = predicate_source(node)
     namespace = dict(_NAMESPACE, N=N_val, M=M_val, DOC=doc_ids)
-    fn = eval(f"lambda q_pos, k_pos: {body}", namespace)  # noqa: S307 - text we generated
+    fn = eval(f"lambda q_pos, k_pos: {body}", namespace)
     return lambda qp, kp: torch.broadcast_to(torch.as_tensor(fn(qp, kp), device=qp.device),
                                              torch.broadcast_shapes(qp.shape, kp.shape))
 

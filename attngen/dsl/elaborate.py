@@ -152,7 +152,9 @@ class Elaborator:
                                    tree.name_span, did_you_mean(tree.name, set(_INT_FUNCS)))
             want = (1, 1) if tree.name == "abs" else (2, 99)
             if not want[0] <= len(tree.args) <= want[1]:
-                raise PatternError(f"{tree.name} takes {'1 argument' if want[0] == 1 else 'at least 2 arguments'}, got {len(tree.args)}", tree.span)
+                wanted = "1 argument" if want[0] == 1 else "at least 2 arguments"
+                raise PatternError(f"{tree.name} takes {wanted}, got {len(tree.args)}",
+                                   tree.span)
             return _INT_FUNCS[tree.name](*[self.arith(a, env, allow_qk) for a in tree.args])
         raise PatternError("expected an integer expression", getattr(tree, "span", None))
 

@@ -41,7 +41,9 @@ class Parser:
         return self.tokens[self.pos]
 
     def span(self, start: int, end: int | None = None) -> Span:
-        end = self.tokens[self.pos - 1].offset + len(self.tokens[self.pos - 1].text) if end is None else end
+        if end is None:
+            last = self.tokens[self.pos - 1]
+            end = last.offset + len(last.text)
         return Span.at(self.source, self.file, start, max(1, end - start))
 
     def tok_span(self, tok: Token) -> Span:

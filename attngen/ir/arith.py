@@ -7,7 +7,7 @@ of int64 arrays, so `floor`, `Mod` and comparisons never round.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import sympy
@@ -112,7 +112,8 @@ def _pow(base: Rat, exp: Rat) -> Rat:
         return _norm(np.power(base[0], e), None if base[1] is None else np.power(base[1], e))
     pos, neg = np.maximum(e, 0), np.maximum(-e, 0)
     d = _den(base)
-    return _norm(np.power(base[0], pos) * np.power(d, neg), np.power(d, pos) * np.power(base[0], neg))
+    return _norm(np.power(base[0], pos) * np.power(d, neg),
+                 np.power(d, pos) * np.power(base[0], neg))
 
 
 def _bitlen(x: Rat) -> Rat:

@@ -30,7 +30,7 @@ class HeadRange:
 @dataclass(frozen=True, eq=False)
 class Node:
     op: str  # "prim", "where", "empty", "or", "and", "not", "heads"
-    children: tuple["Node", ...] = ()
+    children: tuple[Node, ...] = ()
     name: str = ""  # primitive name; for heads: "heads" or "kv_heads"
     params: tuple[sympy.Expr, ...] = ()
     cond: sympy.Basic | None = None  # where's predicate
@@ -105,7 +105,7 @@ def walk(node: Node):
     return order
 
 
-_INTERNED: "weakref.WeakValueDictionary[str, Node]" = weakref.WeakValueDictionary()
+_INTERNED: weakref.WeakValueDictionary[str, Node] = weakref.WeakValueDictionary()
 
 
 def intern(node: Node) -> Node:

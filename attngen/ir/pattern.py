@@ -51,7 +51,7 @@ class Pattern:
         return self.node.op == "heads"
 
     # -- the algebra (the Python builder) -------------------------------------------------
-    def _join(self, other: "Pattern", node: Node) -> "Pattern":
+    def _join(self, other: Pattern, node: Node) -> Pattern:
         if self.is_mixture or _as_pattern(other).is_mixture:
             raise PatternError("`heads { … }` may only appear at the top of a pattern")
         return Pattern(node, {**_as_pattern(other).spans, **self.spans})

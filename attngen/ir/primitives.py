@@ -4,8 +4,8 @@ Each predicate is `allowed(q, k)` of DESIGN §3 over absolute query position q a
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy
 

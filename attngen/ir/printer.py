@@ -80,8 +80,8 @@ _TABLE = {
     sympy.Add: _add,
     sympy.Mul: _mul,
     sympy.floor: _floor,
-    sympy.Mod: lambda e: (f"{_wrap(_print(e.args[0]), _MUL)} % {_wrap(_print(e.args[1]), _MUL + 1)}",
-                          _MUL),
+    sympy.Mod: lambda e: (
+        f"{_wrap(_print(e.args[0]), _MUL)} % {_wrap(_print(e.args[1]), _MUL + 1)}", _MUL),
     sympy.Abs: lambda e: (f"abs({_print(e.args[0])[0]})", _ATOM),
     sympy.Min: _call("min"),
     sympy.Max: _call("max"),

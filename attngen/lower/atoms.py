@@ -39,7 +39,7 @@ class Atom:
     qlo: object = -BIG
     qhi: object = BIG
 
-    def intersect(self, o: "Atom") -> "Atom":
+    def intersect(self, o: Atom) -> Atom:
         mx, mn = (sympy.Max, sympy.Min) if _symbolic(self, o) else (max, min)
         return Atom(mx(self.dlo, o.dlo), mn(self.dhi, o.dhi), mx(self.klo, o.klo),
                     mn(self.khi, o.khi), mx(self.qlo, o.qlo), mn(self.qhi, o.qhi))

@@ -21,9 +21,9 @@ import functools
 import numpy as np
 import sympy
 
-from attngen.ir.arith import evaluate, k, q
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
+from attngen.ir.arith import evaluate, k, q
 from attngen.ir.node import Node
 from attngen.ir.pattern import evaluate_node
 from attngen.ir.primitives import doc
@@ -96,7 +96,8 @@ class Classifier:
     def _node(self, node: Node, region: Runs) -> Runs:
         atoms = atoms_of(node, self.value)
         if atoms is not None:
-            return self.union_of_atoms(atoms).restrict(region)
+            runs = self.union_of_atoms(atoms)
+            return runs if region is self.everything else runs.restrict(region)
         form = _node_form(node)
         if form is not None:
             return self.by_form(node.predicate, form, region)
@@ -104,7 +105,7 @@ class Classifier:
             return region.combine(self.node(node.children[0], region), AND_NOT)
         if node.op in ("or", "and"):
             return self.combination(node.op, list(node.children), region, self.node,
-                                    lambda c: isinstance(c, Node) and atoms_of(c, self.value) is not None)
+                                    self._is_affine)
         return self.predicate(node.predicate, region)
 
     # -- predicates (inside primitives and where) --------------------------------------------
@@ -147,9 +148,14 @@ class Classifier:
             out = out.combine(fn(term, region=out.nonempty()), AND)
         return out
 
+    def _is_affine(self, part) -> bool:
+        return isinstance(part, Node) and atoms_of(part, self.value) is not None
+
     def union_of_atoms(self, atoms) -> Runs:
-        out = Runs.build(self.grid.QB, self.grid.KB, [], [], [], [])
-        for a in atoms:
+        if not atoms:
+            return Runs.build(self.grid.QB, self.grid.KB, [], [], [], [])
+        out = atom_runs(atoms[0], self.grid)
+        for a in atoms[1:]:
             out = out.combine(atom_runs(a, self.grid), OR)
         return out
 

@@ -22,7 +22,7 @@ class CSR:
     indices: np.ndarray  # int32 [nnz], ascending within a row
 
     @staticmethod
-    def from_runs(runs: Runs, cls: int) -> "CSR":
+    def from_runs(runs: Runs, cls: int) -> CSR:
         row, col, _ = runs.blocks(cls)
         counts = np.bincount(row, minlength=runs.rows)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

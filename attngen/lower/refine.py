@@ -8,7 +8,7 @@ evaluated exactly. Work concentrates on the edges of the allowed set, so a windo
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

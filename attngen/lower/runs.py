@@ -30,7 +30,7 @@ class Runs:
     cls: np.ndarray    # uint8 class of every block of the run
 
     @staticmethod
-    def build(rows: int, cols: int, row, start, stop, cls) -> "Runs":
+    def build(rows: int, cols: int, row, start, stop, cls) -> Runs:
         row, start, stop, cls = np.broadcast_arrays(
             np.asarray(row, dtype=np.int64), np.asarray(start, dtype=np.int64),
             np.asarray(stop, dtype=np.int64), np.asarray(cls, dtype=np.uint8))
@@ -42,17 +42,17 @@ class Runs:
         return Runs(rows, cols, row[order], start[order], stop[order], cls[order])
 
     @staticmethod
-    def everything(rows: int, cols: int) -> "Runs":
+    def everything(rows: int, cols: int) -> Runs:
         return Runs.build(rows, cols, np.arange(rows), 0, cols, FULL)
 
     @staticmethod
-    def from_blocks(rows: int, cols: int, row, col, cls) -> "Runs":
+    def from_blocks(rows: int, cols: int, row, col, cls) -> Runs:
         return Runs.build(rows, cols, row, col, np.asarray(col) + 1, cls).coalesce()
 
     def _keys(self, pos: np.ndarray) -> np.ndarray:
         return self.row * (self.cols + 1) + pos
 
-    def coalesce(self) -> "Runs":
+    def coalesce(self) -> Runs:
         """Merge touching runs of the same class in the same row."""
         if len(self.row) < 2:
             return self
@@ -72,12 +72,14 @@ class Runs:
             np.zeros(keys.shape, dtype=bool)
         return np.where(inside, self.cls[safe] if len(starts) else 0, EMPTY).astype(np.uint8)
 
-    def combine(self, other: "Runs", table: np.ndarray) -> "Runs":
+    def combine(self, other: Runs, table: np.ndarray) -> Runs:
         """Elementwise `table[self, other]` over all blocks, in O(runs log runs)."""
         width = self.cols + 1
-        bounds = np.unique(np.concatenate([
+        bounds = np.sort(np.concatenate([
             self._keys(self.start), self._keys(self.stop),
             other._keys(other.start), other._keys(other.stop)]))
+        if len(bounds):  # dedupe the sorted keys (np.unique's hashing is slower here)
+            bounds = bounds[np.concatenate([[True], bounds[1:] != bounds[:-1]])]
         if len(bounds) < 2:
             return Runs.build(self.rows, self.cols, [], [], [], [])
         lo, hi = bounds[:-1], bounds[1:]
@@ -87,10 +89,10 @@ class Runs:
         return Runs.build(self.rows, self.cols, lo // width, lo % width, hi % width,
                           cls).coalesce()
 
-    def restrict(self, region: "Runs") -> "Runs":
+    def restrict(self, region: Runs) -> Runs:
         return region.combine(self, _REGION_AND)
 
-    def nonempty(self) -> "Runs":
+    def nonempty(self) -> Runs:
         return Runs(self.rows, self.cols, self.row, self.start, self.stop,
                     np.full_like(self.cls, FULL))
 

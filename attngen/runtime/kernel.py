@@ -63,7 +63,7 @@ class Kernel:
     def source(self) -> str:
         return (self.path / "kernel.py").read_text()
 
-    def load(self) -> "Kernel":
+    def load(self) -> Kernel:
         if self.module is None:
             self.module = _load_module(self.path / "kernel.py", f"attngen_kernel_{self.key[:16]}")
         return self
@@ -89,10 +89,9 @@ class Kernel:
         return self.tables[key]
 
     # -- launch --------------------------------------------------------------------------
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                 return_lse: bool = False, doc_ids: torch.Tensor | None = None):
-        B, H, M, D = q.shape
-        HKV, N = k.shape[1], k.shape[2]
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 scale: float | None = None, return_lse: bool = False,
+                 doc_ids: torch.Tensor | None = None):
         _check(q, k, v, self.head_dim, len(self.spec.head_group))
         if self.spec.uses_doc and doc_ids is None:
             raise ValueError(f"`{self.pattern}` needs doc_ids: one int per key position")

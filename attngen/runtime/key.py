@@ -11,7 +11,7 @@ import torch
 from attngen.codegen.render import TEMPLATE, template_text
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _versions() -> tuple[str, str, str]:
     import triton
 
@@ -20,12 +20,12 @@ def _versions() -> tuple[str, str, str]:
     return attngen.__version__, triton.__version__, torch.__version__
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_hash(name: str) -> str:
     return hashlib.sha256(template_text(name).encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generator_hash() -> str:
     """sha256 of the code that turns a pattern into source (ir, lower, codegen), so a change
     to the generator never serves kernels the old code rendered."""
