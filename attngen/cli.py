@@ -281,8 +281,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench.bench(args.patterns, args.lengths, heads=args.heads, head_dim=args.head_dim,
                          repeats=args.repeats, check_max_n=args.check_max_n,
-                         variants={"attngen": {}, **({"attngen-fused": {"fused_loops": True}}
-                                                      if args.fused else {})},
+                         variants={"attngen": {}, **({
+                             "attngen-split-loops": {"fused_loops": False},
+                             "attngen-pointers": {"tma": False},
+                             "attngen-split-pointers": {"fused_loops": False, "tma": False}}
+                             if args.variants else {})},
                          log=lambda row: print(bench.line(row), flush=True))
     bench.save(result, args.out, args.md)
     print(bench.markdown(result))
@@ -406,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--repeats", type=int, default=20)
     ben.add_argument("--check-max-n", type=int, default=8192,
                      help="compare with an fp32 reference up to this length")
-    ben.add_argument("--fused", action="store_true", help="also time the fused-loop variant "
-                     "of ranges kernels (one loop per block run, masking decided per block)")
+    ben.add_argument("--variants", action="store_true", help="also time the non-default "
+                     "variants: three loops per block run instead of one, pointer loads "
+                     "instead of tensor descriptors, and both")
     ben.add_argument("--out", default="bench.json")
     ben.add_argument("--md", default=None)
     ben.set_defaults(run=cmd_bench)

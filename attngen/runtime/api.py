@@ -13,7 +13,8 @@ from attngen.runtime.env import interpreting
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
 
-DEFAULT_OPTIONS = {"fused_loops": False}
+# Both measured faster on the H100 (docs/benchmarks.md); tma only applies on CUDA.
+DEFAULT_OPTIONS = {"fused_loops": True, "tma": True}
 _KERNELS: dict[tuple, Kernel] = {}
 
 
@@ -31,7 +32,8 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
             device: str | torch.device | None = None, options: dict | None = None) -> Kernel:
     """The Triton kernel for `pattern`, from the in-process table, the disk cache, or freshly
     rendered. `kernel.source` is the generated code; `kernel(q, k, v)` runs it.
-    options: {"fused_loops": bool} (ranges terms: one loop per block run, see lower.plan)."""
+    options: {"fused_loops": bool} (ranges terms: one loop per block run, see lower.plan),
+    {"tma": bool} (on CUDA, load K and V through tensor descriptors)."""
     options = {**DEFAULT_OPTIONS, **(options or {})}
     pattern = _pattern(pattern)
     if device is None:
@@ -56,7 +58,8 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
         return render(spec, key, attngen.__version__), meta
 
     entry = cache.get_or_build(key, build)
-    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered)
+    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered,
+                    tma=bool(options["tma"]))
     _KERNELS[memo] = kernel
     return kernel
 

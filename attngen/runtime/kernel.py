@@ -51,6 +51,7 @@ class Kernel:
     head_dim: int
     dtype: torch.dtype
     rendered: bool
+    tma: bool = False  # load K and V through tensor descriptors (CUDA, Triton >= 3.4)
     module: object = field(repr=False, default=None)
     tables: dict = field(default_factory=dict, repr=False)
     tuned: dict = field(default_factory=dict, repr=False)
@@ -112,13 +113,21 @@ class Kernel:
                else torch.zeros(1, dtype=torch.int32, device=q.device))
         QB = -(-M // cfg.block_m)
         grid = (QB, B * H)
+        use_tma = self.tma and q.is_cuda
+        if use_tma:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            kk, vv = (TensorDescriptor(t, list(t.shape), list(t.stride()),
+                                       [1, 1, cfg.block_n, D]) for t in (k, v))
+        else:
+            kk, vv = k, v
         self.module.attn_fwd[grid](
-            q, k, v, out, lse, head_group, tab_off, tab_idx, doc,
+            q, kk, vv, out, lse, head_group, tab_off, tab_idx, doc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             H, HKV, M, N, QB, float(scale if scale is not None else 1.0 / math.sqrt(D)),
             HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=N % cfg.block_n == 0,
-            num_warps=cfg.warps, num_stages=cfg.stages)
+            USE_TMA=use_tma, num_warps=cfg.warps, num_stages=cfg.stages)
         return out, lse
 
     # -- tuning --------------------------------------------------------------------------

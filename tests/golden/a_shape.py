@@ -37,11 +37,14 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP: tl.constexpr):
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
-                start, stop, full_lo, full_hi, TABLE_ptr, N, M, DOC, qk_scale,
+                start, stop, full_lo, full_hi, TABLE_ptr, N, M, DOC, qk_scale, b, hkv,
                 GROUP: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
-                EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr):
+                EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                USE_TMA: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
-    the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi."""
+    the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
+    USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
+    engine; rows past N arrive as zeros), else pointers to this head's K and V."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
@@ -49,15 +52,20 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_
             jb = i
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         in_bounds = offs_n < N
-        if EVEN_N:
-            k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
-            v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
+        if USE_TMA:
+            k = K_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+            qk = tl.dot(q, k.T)
         else:
-            k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
-                        mask=in_bounds[None, :], other=0.0)
-            v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
-                        mask=in_bounds[:, None], other=0.0)
-        qk = tl.dot(q, k)
+            if EVEN_N:
+                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
+                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
+            else:
+                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
+                            mask=in_bounds[None, :], other=0.0)
+                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
+                            mask=in_bounds[:, None], other=0.0)
+            qk = tl.dot(q, k)
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
         elif MASKED == 2:
@@ -87,7 +95,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
              H, HKV, M, N, QB, sm_scale,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             EVEN_N: tl.constexpr):
+             EVEN_N: tl.constexpr, USE_TMA: tl.constexpr):
     m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -99,8 +107,12 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     q_pos = offs_m + (N - M)  # bottom-right alignment
-    K_ptr = K + b * stride_kb + hkv * stride_kh
-    V_ptr = V + b * stride_vb + hkv * stride_vh
+    if USE_TMA:
+        K_ptr = K
+        V_ptr = V
+    else:
+        K_ptr = K + b * stride_kb + hkv * stride_kh
+        V_ptr = V + b * stride_vb + hkv * stride_vh
     qk_scale = sm_scale * 1.44269504  # 1/ln 2
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -123,65 +135,65 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             lo_1, (tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(full_lo_1, lo_1), (tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (tl.minimum(hi_1, (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(lo_1, (hi_0 + 1)), (tl.minimum(hi_1, (full_lo_1 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), (tl.minimum(full_hi_1, hi_1) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
             tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), (hi_1 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, GROUP=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N)
+            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
+            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
+            USE_TMA=USE_TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
