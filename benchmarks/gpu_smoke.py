@@ -12,8 +12,8 @@ CASES = ["causal", "local(100)", "causal & (sink(16) | local(200))", "causal & s
          "causal & (local(64) | strided(32))", "heads { 0..3: causal; *: local(77) }",
          "causal & fixed(64, 8)", "power(32) & causal | sink(16)"]
 failed = 0
-for dtype in (torch.bfloat16, torch.float16):
-    for text in CASES:
+for dtype, cases in ((torch.bfloat16, CASES), (torch.float16, CASES[:3])):
+    for text in cases:
         for (M, N, H, HKV, D) in [(113, 203, 8, 2, 64), (1024, 1023, 8, 8, 128), (1, 777, 8, 1, 128)]:
             p = attngen.parse(text)
             q = torch.randn(1, H, M, D, device="cuda", dtype=dtype)

@@ -137,7 +137,11 @@ class Kernel:
         bucket = f"{_bucket(q.shape[2])}x{_bucket(k.shape[2])}"
         if bucket not in self.tuned:
             saved = self._saved_tuning().get(bucket)
-            self.tuned[bucket] = Config(*saved) if saved else self._tune(q, k, v, doc_ids, bucket)
+            if saved:
+                self.tma = self.tma and bool(saved[4])
+                self.tuned[bucket] = Config(*saved[:4])
+            else:
+                self.tuned[bucket] = self._tune(q, k, v, doc_ids, bucket)
         return self.tuned[bucket]
 
     def _saved_tuning(self) -> dict:
@@ -157,12 +161,19 @@ class Kernel:
             try:
                 ms = triton.testing.do_bench(lambda: self.launch(q, k, v, cfg, None, doc_ids),
                                              warmup=5, rep=20)
-            except Exception:  # a config the device cannot run (shared memory, registers)
+            except Exception:  # a config this device or compiler cannot build or run
                 continue
             if ms < best_ms:
                 best, best_ms = cfg, ms
+        if best is None and self.tma:
+            # Triton 3.6 fails to pipeline some descriptor loads (seen: head_dim 64):
+            # fall back to pointer loads rather than fail.
+            self.tma = False
+            return self._tune(q, k, v, doc_ids, bucket)
+        if best is None:
+            raise RuntimeError(f"no kernel configuration compiled for `{self.pattern}`")
         saved = self._saved_tuning()
-        saved[bucket] = [best.block_m, best.block_n, best.warps, best.stages]
+        saved[bucket] = [best.block_m, best.block_n, best.warps, best.stages, int(self.tma)]
         tmp = self.path / f".tuning-{os.getpid()}.json"
         tmp.write_text(json.dumps(saved, indent=2))
         os.replace(tmp, self.path / "tuning.json")
