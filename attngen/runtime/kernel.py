@@ -138,7 +138,7 @@ class Kernel:
         if bucket not in self.tuned:
             saved = self._saved_tuning().get(bucket)
             if saved:
-                self.tma = self.tma and bool(saved[4])
+                self.tma = self.tma and bool(saved[4] if len(saved) > 4 else True)
                 self.tuned[bucket] = Config(*saved[:4])
             else:
                 self.tuned[bucket] = self._tune(q, k, v, doc_ids, bucket)
