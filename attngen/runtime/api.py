@@ -58,8 +58,13 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
         return render(spec, key, attngen.__version__), meta
 
     entry = cache.get_or_build(key, build)
+    fallback = None
+    if options["fused_loops"]:
+        def fallback():
+            return compile(pattern, head_dim, dtype, heads, kv_heads, device,
+                           {**options, "fused_loops": False})
     kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered,
-                    tma=bool(options["tma"]))
+                    tma=bool(options["tma"]), fallback=fallback)
     _KERNELS[memo] = kernel
     return kernel
 

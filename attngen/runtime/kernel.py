@@ -52,6 +52,7 @@ class Kernel:
     dtype: torch.dtype
     rendered: bool
     tma: bool = False  # load K and V through tensor descriptors (CUDA, Triton >= 3.4)
+    fallback: object = field(default=None, repr=False)  # () -> Kernel with plainer loops
     module: object = field(repr=False, default=None)
     tables: dict = field(default_factory=dict, repr=False)
     tuned: dict = field(default_factory=dict, repr=False)
@@ -169,6 +170,13 @@ class Kernel:
             # Triton 3.6 fails to pipeline some descriptor loads (seen: head_dim 64):
             # fall back to pointer loads rather than fail.
             self.tma = False
+            return self._tune(q, k, v, doc_ids, bucket)
+        if best is None and self.fallback is not None:
+            # Triton 3.6's pipeliner rejects the fused loops at some shapes (seen: head_dim
+            # 64); switch this kernel to the split-loop rendering of the same pattern.
+            plain = self.fallback()
+            self.spec, self.key, self.path, self.module = plain.spec, plain.key, plain.path, None
+            self.tma, self.fallback, self.tables = plain.tma, None, {}
             return self._tune(q, k, v, doc_ids, bucket)
         if best is None:
             raise RuntimeError(f"no kernel configuration compiled for `{self.pattern}`")
