@@ -69,10 +69,6 @@ class KernelSpec:
         return KernelSpec(pattern, tuple(groups), tuple(head_group), fused_loops)
 
     @property
-    def uses_tables(self) -> bool:
-        return any(g.strategy == "table" for g in self.groups)
-
-    @property
     def uses_doc(self) -> bool:
         return any("document" in g.node.text for g in self.groups)
 

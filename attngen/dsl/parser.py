@@ -285,7 +285,3 @@ class Parser:
         if self.tok.kind == "name":
             return self.name_or_call(self.arith)
         self.fail("expected a number, a name or '('")
-
-
-def parse_program(source: str, file: str = "<pattern>") -> ast.Program:
-    return Parser(source, file).program()

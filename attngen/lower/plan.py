@@ -88,7 +88,8 @@ class Plan:
     def summary(self) -> str:
         g = self.grid
         lines = [f"plan for `{self.pattern}`  M={g.M} N={g.N} block={g.BM}x{g.BN}",
-                 f"  visits {self.blocks} kv blocks ({self.block_density:.2%} of causal)"]
+                 f"  visits {self.blocks} kv blocks ({self.block_density:.2%} of causal), "
+                 f"reads {self.bytes_read / 2**20:.1f} MiB of K and V"]
         for grp in self.groups:
             heads = _ranges_text(grp.heads)
             lines.append(f"  heads {heads}: {grp.pattern}")
