@@ -60,6 +60,11 @@ def test_published_shapes_and_ragged_tails(pattern, M, N):
     check(pattern, Hq=4, Hkv=2, M=M, N=N, D=64)
 
 
+@pytest.mark.parametrize("D", [24, 80])
+def test_head_dims_that_are_not_powers_of_two(D):
+    check("causal & (sink(4) | local(40)) | strided(9)", Hq=2, Hkv=1, M=70, N=101, D=D)
+
+
 def test_rows_with_no_allowed_key_give_zero_and_minus_inf():
     out, lse = check("causal & where(q >= 40) | rows(3)", Hq=2, Hkv=1, M=64, N=64)
     assert torch.isinf(lse[0, 0, :40]).sum() == 39  # row 3 has its own keys

@@ -114,21 +114,23 @@ class Kernel:
                else torch.zeros(1, dtype=torch.int32, device=q.device))
         QB = -(-M // cfg.block_m)
         grid = (QB, B * H)
+        tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
         use_tma = self.tma and q.is_cuda
         if use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
             kk, vv = (TensorDescriptor(t, list(t.shape), list(t.stride()),
-                                       [1, 1, cfg.block_n, D]) for t in (k, v))
+                                       [1, 1, cfg.block_n, tile_d]) for t in (k, v))
         else:
             kk, vv = k, v
         self.module.attn_fwd[grid](
             q, kk, vv, out, lse, head_group, tab_off, tab_idx, doc,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            H, HKV, M, N, QB, float(scale if scale is not None else 1.0 / math.sqrt(D)),
-            HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_N=N % cfg.block_n == 0,
-            USE_TMA=use_tma, num_warps=cfg.warps, num_stages=cfg.stages)
+            H, HKV, M, N, QB, float(scale if scale is not None else 1.0 / math.sqrt(D)), D,
+            HEAD_DIM=tile_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            EVEN_N=N % cfg.block_n == 0, EVEN_D=D == tile_d, USE_TMA=use_tma,
+            num_warps=cfg.warps, num_stages=cfg.stages)
         return out, lse
 
     # -- tuning --------------------------------------------------------------------------
@@ -157,7 +159,8 @@ class Kernel:
         best, best_ms = None, float("inf")
         for c in GPU_CONFIGS:
             cfg = Config(*c)
-            if cfg.block_m * self.head_dim > 128 * 256 or cfg.block_n * self.head_dim > 128 * 256:
+            tile_d = _pow2(self.head_dim)
+            if cfg.block_m * tile_d > 128 * 256 or cfg.block_n * tile_d > 128 * 256:
                 continue
             try:
                 ms = triton.testing.do_bench(lambda: self.launch(q, k, v, cfg, None, doc_ids),
@@ -200,5 +203,9 @@ def _check(q, k, v, head_dim: int, heads: int) -> None:
     if D != head_dim or H != heads:
         raise ValueError(f"kernel compiled for {heads} heads of dim {head_dim}, "
                          f"got {H} heads of dim {D}")
-    if D & (D - 1) or not 16 <= D <= 256:
-        raise ValueError(f"head_dim must be a power of two in 16..256, got {D}")
+    if D % 8 or not 16 <= D <= 256:
+        raise ValueError(f"head_dim must be a multiple of 8 in 16..256, got {D}")
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()

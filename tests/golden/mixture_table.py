@@ -45,11 +45,11 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
                 start, stop, full_lo, full_hi, TABLE_ptr, N, M, DOC, qk_scale, b, hkv,
                 GROUP: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                USE_TMA: tl.constexpr):
+                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
     the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
@@ -66,14 +66,14 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_
             v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, k.T)
         else:
-            if EVEN_N:
+            if EVEN_N and EVEN_D:
                 k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
                 v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
-            else:
+            else:  # a ragged tail of keys, or a head_dim padded up to a power of two
                 k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
-                            mask=in_bounds[None, :], other=0.0)
+                            mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
                 v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
-                            mask=in_bounds[:, None], other=0.0)
+                            mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k)
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
@@ -102,9 +102,10 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_
 def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-             H, HKV, M, N, QB, sm_scale,
+             H, HKV, M, N, QB, sm_scale, D,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             EVEN_N: tl.constexpr, USE_TMA: tl.constexpr):
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+    # HEAD_DIM is the power-of-two tile width; D the real head dim (EVEN_D: D == HEAD_DIM)
     m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -112,9 +113,10 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
     hkv = h // (H // HKV)  # grouped-query attention: K and V are indexed, never repeated
     offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d < D
     row_ok = offs_m < M
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+                + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q_pos = offs_m + (N - M)  # bottom-right alignment
     if USE_TMA:
         K_ptr = K
@@ -142,83 +144,83 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
         full_hi_1 = tl.where((((q_first - tl.maximum(0, q_first)) == 0) & ((q_last - tl.maximum(0, q_first)) >= 0)), tl.where(((N - tl.minimum(tl.minimum(3, q_first), (N - 1)) - 1) <= 0), (n_blocks - 1), (_floordiv((tl.minimum(tl.minimum(3, q_first), (N - 1)) + 1), BLOCK_N) - 1)), -1)
         # atom 0: partial blocks before
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_1, (tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_1, lo_1), (tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (tl.minimum(hi_1, (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(lo_1, (hi_0 + 1)), (tl.minimum(hi_1, (full_lo_1 - 1)) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), (tl.minimum(full_hi_1, hi_1) + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), (hi_1 + 1), 0, -1, TAB_INDICES,
             N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            USE_TMA=USE_TMA)
+            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
     elif group == 1:  # causal & strided(8)
         # table: CSR rows of this group, partial blocks (masked) then full blocks
         row = TAB_OFFSETS + 0 * 2 * (QB + 1) + m
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(row), tl.load(row + 1), 0, -1, TAB_INDICES, N, M, DOC, qk_scale, b, hkv,
             GROUP=1, MASKED=1, FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, q_pos,
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(row + QB + 1), tl.load(row + QB + 2), 0, -1, TAB_INDICES, N, M, DOC,
             qk_scale, b, hkv, GROUP=1, MASKED=0, FROM_TABLE=True, EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, USE_TMA=USE_TMA)
+            BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + bh * M + offs_m, lse, mask=row_ok)
