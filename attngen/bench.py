@@ -62,7 +62,7 @@ def _sdpa(q, k, v, backend):
     return run
 
 
-def _flex(pattern, N, H, device):
+def _flex(pattern, N, device):
     from torch.nn.attention.flex_attention import BlockMask
 
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
             allowed = count_allowed(p.node, N, N, device) * heads
             flops = 4 * allowed * head_dim
             # FlexAttention with a block mask from the same layout
-            bm, build_s = _flex(p, N, heads, device)
+            bm, build_s = _flex(p, N, device)
             flex = _flex_fn()
             t0 = time.perf_counter()
             flex(q, k, v, block_mask=bm)
