@@ -7,7 +7,7 @@ import attngen
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.lower.atoms import atoms_of, block_ranges, numeric
-from attngen.lower.plan import m_sym
+from attngen.lower.plan import BM_SYM, BN_SYM, N_BLOCKS, Q_FIRST, Q_LAST, m_sym, range_loops
 from tests.test_properties import brute_classes
 
 
@@ -84,17 +84,23 @@ def test_dynamic_pattern_has_no_static_layout():
         attngen.layout(attngen.parse("sink(64) | vertical_slash(100, 200)"), 512, 512)
 
 
-def test_plan_symbolic_bounds_equal_numeric_bounds():
+def test_kernel_bounds_equal_numeric_bounds():
+    """The sympy bounds the kernel prints (range_loops) agree with the numeric ones."""
     p = attngen.parse("causal & (sink(100) | local(700)) | band(3, 20) & rows(5, 6, 7)")
-    plan = attngen.lower(p, 900, 1300, block=(64, 32))
+    M, N, BM, BN = 900, 1300, 64, 32
+    plan = attngen.lower(p, M, N, block=(BM, BN))
     (term,) = [t for t in plan.groups[0].terms if t.strategy == "ranges"]
-    exprs = term.range_exprs(64, 32)
-    atoms = atoms_of(term.node, numeric(900, 1300))
+    loops = range_loops(term.node)
+    atoms = atoms_of(term.node, numeric(M, N))
+    assert len(loops.bounds) == 4 * len(atoms)
     m = np.arange(plan.grid.QB)
-    for atom, sym in zip(atoms, exprs):
-        numeric_bounds = block_ranges(atom, m, 64, 32, 900, 1300)
-        for e, arr in zip(sym, numeric_bounds):
-            values = [int(e.subs({m_sym: int(i), M_SYM: 900, N_SYM: 1300})) for i in m]
+    for i, atom in enumerate(atoms):
+        numeric_bounds = block_ranges(atom, m, BM, BN, M, N)
+        for (_, e), arr in zip(loops.bounds[4 * i:4 * i + 4], numeric_bounds):
+            values = [int(e.subs({m_sym: int(j), M_SYM: M, N_SYM: N, BM_SYM: BM, BN_SYM: BN,
+                                  Q_FIRST: int(j) * BM + N - M,
+                                  Q_LAST: min(M, (int(j) + 1) * BM) - 1 + N - M,
+                                  N_BLOCKS: -(-N // BN)})) for j in m]
             assert values == arr.tolist()
 
 

@@ -5,7 +5,7 @@ Strategies (DESIGN §4): "ranges" (a union of affine atoms: per query block, kv-
 intervals in closed form, nothing to build), "table" (other static terms: CSR of kv blocks
 from the exact layout), "dynamic" (indices estimated at run time). The plan itself is
 numeric and cheap (vectorised over query blocks); the sympy form of a ranges term's bounds,
-which the kernel template prints, is built on demand and cached per (term, block sizes).
+which the kernel template prints, is `range_loops` (cached per term).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy
 
-from attngen.errors import PatternError
 from attngen.ir import simplify as S
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
@@ -35,13 +34,6 @@ class Term:
     blocks: int  # kv blocks visited, summed over query blocks (one head)
     masked_blocks: int  # of which need the mask evaluated (not provably FULL)
     node: Node = field(repr=False, compare=False)
-
-    def range_exprs(self, BM: int, BN: int) -> list[tuple[sympy.Expr, ...]]:
-        """Per atom of a ranges term: (nlo, nhi, flo, fhi) as sympy expressions of the
-        query-block index `m`, N and M: the kv blocks to visit and the FULL ones."""
-        if self.strategy != "ranges":
-            raise ValueError(f"a {self.strategy} term has no closed-form ranges")
-        return _symbolic_ranges(self.node, BM, BN)
 
 
 @dataclass(frozen=True)
@@ -204,14 +196,6 @@ def _dynamic_blocks(node: Node, g: Grid, value) -> int:
     if prim.name == "block_topk":
         return min(causal, (int(p[0]) + 1) * g.QB)
     return causal  # block_cover: unknown until run time; bounded by causal
-
-
-@functools.lru_cache(maxsize=256)
-def _symbolic_ranges(node: Node, BM: int, BN: int) -> list[tuple[sympy.Expr, ...]]:
-    atoms = range_atoms(node)
-    if atoms is None:
-        raise PatternError(f"`{node.text}` is not a union of affine atoms")
-    return [tuple(block_ranges(a, m_sym, BM, BN, M_SYM, N_SYM, ops=SYMPY)) for a in atoms]
 
 
 # -- kernel loops for a ranges term --------------------------------------------------------

@@ -106,10 +106,6 @@ class Runs:
         col = np.arange(total, dtype=np.int64) - offsets + np.repeat(start, lengths)
         return np.repeat(row, lengths), col, np.repeat(c, lengths)
 
-    def count(self, cls: int) -> int:
-        sel = self.cls == cls
-        return int((self.stop[sel] - self.start[sel]).sum())
-
 
 # Restricting x to a region keeps x's class inside the region and EMPTY outside.
 _REGION_AND = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]], dtype=np.uint8)

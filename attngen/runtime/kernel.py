@@ -108,7 +108,10 @@ class Kernel:
         HKV, N = k.shape[1], k.shape[2]
         out = torch.empty_like(q)
         lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
-        head_group = torch.tensor(self.spec.head_group, dtype=torch.int32, device=q.device)
+        if str(q.device) not in self.tables:  # the head → group map, once per device
+            self.tables[str(q.device)] = torch.tensor(self.spec.head_group, dtype=torch.int32,
+                                                      device=q.device)
+        head_group = self.tables[str(q.device)]
         tab_off, tab_idx = self._tables(M, N, cfg, q.device, doc_ids)
         doc = (doc_ids.to(device=q.device, dtype=torch.int32) if doc_ids is not None
                else torch.zeros(1, dtype=torch.int32, device=q.device))
