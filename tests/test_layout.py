@@ -7,7 +7,7 @@ import attngen
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.lower.atoms import atoms_of, block_ranges, numeric
-from attngen.lower.plan import BM_SYM, BN_SYM, N_BLOCKS, Q_FIRST, Q_LAST, m_sym, range_loops
+from attngen.lower.loops import BM_SYM, BN_SYM, N_BLOCKS, Q_FIRST, Q_LAST, m_sym, range_loops
 from tests.test_properties import brute_classes
 
 

@@ -13,7 +13,17 @@ from attngen.ir.arith import M, N, k, q
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import doc
-from attngen.lower.plan import BM_SYM, BN_SYM, N_BLOCKS, Q_FIRST, Q_LAST, m_sym, range_loops
+from attngen.lower.decompose import Part, decompose
+from attngen.lower.loops import (
+    ALWAYS,
+    BM_SYM,
+    BN_SYM,
+    N_BLOCKS,
+    Q_FIRST,
+    Q_LAST,
+    m_sym,
+    range_loops,
+)
 
 TEMPLATE = "attention_fwd.py.j2"
 
@@ -32,12 +42,22 @@ _ENV = jinja2.Environment(loader=jinja2.FunctionLoader(template_text),
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """One distinct head pattern and how the kernel runs it."""
+    """One distinct head pattern and the disjoint parts the kernel computes for it."""
 
     index: int
     node: Node
-    strategy: str  # "ranges" | "table"
-    table_slot: int  # index among table groups (-1 for ranges)
+    parts: tuple[Part, ...]
+    table_slot: int  # index among groups with an identity-order table part (-1: none)
+
+    @property
+    def identity(self) -> Part | None:
+        """The part computed in the caller's row order (ranges or table), if any."""
+        first = self.parts[0] if self.parts else None
+        return first if first is not None and first.strategy != "permutation" else None
+
+    @property
+    def permuted(self) -> tuple[Part, ...]:
+        return tuple(p for p in self.parts if p.strategy == "permutation")
 
 
 @dataclass(frozen=True)
@@ -61,42 +81,84 @@ class KernelSpec:
             head_group.append(nodes.setdefault(n, len(nodes)))
         groups, slots = [], 0
         for node, i in nodes.items():
-            if range_loops(node) is not None:
-                groups.append(GroupSpec(i, node, "ranges", -1))
-            else:
-                groups.append(GroupSpec(i, node, "table", slots))
-                slots += 1
+            parts = decompose(node)
+            table = parts[0].strategy == "table"
+            groups.append(GroupSpec(i, node, parts, slots if table else -1))
+            slots += table
         return KernelSpec(pattern, tuple(groups), tuple(head_group), fused_loops)
 
     @property
     def uses_doc(self) -> bool:
         return any("document" in g.node.text for g in self.groups)
 
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """The permuted passes, in launch order."""
+        return tuple(sorted({p.period for g in self.groups for p in g.permuted}))
 
-def render(spec: KernelSpec, key: str, version: str) -> str:
-    printer = Printer(_KERNEL_NAMES, "tl", {doc: "tl.load(DOC + {})"})
-    groups = []
-    for g in spec.groups:
-        entry = {"index": g.index, "name": g.node.text, "strategy": g.strategy,
-                 "predicate": printer(g.node.predicate), "table_slot": g.table_slot,
-                 "bounds": [], "segments": []}
-        if g.strategy == "ranges":
-            loops = range_loops(g.node, spec.fused_loops)
-            local = Printer({**_KERNEL_NAMES, **{s: s.name for _, e in loops.bounds
-                                                 for s in e.free_symbols}}, "tl")
-            entry["bounds"] = [(name, local(e)) for name, e in loops.bounds]
-            names = {sympy.Symbol(n, integer=True): n for n, _ in loops.bounds}
-            seg_printer = Printer({**_KERNEL_NAMES, **names}, "tl")
-            entry["segments"] = [
-                {"start": seg_printer(s.start), "stop": seg_printer(s.stop),
+    @property
+    def identity_pass(self) -> bool:
+        """Whether `attn_fwd` runs: it writes every row unless a single permuted pass covers
+        every head (each row belongs to exactly one residue class)."""
+        return len(self.periods) != 1 or any(g.identity or not g.permuted
+                                             for g in self.groups)
+
+
+_RES = sympy.Symbol("res", integer=True, nonnegative=True)  # residue class in permuted passes
+
+
+def _loops(part: Node, fused: bool, names: dict) -> dict:
+    """A ranges part's bounds and segments as kernel text."""
+    loops = range_loops(part, fused)
+    local = Printer({**names, **{s: s.name for _, e in loops.bounds for s in e.free_symbols
+                                 if s not in names}}, "tl")
+    bounds = [(name, local(e)) for name, e in loops.bounds]
+    seg_printer = Printer({**names, **{sympy.Symbol(n, integer=True): n
+                                       for n, _ in loops.bounds}}, "tl")
+    segments = [{"start": seg_printer(s.start), "stop": seg_printer(s.stop),
                  "full_lo": seg_printer(s.full_lo), "full_hi": seg_printer(s.full_hi),
                  "masked": s.masked, "note": s.note} for s in loops.segments]
-        groups.append(entry)
-    text = " ".join(g["predicate"] for g in groups)
+    return {"bounds": bounds, "segments": segments}
+
+
+def render(spec: KernelSpec, key: str, version: str) -> str:
+    printer = Printer({**_KERNEL_NAMES, _RES: "res"}, "tl", {doc: "tl.load(DOC + {})"})
+    predicates: list[dict] = []
+
+    def predicate(name: str, expr: sympy.Basic) -> int:
+        predicates.append({"index": len(predicates), "name": name, "expr": printer(expr)})
+        return len(predicates) - 1
+
+    groups, periods = [], {s: [] for s in spec.periods}
+    class_names = {**_KERNEL_NAMES, N: "n_keys", M: "m_class"}
+    for g in spec.groups:
+        ident = g.identity
+        if ident is not None:
+            entry = {"index": g.index, "name": ident.node.text, "strategy": ident.strategy,
+                     "table_slot": g.table_slot,
+                     "pred": predicate(ident.node.text, ident.node.predicate)}
+            if ident.strategy == "ranges":
+                entry.update(_loops(ident.node, spec.fused_loops, _KERNEL_NAMES))
+            groups.append(entry)
+        for part in g.permuted:
+            s = part.period
+            in_class = part.node.predicate.xreplace({q: _RES + s * q, k: _RES + s * k})
+            entry = {"index": g.index, "name": f"{part.node.text}  (mod {s}: "
+                     f"{part.classes.text})", "pred": predicate(part.node.text, in_class),
+                     **_loops(part.classes, spec.fused_loops, class_names)}
+            if not part.exact:  # the loops cover a superset: every block evaluates the mask
+                for seg in entry["segments"]:
+                    seg["masked"] = ALWAYS
+            periods[s].append(entry)
+    text = " ".join(p["expr"] for p in predicates)
     helpers = {h for h in ("bitlen", "ffloor") if f"_{h}(" in text}
-    plan_lines = [f"group {g.index} ({g.strategy}), heads "
-                  f"{[h for h, x in enumerate(spec.head_group) if x == g.index]}: {g.node.text}"
-                  for g in spec.groups]
+    plan_lines = []
+    for g in spec.groups:
+        heads = [h for h, x in enumerate(spec.head_group) if x == g.index]
+        plan_lines.append(f"group {g.index}, heads {heads}: {g.node.text}")
+        plan_lines += [f"  {p.strategy}" + (f" mod {p.period}" if p.period > 1 else "")
+                       + f": {p.node.text}" for p in g.parts]
     return _ENV.get_template(TEMPLATE).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
-        groups=groups, helpers=helpers)
+        predicates=predicates, groups=groups,
+        periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

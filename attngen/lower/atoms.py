@@ -89,11 +89,15 @@ def atoms_of(node: Node, value) -> list[Atom] | None:
         return prim_atoms(node, value) if node.name in AFFINE else None
     if node.op == "empty":
         return []
-    if node.op not in ("or", "and"):
+    if node.op not in ("or", "and", "not"):
         return None
     parts = [atoms_of(c, value) for c in node.children]
     if any(p is None for p in parts):
         return None
+    if node.op == "not":  # ~(A1 | A2 | …) = ~A1 & ~A2 & …, each ~Ai a union of half-spaces
+        parts = [_complement(a) for a in parts[0]]
+        if not parts:
+            return [Atom()]
     if node.op == "or":
         out = [a for p in parts for a in p]
     else:
@@ -107,6 +111,18 @@ def atoms_of(node: Node, value) -> list[Atom] | None:
             if len(out) > MAX_ATOMS:
                 return None
     return out if len(out) <= MAX_ATOMS else None
+
+
+def _complement(a: Atom) -> list[Atom]:
+    """The half-spaces whose union is the complement of atom a (unbounded sides give none)."""
+    out = []
+    for lo_name, hi_name in (("dlo", "dhi"), ("klo", "khi"), ("qlo", "qhi")):
+        lo, hi = getattr(a, lo_name), getattr(a, hi_name)
+        if lo != -BIG:
+            out.append(Atom(**{hi_name: lo - 1}))
+        if hi != BIG:
+            out.append(Atom(**{lo_name: hi + 1}))
+    return out
 
 
 def numeric(M: int, N: int):

@@ -53,7 +53,9 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
 
         meta = {"pattern": str(pattern), "head_group": spec.head_group, "head_dim": head_dim,
                 "dtype": str(dtype), "attngen": attngen.__version__,
-                "groups": [{"pattern": g.node.text, "strategy": g.strategy}
+                "groups": [{"pattern": g.node.text,
+                            "parts": [{"pattern": p.node.text, "strategy": p.strategy,
+                                       "period": p.period} for p in g.parts]}
                            for g in spec.groups]}
         return render(spec, key, attngen.__version__), meta
 

@@ -77,8 +77,8 @@ class Kernel:
         if key not in self.tables:
             QB = -(-M // cfg.block_m)
             offsets, indices, base = [], [], 0
-            for g in (g for g in self.spec.groups if g.strategy == "table"):
-                lay = layout(Pattern(g.node), M, N, block=(cfg.block_m, cfg.block_n),
+            for g in (g for g in self.spec.groups if g.table_slot >= 0):
+                lay = layout(Pattern(g.identity.node), M, N, block=(cfg.block_m, cfg.block_n),
                              doc_ids=doc_ids)
                 for csr in (lay.partial[0], lay.full[0]):
                     offsets.append(csr.offsets + base)
@@ -126,14 +126,24 @@ class Kernel:
                                        [1, 1, cfg.block_n, tile_d]) for t in (k, v))
         else:
             kk, vv = k, v
-        self.module.attn_fwd[grid](
-            q, kk, vv, out, lse, head_group, tab_off, tab_idx, doc,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            H, HKV, M, N, QB, float(scale if scale is not None else 1.0 / math.sqrt(D)), D,
-            HEAD_DIM=tile_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            EVEN_N=N % cfg.block_n == 0, EVEN_D=D == tile_d, USE_TMA=use_tma,
-            num_warps=cfg.warps, num_stages=cfg.stages)
+        strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                   v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
+                   out.stride(2))
+        sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
+        shape = dict(HEAD_DIM=tile_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                     EVEN_D=D == tile_d, num_warps=cfg.warps, num_stages=cfg.stages)
+        if self.spec.identity_pass:
+            self.module.attn_fwd[grid](
+                q, kk, vv, out, lse, head_group, tab_off, tab_idx, doc, *strides,
+                H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0, USE_TMA=use_tma,
+                **shape)
+        for i, s in enumerate(self.spec.periods):
+            # residue classes mod s: about M/s queries and N/s keys each
+            qb_class = _cdiv(_cdiv(M, s), cfg.block_m)
+            getattr(self.module, f"attn_fwd_mod{s}")[(s * qb_class, B * H)](
+                q, k, v, out, lse, head_group, doc, *strides, H, HKV, M, N, qb_class,
+                sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
+                MERGE=self.spec.identity_pass or i > 0, **shape)
         return out, lse
 
     # -- tuning --------------------------------------------------------------------------
@@ -208,6 +218,10 @@ def _check(q, k, v, head_dim: int, heads: int) -> None:
                          f"got {H} heads of dim {D}")
     if D % 8 or not 16 <= D <= 256:
         raise ValueError(f"head_dim must be a multiple of 8 in 16..256, got {D}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _pow2(n: int) -> int:

@@ -1,0 +1,64 @@
+"""What a term costs: kv blocks visited per query block, summed (one head), and how many
+of them need the predicate evaluated. The planner compares strategies with these numbers."""
+from __future__ import annotations
+
+import numpy as np
+
+from attngen.ir.node import Node
+from attngen.ir.pattern import Pattern
+from attngen.lower.atoms import Atom, atoms_of, block_ranges, numeric
+from attngen.lower.grid import Grid
+from attngen.lower.layout import layout
+from attngen.lower.permute import class_shape
+
+
+def causal_blocks(g: Grid) -> int:
+    return ranges_cost([Atom(dlo=0)], g)[0]
+
+
+def _interval_union_size(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per row, the size of the union of inclusive intervals lo[:, i]..hi[:, i]."""
+    order = np.argsort(lo, axis=1)
+    lo, hi = np.take_along_axis(lo, order, 1), np.take_along_axis(hi, order, 1)
+    total = np.zeros(lo.shape[0], dtype=np.int64)
+    reach = np.full(lo.shape[0], -1, dtype=np.int64)  # last block already counted
+    for i in range(lo.shape[1]):
+        start = np.maximum(lo[:, i], reach + 1)
+        total += np.maximum(hi[:, i] - start + 1, 0)
+        reach = np.maximum(reach, hi[:, i])
+    return total
+
+
+def ranges_cost(atoms: list[Atom], g: Grid) -> tuple[int, int]:
+    m = np.arange(g.QB, dtype=np.int64)
+    spans = [block_ranges(a, m, g.BM, g.BN, g.M, g.N) for a in atoms]
+    if not spans or g.QB == 0:
+        return 0, 0
+    visit = _interval_union_size(np.stack([s[0] for s in spans], 1),
+                                 np.stack([s[1] for s in spans], 1))
+    full = _interval_union_size(np.stack([s[2] for s in spans], 1),
+                                np.stack([s[3] for s in spans], 1))
+    return int(visit.sum()), int((visit - full).sum())
+
+
+def table_cost(node: Node, g: Grid, doc_ids=None) -> tuple[int, int]:
+    partial, full = layout(Pattern(node), g.M, g.N, block=(g.BM, g.BN),
+                           doc_ids=doc_ids).block_counts()
+    return partial + full, partial
+
+
+def permutation_cost(classes: Node, period: int, exact: bool, g: Grid) -> tuple[int, int]:
+    """Blocks of `classes` (the term in class coordinates) summed over the residue classes,
+    plus one block per query block for merging the pass into the output."""
+    shapes: dict[tuple[int, int], int] = {}
+    for r in range(period):
+        shape = class_shape(g.M, g.N, period, r)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    blocks = masked = 0
+    for (m, n), count in shapes.items():
+        if m == 0:
+            continue
+        b, p = ranges_cost(atoms_of(classes, numeric(m, n)), Grid(m, n, g.BM, g.BN))
+        blocks += count * (b + -(-m // g.BM))
+        masked += count * (p if exact else b)
+    return blocks, masked

@@ -1,0 +1,99 @@
+"""Disjoint decomposition: a union whose terms want different strategies is split into
+parts a, b − a, … that never overlap, each computed by its own loops and merged exactly by
+log-sum-exp (DESIGN §4). Today the split that pays is ranges/table ∪ permutation, e.g.
+`causal & (local(1024) | strided(128))` → `local(1024)` by ranges, then
+`causal & strided(128) − local(1024)` inside residue classes mod 128 (`causal − local(8)`
+there: dense blocks). The planner keeps the split only when the cost model (blocks visited
+at a reference shape) says it is cheaper than one table for the whole union."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from attngen.ir import simplify as S
+from attngen.ir.node import Node
+from attngen.lower.atoms import atoms_of, numeric
+from attngen.lower.cost import permutation_cost, ranges_cost, table_cost
+from attngen.lower.grid import Grid
+from attngen.lower.loops import range_loops
+from attngen.lower.permute import in_classes, period
+
+# Kernels are shape-generic, so the choice is made once, at this shape.
+REFERENCE_GRID = Grid(16384, 16384, 128, 128)
+MAX_DISJUNCTS = 16
+
+
+@dataclass(frozen=True)
+class Part:
+    """One disjoint part of a head's pattern and the strategy that computes it.
+    permutation: `classes` is the part in class coordinates mod `period` (exactly, or a
+    superset when `exact` is False: then every visited block evaluates the predicate)."""
+
+    node: Node
+    strategy: str  # "ranges" | "table" | "permutation" | "dynamic"
+    period: int = 1
+    classes: Node | None = None
+    exact: bool = True
+
+
+def disjuncts(node: Node) -> list[Node]:
+    """node as a union of terms, distributing & over | (up to MAX_DISJUNCTS terms)."""
+    if node.op == "or":
+        out = [d for c in node.children for d in disjuncts(c)]
+    elif node.op == "and" and any(c.op == "or" for c in node.children):
+        first = next(c for c in node.children if c.op == "or")
+        rest = [c for c in node.children if c is not first]
+        out = [d for alt in first.children for d in disjuncts(S.inter(alt, *rest))]
+    else:
+        out = [node]
+    return out if len(out) <= MAX_DISJUNCTS else [node]
+
+
+def single(node: Node) -> Part:
+    if node.is_dynamic:
+        return Part(node, "dynamic")
+    return Part(node, "ranges" if range_loops(node) is not None else "table")
+
+
+@functools.lru_cache(maxsize=512)
+def decompose(node: Node) -> tuple[Part, ...]:
+    """The parts a kernel computes for one head pattern, in order (the first one writes the
+    output, the rest merge into it)."""
+    whole = (single(node),)
+    if node.is_dynamic or whole[0].strategy == "ranges":
+        return whole
+    by_period: dict[int, list[Node]] = {}
+    rest: list[Node] = []
+    for d in disjuncts(node):
+        s = period(d)
+        classes = in_classes(d, s) if s else None
+        if classes is not None and range_loops(classes) is not None:
+            by_period.setdefault(s, []).append(d)
+        else:
+            rest.append(d)
+    if not by_period:
+        return whole
+    covered = S.union(*rest) if rest else S.EMPTY
+    parts = [single(covered)] if rest else []
+    for s in sorted(by_period):
+        term = S.union(*by_period[s])
+        diff = S.diff(term, covered)
+        classes = in_classes(diff, s)
+        if classes is not None and range_loops(classes) is not None:
+            parts.append(Part(diff, "permutation", s, classes, True))
+        else:
+            parts.append(Part(diff, "permutation", s, in_classes(term, s), False))
+        covered = S.union(covered, term)
+    if sum(part_cost(p, REFERENCE_GRID)[0] for p in parts) >= \
+            part_cost(whole[0], REFERENCE_GRID)[0]:
+        return whole
+    return tuple(parts)
+
+
+def part_cost(part: Part, g: Grid, doc_ids=None) -> tuple[int, int]:
+    """(blocks visited, blocks masked) of one part on grid g, for one head."""
+    if part.strategy == "ranges":
+        return ranges_cost(atoms_of(part.node, numeric(g.M, g.N)), g)
+    if part.strategy == "permutation":
+        return permutation_cost(part.classes, part.period, part.exact, g)
+    return table_cost(part.node, g, doc_ids)
