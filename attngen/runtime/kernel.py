@@ -13,8 +13,10 @@ import torch
 
 from attngen.codegen.render import KernelSpec
 from attngen.ir.pattern import Pattern
+from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
 from attngen.runtime.env import interpreting
+from attngen.runtime.tables import block_classes, csr_of
 
 # Hopper-aware search space (BLOCK_M, BLOCK_N, warps, stages); the interpreter uses the first
 # of INTERPRETER_CONFIGS (small blocks exercise the block logic on small shapes).
@@ -72,22 +74,23 @@ class Kernel:
 
     # -- tables for table groups ------------------------------------------------------------
     def _tables(self, M: int, N: int, cfg: Config, device, doc_ids):
+        """CSR rows per table group, partial then full: offsets [slots, 2, QB + 1] and one
+        index array. Built on the GPU by dense evaluation there, from the analytic layout
+        on the CPU (the interpreter's small shapes)."""
         doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
         key = (M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
         if key not in self.tables:
-            QB = -(-M // cfg.block_m)
+            grid = Grid(M, N, cfg.block_m, cfg.block_n)
             offsets, indices, base = [], [], 0
             for g in (g for g in self.spec.groups if g.table_slot >= 0):
-                lay = layout(Pattern(g.identity.node), M, N, block=(cfg.block_m, cfg.block_n),
-                             doc_ids=doc_ids)
-                for csr in (lay.partial[0], lay.full[0]):
-                    offsets.append(csr.offsets + base)
-                    indices.append(csr.indices)
-                    base += len(csr.indices)
-            off = np.stack(offsets) if offsets else np.zeros((1, QB + 1), dtype=np.int64)
-            idx = np.concatenate(indices) if indices else np.zeros(1, dtype=np.int32)
-            self.tables[key] = (torch.from_numpy(off.astype(np.int32)).to(device),
-                                torch.from_numpy(np.append(idx, 0).astype(np.int32)).to(device))
+                for off, idx in _group_csr(g.identity.node, grid, device, doc_ids):
+                    offsets.append(off + base)
+                    indices.append(idx)
+                    base += len(idx)
+            off = (torch.stack(offsets) if offsets
+                   else torch.zeros((1, grid.QB + 1), dtype=torch.int32, device=device))
+            idx = torch.cat(indices + [torch.zeros(1, dtype=torch.int32, device=device)])
+            self.tables[key] = (off.to(torch.int32).contiguous(), idx.to(torch.int32))
         return self.tables[key]
 
     # -- launch --------------------------------------------------------------------------
@@ -202,6 +205,17 @@ class Kernel:
         tmp.write_text(json.dumps(saved, indent=2))
         os.replace(tmp, self.path / "tuning.json")
         return best
+
+
+def _group_csr(node, grid: Grid, device, doc_ids):
+    """[(offsets, indices) of the partial blocks, (…) of the full blocks] on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        doc = None if doc_ids is None else doc_ids.to(device=device, dtype=torch.int64)
+        return [csr_of(c) for c in block_classes(node, grid, device, doc)]
+    lay = layout(Pattern(node), grid.M, grid.N, block=(grid.BM, grid.BN), doc_ids=doc_ids)
+    return [(torch.from_numpy(c.offsets.astype(np.int32)), torch.from_numpy(c.indices))
+            for c in (lay.partial[0], lay.full[0])]
 
 
 def _check(q, k, v, head_dim: int, heads: int) -> None:

@@ -1,0 +1,76 @@
+"""Block layouts built on the device: the predicate evaluated densely, a chunk of query
+blocks at a time, reduced to block classes, compacted to CSR with `nonzero`.
+
+The analytic layouts of `attngen.lower` are exact and fast for structured patterns, but
+slow for irregular ones (a 2D neighbourhood via `where`, radial) at long lengths. On a GPU
+the dense evaluation is a few element-wise kernels over M×N positions, O(M·N / throughput)
+and independent of the pattern's shape; only the CSR (O(non-empty blocks)) leaves the
+device when a caller needs it on the host."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attngen.codegen.torch_predicate import predicate_fn
+from attngen.ir.node import Node
+from attngen.ir.pattern import Pattern
+from attngen.lower.grid import Grid
+from attngen.lower.layout import CSR, BlockLayout, _block
+
+CHUNK_ELEMENTS = 1 << 25  # positions evaluated at once (int64 intermediates: 256 MiB each)
+
+
+def block_classes(node: Node, grid: Grid, device, doc_ids: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial, full) bool [QB, KB] on `device`: a block is FULL when every in-range
+    element is allowed, PARTIAL when some but not all are."""
+    M, N, BM, BN = grid.M, grid.N, grid.BM, grid.BN
+    QB, KB = grid.QB, grid.KB
+    allowed_at = predicate_fn(node, M, N, doc_ids)
+    cols = torch.arange(KB * BN, device=device)
+    col_ok = cols < N
+    blocks_per_chunk = max(1, CHUNK_ELEMENTS // (BM * KB * BN))
+    partial = torch.empty((QB, KB), dtype=torch.bool, device=device)
+    full = torch.empty_like(partial)
+    for m0 in range(0, QB, blocks_per_chunk):
+        m1 = min(QB, m0 + blocks_per_chunk)
+        rows = torch.arange(m0 * BM, m1 * BM, device=device)
+        in_range = (rows < M)[:, None] & col_ok[None, :]
+        allowed = allowed_at(rows[:, None] + (N - M), cols[None, :])
+        shape = (m1 - m0, BM, KB, BN)
+        some = (allowed & in_range).view(shape).any(3).any(1)
+        every = (allowed | ~in_range).view(shape).all(3).all(1)
+        full[m0:m1] = every & some
+        partial[m0:m1] = some & ~every
+    return partial, full
+
+
+def csr_of(classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets int32 [QB + 1], indices int32 [nnz]) of a bool [QB, KB] on its device."""
+    rows, cols = classes.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=classes.shape[0])
+    offsets = torch.zeros(classes.shape[0] + 1, dtype=torch.int64, device=classes.device)
+    offsets[1:] = counts.cumsum(0)
+    return offsets.to(torch.int32), cols.to(torch.int32)
+
+
+def device_layout(pattern: Pattern, M: int, N: int, block: int | tuple[int, int] = 128,
+                  heads: int = 1, kv_heads: int | None = None, device="cuda",
+                  doc_ids: torch.Tensor | None = None) -> BlockLayout:
+    """The same BlockLayout as `attngen.layout`, computed by dense evaluation on `device`."""
+    pattern.check(M, N)
+    grid = Grid(M, N, *_block(block))
+    doc = None if doc_ids is None else doc_ids.to(device=device, dtype=torch.int64)
+    head_nodes = pattern.head_nodes(heads, kv_heads)
+    distinct: dict[Node, int] = {}
+    for n in head_nodes:
+        distinct.setdefault(n, len(distinct))
+    partial, full = [], []
+    for node in distinct:
+        for out, classes in zip((partial, full), block_classes(node, grid, device, doc)):
+            offsets, indices = csr_of(classes)
+            out.append(CSR(offsets.cpu().numpy().astype(np.int64), indices.cpu().numpy()))
+    return BlockLayout(grid=grid, heads=heads,
+                       head_index=np.array([distinct[n] for n in head_nodes], dtype=np.int64),
+                       nodes=tuple(distinct), partial=tuple(partial), full=tuple(full),
+                       doc_ids=None if doc_ids is None else doc_ids.cpu().numpy())
