@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Writes JSON and a markdown table."),
         epilog="example:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md")
     ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
-                     "local(4096), A-shape, local+strided)")
+                     "local, A-shape, local+strided, dilated, strided, fixed, power, radial)")
     ben.add_argument("--lengths", nargs="+", type=int, default=None)
     ben.add_argument("--heads", type=int, default=32)
     ben.add_argument("--head-dim", type=int, default=128)

@@ -10,7 +10,8 @@ from attngen.codegen.torch_predicate import predicate_fn
 
 CASES = ["causal", "local(100)", "causal & (sink(16) | local(200))", "causal & strided(7)",
          "causal & (local(64) | strided(32))", "heads { 0..3: causal; *: local(77) }",
-         "causal & fixed(64, 8)", "power(32) & causal | sink(16)"]
+         "causal & fixed(64, 8)", "power(32) & causal | sink(16)", "causal & dilated(100, 4)",
+         "heads { 0..3: causal & strided(8); *: causal & (sink(4) | local(64) | strided(16)) }"]
 SHAPES = [(113, 203, 8, 2, 64), (1024, 1023, 8, 8, 128), (1, 777, 8, 1, 128)]
 RUNS = ((torch.bfloat16, CASES), (torch.float16, CASES[:3]))
 if "--odd-head-dims" in sys.argv:  # head dims padded to a power of two inside the kernel

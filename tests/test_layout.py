@@ -104,22 +104,27 @@ def test_kernel_bounds_equal_numeric_bounds():
             assert values == arr.tolist()
 
 
-@pytest.mark.parametrize("text", ["causal", "causal & (sink(128) | local(1000))",
-                                  "local(300) | sink(5) | rows(2, 900)"])
-def test_plan_cost_counts_the_layout_blocks(text):
+@pytest.mark.parametrize("text, strategy", [
+    ("causal", "ranges"), ("causal & (sink(128) | local(1000))", "ranges"),
+    ("local(300) | sink(5) | rows(900)", "ranges"),
+    ("local(300) | sink(5) | rows(2, 900)", "table"),  # 4 atoms: more than a kernel loops over
+])
+def test_plan_cost_counts_the_layout_blocks(text, strategy):
     p = attngen.parse(text)
     plan = attngen.lower(p, 1000, 1200, block=64)
     partial, full = attngen.layout(p, 1000, 1200, block=64).block_counts()
     assert plan.blocks == partial + full
     (term,) = plan.groups[0].terms
-    assert term.strategy == "ranges"
+    assert term.strategy == strategy
 
 
 def test_plan_strategies_per_term():
-    plan = attngen.lower("causal & (sink(64) | local(256)) | causal & fixed(64, 8) | "
+    plan = attngen.lower("causal & (sink(64) | local(256)) | causal & strided(64) | "
                          "vertical_slash(100, 300)", 1024, 1024, block=64)
-    assert sorted(t.strategy for t in plan.groups[0].terms) == ["dynamic", "ranges", "table"]
-    assert "ranges" in plan.summary() and "table" in plan.summary()
+    assert [t.strategy for t in plan.groups[0].terms] == ["ranges", "permutation", "dynamic"]
+    assert "permutation mod 64" in plan.summary()
+    plan = attngen.lower("causal & (sink(64) | local(256)) | causal & fixed(64, 8)", 1024)
+    assert [t.strategy for t in plan.groups[0].terms] == ["table"]  # one table beats a split
 
 
 def test_layout_rejects_bad_sizes():

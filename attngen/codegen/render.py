@@ -50,10 +50,13 @@ class GroupSpec:
     table_slot: int  # index among groups with an identity-order table part (-1: none)
 
     @property
-    def identity(self) -> Part | None:
-        """The part computed in the caller's row order (ranges or table), if any."""
-        first = self.parts[0] if self.parts else None
-        return first if first is not None and first.strategy != "permutation" else None
+    def identity(self) -> tuple[Part, ...]:
+        """The parts computed in the caller's row order (ranges, table), in one pass."""
+        return tuple(p for p in self.parts if p.strategy != "permutation")
+
+    @property
+    def table(self) -> Part | None:
+        return next((p for p in self.parts if p.strategy == "table"), None)
 
     @property
     def permuted(self) -> tuple[Part, ...]:
@@ -82,7 +85,7 @@ class KernelSpec:
         groups, slots = [], 0
         for node, i in nodes.items():
             parts = decompose(node)
-            table = parts[0].strategy == "table"
+            table = any(p.strategy == "table" for p in parts)
             groups.append(GroupSpec(i, node, parts, slots if table else -1))
             slots += table
         return KernelSpec(pattern, tuple(groups), tuple(head_group), fused_loops)
@@ -132,14 +135,16 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
     groups, periods = [], {s: [] for s in spec.periods}
     class_names = {**_KERNEL_NAMES, N: "n_keys", M: "m_class"}
     for g in spec.groups:
-        ident = g.identity
-        if ident is not None:
-            entry = {"index": g.index, "name": ident.node.text, "strategy": ident.strategy,
-                     "table_slot": g.table_slot,
-                     "pred": predicate(ident.node.text, ident.node.predicate)}
-            if ident.strategy == "ranges":
-                entry.update(_loops(ident.node, spec.fused_loops, _KERNEL_NAMES))
-            groups.append(entry)
+        if g.identity:
+            loops = []
+            for part in g.identity:
+                loop = {"strategy": part.strategy, "name": part.node.text,
+                        "pred": predicate(part.node.text, part.node.predicate)}
+                if part.strategy == "ranges":
+                    loop.update(_loops(part.node, spec.fused_loops, _KERNEL_NAMES))
+                loops.append(loop)
+            groups.append({"index": g.index, "name": g.node.text, "table_slot": g.table_slot,
+                           "loops": loops})
         for part in g.permuted:
             s = part.period
             in_class = part.node.predicate.xreplace({q: _RES + s * q, k: _RES + s * k})

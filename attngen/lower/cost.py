@@ -58,6 +58,9 @@ def permutation_cost(classes: Node, period: int, exact: bool, g: Grid) -> tuple[
     for (m, n), count in shapes.items():
         if m == 0:
             continue
+        if n == 0:  # queries before the first key of their class (M > N): nothing to visit
+            blocks += count * -(-m // g.BM)
+            continue
         b, p = ranges_cost(atoms_of(classes, numeric(m, n)), Grid(m, n, g.BM, g.BN))
         blocks += count * (b + -(-m // g.BM))
         masked += count * (p if exact else b)

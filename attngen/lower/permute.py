@@ -173,8 +173,8 @@ def _strided(t: int) -> Node:
 
 
 def class_shape(M: int, N: int, s: int, r: int) -> tuple[int, int]:
-    """(queries, keys) of residue class r mod s: keys r, r + s, … below N; queries those of
-    them among the last M positions."""
-    keys = max(0, -(-(N - r) // s))
+    """(queries, keys) of residue class r mod s: keys r, r + s, … below N; queries the
+    positions ≡ r among the last M (bottom-right aligned: negative positions when M > N)."""
+    keys = -(-(N - r) // s)
     first_query = -(-(N - M - r) // s)
-    return max(0, keys - max(first_query, 0)), keys
+    return keys - first_query, keys

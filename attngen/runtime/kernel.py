@@ -83,7 +83,7 @@ class Kernel:
             grid = Grid(M, N, cfg.block_m, cfg.block_n)
             offsets, indices, base = [], [], 0
             for g in (g for g in self.spec.groups if g.table_slot >= 0):
-                for off, idx in _group_csr(g.identity.node, grid, device, doc_ids):
+                for off, idx in _group_csr(g.table.node, grid, device, doc_ids):
                     offsets.append(off + base)
                     indices.append(idx)
                     base += len(idx)

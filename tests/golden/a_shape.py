@@ -3,7 +3,8 @@
 # pattern: causal & (local(4096) | sink(128))
 # cache key: KEY
 # plan:
-#   group 0 (ranges), heads [0, 1, 2, 3]: causal & (local(4096) | sink(128))
+#   group 0, heads [0, 1, 2, 3]: causal & (local(4096) | sink(128))
+#     ranges: causal & (local(4096) | sink(128))
 import triton
 import triton.language as tl
 
@@ -22,36 +23,38 @@ def _mod(a, b):
 
 
 @triton.jit
-def _allowed_0(q_pos, k_pos, N, M, DOC):
+def _allowed_0(q_pos, k_pos, N, M, DOC, res):
     # causal & (local(4096) | sink(128))
     return (((k_pos - q_pos) <= 0) & (((k_pos - 128) < 0) | (((k_pos - q_pos) <= 0) & (((-k_pos) + q_pos - 4096) < 0))))
 
 
 @triton.jit
-def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP: tl.constexpr):
-    """Scores of disallowed or out-of-range keys become -inf (group GROUP's predicate)."""
-    if GROUP == 0:
-        allowed = _allowed_0(q_pos[:, None], offs_n[None, :], N, M, DOC)
+def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
+    """Scores of disallowed or out-of-range keys become -inf (predicate PRED)."""
+    if PRED == 0:
+        allowed = _allowed_0(q_pos[:, None], offs_n[None, :], N, M, DOC, res)
     return tl.where(allowed & in_bounds[None, :], qk, float("-inf"))
 
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-                start, stop, full_lo, full_hi, TABLE_ptr, N, M, DOC, qk_scale, b, hkv,
-                GROUP: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
+                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                 EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
     the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
-    engine; rows past N arrive as zeros), else pointers to this head's K and V."""
+    engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
+    numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
+    predicate sees them through res (the class) and the original N and M."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
         else:
             jb = i
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_bounds = offs_n < N
+        in_bounds = offs_n < n_keys
         if USE_TMA:
             k = K_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
             v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
@@ -67,10 +70,10 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                             mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k)
         if MASKED == 1:
-            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
+            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
         elif MASKED == 2:
             if (jb < full_lo) | (jb > full_hi):
-                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
+                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
             elif not EVEN_N:
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
@@ -87,6 +90,26 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # accumulate inside the MMA
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _merge_previous(acc, l_i, m_i, o_prev, lse_prev):
+    """Adds an earlier pass's normalised output and natural-log LSE for the same rows (a
+    disjoint part of the pattern) to the running state, exactly: weights exp(lse)."""
+    lse2 = lse_prev * 1.4426950408889634
+    m_new = tl.maximum(m_i, lse2)
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_sub)
+    beta = tl.math.exp2(lse2 - m_sub)
+    return acc * alpha[:, None] + o_prev * beta[:, None], l_i * alpha + beta, m_new
+
+
+@triton.jit
+def _finish(acc, l_i, m_i):
+    """Normalised output and natural-log LSE; a row with no allowed key gives 0 and -inf."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    return acc / l_safe[:, None], lse
 
 
 @triton.jit
@@ -122,8 +145,11 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
     q_first = m * BLOCK_M + (N - M)
     q_last = tl.minimum((m + 1) * BLOCK_M, M) - 1 + (N - M)
     n_blocks = tl.cdiv(N, BLOCK_N)
+    n_keys = N
+    res = 0
     group = tl.load(HEAD_GROUP + h)
     if group == 0:  # causal & (local(4096) | sink(128))
+        # ranges: causal & (local(4096) | sink(128))
         # kv-block bounds of each atom for this query block (inclusive; empty when lo > hi)
         lo_0 = tl.where(((tl.maximum(0, q_first) - tl.minimum(q_last, (N + 4094))) <= 0), _floordiv(tl.maximum(0, (tl.maximum(0, q_first) - 4095)), BLOCK_N), 0)
         hi_0 = tl.where(((tl.maximum(0, q_first) - tl.minimum(q_last, (N + 4094))) <= 0), _floordiv(tl.minimum(q_last, (N - 1)), BLOCK_N), -1)
@@ -137,68 +163,67 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_1, (tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_1, lo_1), (tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (tl.minimum(hi_1, (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(lo_1, (hi_0 + 1)), (tl.minimum(hi_1, (full_lo_1 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), (tl.minimum(full_hi_1, hi_1) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), (hi_1 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+
+    out, lse = _finish(acc, l_i, m_i)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + bh * M + offs_m, lse, mask=row_ok)

@@ -3,8 +3,10 @@
 # pattern: heads { 0..1: causal & (local(64) | sink(4)); *: causal & strided(8) }
 # cache key: KEY
 # plan:
-#   group 0 (ranges), heads [0, 1]: causal & (local(64) | sink(4))
-#   group 1 (table), heads [2, 3]: causal & strided(8)
+#   group 0, heads [0, 1]: causal & (local(64) | sink(4))
+#     ranges: causal & (local(64) | sink(4))
+#   group 1, heads [2, 3]: causal & strided(8)
+#     permutation mod 8: causal & strided(8)
 import triton
 import triton.language as tl
 
@@ -23,44 +25,46 @@ def _mod(a, b):
 
 
 @triton.jit
-def _allowed_0(q_pos, k_pos, N, M, DOC):
+def _allowed_0(q_pos, k_pos, N, M, DOC, res):
     # causal & (local(64) | sink(4))
     return (((k_pos - q_pos) <= 0) & (((k_pos - 4) < 0) | (((k_pos - q_pos) <= 0) & (((-k_pos) + q_pos - 64) < 0))))
 
 
 @triton.jit
-def _allowed_1(q_pos, k_pos, N, M, DOC):
+def _allowed_1(q_pos, k_pos, N, M, DOC, res):
     # causal & strided(8)
-    return (((k_pos - q_pos) <= 0) & (_mod(((-k_pos) + q_pos), 8) == 0))
+    return (((8 * k_pos) - (8 * q_pos)) <= 0)
 
 
 @triton.jit
-def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP: tl.constexpr):
-    """Scores of disallowed or out-of-range keys become -inf (group GROUP's predicate)."""
-    if GROUP == 0:
-        allowed = _allowed_0(q_pos[:, None], offs_n[None, :], N, M, DOC)
-    elif GROUP == 1:
-        allowed = _allowed_1(q_pos[:, None], offs_n[None, :], N, M, DOC)
+def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
+    """Scores of disallowed or out-of-range keys become -inf (predicate PRED)."""
+    if PRED == 0:
+        allowed = _allowed_0(q_pos[:, None], offs_n[None, :], N, M, DOC, res)
+    elif PRED == 1:
+        allowed = _allowed_1(q_pos[:, None], offs_n[None, :], N, M, DOC, res)
     return tl.where(allowed & in_bounds[None, :], qk, float("-inf"))
 
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-                start, stop, full_lo, full_hi, TABLE_ptr, N, M, DOC, qk_scale, b, hkv,
-                GROUP: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
+                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                 EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
     the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
-    engine; rows past N arrive as zeros), else pointers to this head's K and V."""
+    engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
+    numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
+    predicate sees them through res (the class) and the original N and M."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
         else:
             jb = i
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_bounds = offs_n < N
+        in_bounds = offs_n < n_keys
         if USE_TMA:
             k = K_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
             v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
@@ -76,10 +80,10 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                             mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k)
         if MASKED == 1:
-            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
+            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
         elif MASKED == 2:
             if (jb < full_lo) | (jb > full_hi):
-                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, GROUP)
+                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
             elif not EVEN_N:
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
@@ -96,6 +100,26 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # accumulate inside the MMA
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _merge_previous(acc, l_i, m_i, o_prev, lse_prev):
+    """Adds an earlier pass's normalised output and natural-log LSE for the same rows (a
+    disjoint part of the pattern) to the running state, exactly: weights exp(lse)."""
+    lse2 = lse_prev * 1.4426950408889634
+    m_new = tl.maximum(m_i, lse2)
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_sub)
+    beta = tl.math.exp2(lse2 - m_sub)
+    return acc * alpha[:, None] + o_prev * beta[:, None], l_i * alpha + beta, m_new
+
+
+@triton.jit
+def _finish(acc, l_i, m_i):
+    """Normalised output and natural-log LSE; a row with no allowed key gives 0 and -inf."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    return acc / l_safe[:, None], lse
 
 
 @triton.jit
@@ -131,8 +155,11 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
     q_first = m * BLOCK_M + (N - M)
     q_last = tl.minimum((m + 1) * BLOCK_M, M) - 1 + (N - M)
     n_blocks = tl.cdiv(N, BLOCK_N)
+    n_keys = N
+    res = 0
     group = tl.load(HEAD_GROUP + h)
     if group == 0:  # causal & (local(64) | sink(4))
+        # ranges: causal & (local(64) | sink(4))
         # kv-block bounds of each atom for this query block (inclusive; empty when lo > hi)
         lo_0 = tl.where(((tl.maximum(0, q_first) - tl.minimum(q_last, (N + 62))) <= 0), _floordiv(tl.maximum(0, (tl.maximum(0, q_first) - 63)), BLOCK_N), 0)
         hi_0 = tl.where(((tl.maximum(0, q_first) - tl.minimum(q_last, (N + 62))) <= 0), _floordiv(tl.minimum(q_last, (N - 1)), BLOCK_N), -1)
@@ -146,81 +173,151 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_1, (tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_1, lo_1), (tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (tl.minimum(hi_1, (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(lo_1, (hi_0 + 1)), (tl.minimum(hi_1, (full_lo_1 - 1)) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), (tl.minimum(full_hi_1, hi_1) + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=0,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), (hi_1 + 1), 0, -1, TAB_INDICES,
-            N, M, DOC, qk_scale, b, hkv, GROUP=0, MASKED=1,
-            FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM,
-            EVEN_D=EVEN_D, USE_TMA=USE_TMA)
-    elif group == 1:  # causal & strided(8)
-        # table: CSR rows of this group, partial blocks (masked) then full blocks
-        row = TAB_OFFSETS + 0 * 2 * (QB + 1) + m
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.load(row), tl.load(row + 1), 0, -1, TAB_INDICES, N, M, DOC, qk_scale, b, hkv,
-            GROUP=1, MASKED=1, FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.load(row + QB + 1), tl.load(row + QB + 2), 0, -1, TAB_INDICES, N, M, DOC,
-            qk_scale, b, hkv, GROUP=1, MASKED=0, FROM_TABLE=True, EVEN_N=EVEN_N,
-            BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+
+    out, lse = _finish(acc, l_i, m_i)
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + bh * M + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC,
+             stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+             H, HKV, M, N, QB_CLASS, sm_scale, D,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, MERGE: tl.constexpr):
+    # Residue classes mod 8: program (class res, query block m of the class).
+    # Class positions i stand for q = res + 8*i; keys j for k = res + 8*j.
+    PERIOD: tl.constexpr = 8
+    pid = tl.program_id(0)
+    res = pid % PERIOD
+    m = QB_CLASS - 1 - pid // PERIOD  # the longest query blocks start first
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hkv = h // (H // HKV)
+    group = tl.load(HEAD_GROUP + h)
+    n_keys = (N - res + PERIOD - 1) // PERIOD  # keys of this class (all operands >= 0)
+    first = (N - M - res + PERIOD - 1) // PERIOD  # class position of its first query
+    m_class = n_keys - first  # queries of this class
+    if m * BLOCK_M >= m_class:
+        return
+    if (group != 1):
+        return
+    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d < D
+    row_ok = offs_m < m_class
+    rows = res + (first + offs_m) * PERIOD - (N - M)  # query rows in the caller's tensors
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm
+                + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q_pos = first + offs_m  # class positions, bottom-right aligned within the class
+    K_ptr = K + b * stride_kb + hkv * stride_kh + res * stride_kn
+    V_ptr = V + b * stride_vb + hkv * stride_vh + res * stride_vn
+    stride_kn = stride_kn * PERIOD
+    stride_vn = stride_vn * PERIOD
+    qk_scale = sm_scale * 1.44269504  # 1/ln 2
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    q_first = first + m * BLOCK_M
+    q_last = first + tl.minimum((m + 1) * BLOCK_M, m_class) - 1
+    n_blocks = tl.cdiv(n_keys, BLOCK_N)
+    if group == 1:  # causal & strided(8)  (mod 8: causal)
+        # kv-block bounds of each atom for this query block (inclusive; empty when lo > hi)
+        lo_0 = 0
+        hi_0 = tl.where(((q_last - tl.maximum(0, q_first)) >= 0), _floordiv(tl.minimum(q_last, (n_keys - 1)), BLOCK_N), -1)
+        full_lo_0 = 0
+        full_hi_0 = tl.where((((q_first - tl.maximum(0, q_first)) == 0) & ((q_last - tl.maximum(0, q_first)) >= 0)), tl.where(((n_keys - tl.minimum(q_first, (n_keys - 1)) - 1) <= 0), (n_blocks - 1), (_floordiv((tl.minimum(q_first, (n_keys - 1)) + 1), BLOCK_N) - 1)), -1)
+        # atom 0: partial blocks before
+        acc, l_i, m_i = _attn_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
+            lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, DOC,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=1,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
+        # atom 0: full blocks
+        acc, l_i, m_i = _attn_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
+            tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, DOC,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=1,
+            MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
+        # atom 0: partial blocks after
+        acc, l_i, m_i = _attn_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
+            tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, DOC,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=1,
+            MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
+
+    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :]
+    lse_ptrs = LSE + bh * M + rows
+    io_mask = row_ok[:, None] & d_ok[None, :]
+    if MERGE:
+        acc, l_i, m_i = _merge_previous(
+            acc, l_i, m_i, tl.load(o_ptrs, mask=io_mask, other=0.0).to(tl.float32),
+            tl.load(lse_ptrs, mask=row_ok, other=float("-inf")))
+    out, lse = _finish(acc, l_i, m_i)
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=io_mask)
+    tl.store(lse_ptrs, lse, mask=row_ok)
