@@ -19,7 +19,7 @@ from attngen.lower.loops import range_loops
 from attngen.lower.permute import in_classes, period
 
 # Kernels are shape-generic, so the choice is made once, at this shape.
-REFERENCE_GRID = Grid(16384, 16384, 128, 128)
+REFERENCE_GRID = Grid(8192, 8192, 128, 128)
 MAX_DISJUNCTS = 16
 
 
@@ -57,8 +57,9 @@ def single(node: Node) -> Part:
 
 @functools.lru_cache(maxsize=512)
 def decompose(node: Node) -> tuple[Part, ...]:
-    """The disjoint parts a kernel computes for one head pattern, cheapest split first-found:
-    identity-order parts (ranges, then table) come first, permuted parts after them."""
+    """The disjoint parts a kernel computes for one head pattern, the cheapest candidate
+    (ties keep the simpler one): identity-order parts (ranges, then table) come first,
+    permuted parts after them."""
     whole = (single(node),)
     if node.is_dynamic or whole[0].strategy == "ranges":
         return whole
@@ -74,14 +75,12 @@ def decompose(node: Node) -> tuple[Part, ...]:
             affine.append(d)
         else:
             other.append(d)
-    periodic = [d for ds in by_period.values() for d in ds]
-    candidates = [whole]
-    if affine and (other or periodic) and range_loops(S.union(*affine)) is not None:
-        candidates.append(_split([affine, other + periodic], {}))
-        if periodic:
-            candidates.append(_split([affine, other], by_period))
-    if periodic:
-        candidates.append(_split([affine + other], by_period))
+    if not by_period:
+        # ranges ∪ table: one table visits each block once, never more than a split would
+        return whole
+    candidates = [whole, _split([affine + other], by_period)]
+    if affine and other and range_loops(S.union(*affine)) is not None:
+        candidates.append(_split([affine, other], by_period))
     costs = [sum(_weighted(part_cost(p, REFERENCE_GRID)) for p in c) for c in candidates]
     return candidates[costs.index(min(costs))]
 
