@@ -15,6 +15,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def autotune() -> bool:
+    """Whether the first call per shape bucket times the candidate configurations
+    ($ATTNGEN_AUTOTUNE=0: use the first one, as correctness checks do to save build time)."""
+    return os.environ.get("ATTNGEN_AUTOTUNE", "1") not in ("", "0")
+
+
 def lock_timeout_s() -> float:
     """How long to wait for another process compiling the same key before compiling
     privately ($ATTNGEN_LOCK_TIMEOUT, seconds)."""

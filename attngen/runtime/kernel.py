@@ -15,7 +15,7 @@ from attngen.codegen.render import KernelSpec
 from attngen.ir.pattern import Pattern
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
-from attngen.runtime.env import interpreting
+from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import block_classes, csr_of
 
 # Hopper-aware search space (BLOCK_M, BLOCK_N, warps, stages); the interpreter uses the first
@@ -130,23 +130,30 @@ class Kernel:
         else:
             kk, vv = k, v
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                   v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1),
-                   out.stride(2))
+                   v.stride(0), v.stride(1), v.stride(2))
         sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
         shape = dict(HEAD_DIM=tile_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                      EVEN_D=D == tile_d, num_warps=cfg.warps, num_stages=cfg.stages)
-        if self.spec.identity_pass:
-            self.module.attn_fwd[grid](
-                q, kk, vv, out, lse, head_group, tab_off, tab_idx, doc, *strides,
-                H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0, USE_TMA=use_tma,
-                **shape)
-        for i, s in enumerate(self.spec.periods):
+        passes = [None] * self.spec.identity_pass + list(self.spec.periods)
+        # every pass but the last writes fp32, so a 16-bit output is rounded once
+        scratch = (torch.empty(q.shape, device=q.device, dtype=torch.float32)
+                   if len(passes) > 1 and out.dtype != torch.float32 else out)
+        for i, s in enumerate(passes):
+            dest = out if i == len(passes) - 1 else scratch
+            dest_strides = strides + (dest.stride(0), dest.stride(1), dest.stride(2))
+            if s is None:
+                self.module.attn_fwd[grid](
+                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, *dest_strides,
+                    H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
+                    USE_TMA=use_tma, **shape)
+                continue
             # residue classes mod s: about M/s queries and N/s keys each
             qb_class = _cdiv(_cdiv(M, s), cfg.block_m)
             getattr(self.module, f"attn_fwd_mod{s}")[(s * qb_class, B * H)](
-                q, k, v, out, lse, head_group, doc, *strides, H, HKV, M, N, qb_class,
-                sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
-                MERGE=self.spec.identity_pass or i > 0, **shape)
+                q, k, v, dest, lse, head_group, doc, scratch, *dest_strides,
+                scratch.stride(0), scratch.stride(1), scratch.stride(2), H, HKV, M, N,
+                qb_class, sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
+                MERGE=i > 0, **shape)
         return out, lse
 
     # -- tuning --------------------------------------------------------------------------
@@ -173,7 +180,7 @@ class Kernel:
         import triton.testing
 
         best, best_ms = None, float("inf")
-        for c in GPU_CONFIGS:
+        for c in GPU_CONFIGS if autotune() else GPU_CONFIGS[:1]:
             cfg = Config(*c)
             tile_d = _pow2(self.head_dim)
             if cfg.block_m * tile_d > 128 * 256 or cfg.block_n * tile_d > 128 * 256:
@@ -199,6 +206,8 @@ class Kernel:
             return self._tune(q, k, v, doc_ids, bucket)
         if best is None:
             raise RuntimeError(f"no kernel configuration compiled for `{self.pattern}`")
+        if not autotune():
+            return best  # an untimed choice is not worth remembering
         saved = self._saved_tuning()
         saved[bucket] = [best.block_m, best.block_n, best.warps, best.stages, int(self.tma)]
         tmp = self.path / f".tuning-{os.getpid()}.json"

@@ -240,10 +240,10 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
 
 
 @triton.jit
-def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC,
+def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC, O_PREV,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-             H, HKV, M, N, QB_CLASS, sm_scale, D,
+             stride_pb, stride_ph, stride_pm, H, HKV, M, N, QB_CLASS, sm_scale, D,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, MERGE: tl.constexpr):
     # Residue classes mod 8: program (class res, query block m of the class).
@@ -258,11 +258,9 @@ def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC,
     hkv = h // (H // HKV)
     group = tl.load(HEAD_GROUP + h)
     n_keys = (N - res + PERIOD - 1) // PERIOD  # keys of this class (all operands >= 0)
-    first = (N - M - res + PERIOD - 1) // PERIOD  # class position of its first query
+    first = -_floordiv(res - (N - M), PERIOD)  # class position of its first query (< 0 if M > N)
     m_class = n_keys - first  # queries of this class
     if m * BLOCK_M >= m_class:
-        return
-    if (group != 1):
         return
     offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -311,13 +309,15 @@ def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
 
-    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :]
     lse_ptrs = LSE + bh * M + rows
     io_mask = row_ok[:, None] & d_ok[None, :]
-    if MERGE:
+    # Heads with nothing in these classes still pass O_PREV through to O.
+    if MERGE:  # O_PREV: the earlier passes' output, kept in fp32 so it is rounded once
+        prev = O_PREV + b * stride_pb + h * stride_ph + rows[:, None] * stride_pm + offs_d[None, :]
         acc, l_i, m_i = _merge_previous(
-            acc, l_i, m_i, tl.load(o_ptrs, mask=io_mask, other=0.0).to(tl.float32),
+            acc, l_i, m_i, tl.load(prev, mask=io_mask, other=0.0).to(tl.float32),
             tl.load(lse_ptrs, mask=row_ok, other=float("-inf")))
+    o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + offs_d[None, :]
     out, lse = _finish(acc, l_i, m_i)
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=io_mask)
     tl.store(lse_ptrs, lse, mask=row_ok)
