@@ -74,6 +74,9 @@ def test_show_too_many_blocks_for_a_picture(capsys):
 
 def test_show_strategies(capsys):
     rc, out, _ = run(capsys, "show", "sparse_transformer", "--n", "2048")
+    assert rc == 0 and "ranges   local(128)" in out
+    assert "permutation mod 128 causal & strided(128) - local(128)" in out
+    rc, out, _ = run(capsys, "show", "power", "--n", "2048")
     assert rc == 0 and "table" in out
     rc, out, _ = run(capsys, "show", "minference", "--n", "2048")
     assert rc == 0 and "dynamic" in out and "density    " not in out
