@@ -52,7 +52,7 @@ def test_disjuncts_are_the_node(tree, M, N):
     assert np.array_equal(union, _mask(node, M, N))
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=50, deadline=None)  # planning a radial | strided term takes seconds
 @given(st.one_of(mixed_patterns(), trees.map(text)), lengths, lengths)
 def test_decomposition_parts_cover_each_pair_once(pattern, M, N):
     node = attngen.parse(pattern).node
