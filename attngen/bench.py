@@ -67,15 +67,18 @@ def _sdpa(q, k, v, backend):
     return run
 
 
-def _flex(pattern, N, device):
+def _flex(pattern, N, heads, device):
+    """A block mask per head (one shared by every head unless `pattern` is a mixture)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     t0 = time.perf_counter()
-    lay = device_layout(pattern, N, N, block=128, device=device)  # dense on the GPU, exact
+    heads = heads if pattern.is_mixture else 1
+    lay = device_layout(pattern, N, N, block=128, heads=heads, device=device)  # dense, exact
     t = {name: x.to(device) for name, x in lay.to_flex(width=lay.grid.KB).items()}
     bm = BlockMask.from_kv_blocks(t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
                                   t["full_kv_indices"], BLOCK_SIZE=128,
-                                  mask_mod=mask_mod(list(lay.nodes), [0], N, N),
+                                  mask_mod=mask_mod(list(lay.nodes), lay.head_index.tolist(),
+                                                    N, N),
                                   seq_lengths=(N, N))
     return bm, time.perf_counter() - t0
 
@@ -98,9 +101,10 @@ def _flex_fn():
 
 def _reference(q, k, v, pattern, N):
     """fp32 attention with the exact mask (sizes where the dense mask fits)."""
-    f = predicate_fn(pattern.node, N, N)
     pos = torch.arange(N, device=q.device)
-    mask = f(pos[:, None], pos[None, :])
+    per_node = {n: predicate_fn(n, N, N)(pos[:, None], pos[None, :])
+                for n in set(pattern.head_nodes(q.shape[1]))}
+    mask = torch.stack([per_node[n] for n in pattern.head_nodes(q.shape[1])])[None]
     return torch.nn.functional.scaled_dot_product_attention(
         q.float(), k.float(), v.float(), attn_mask=mask), mask
 
@@ -135,10 +139,12 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
             log(rows[-1])
         for text in patterns:
             p = attngen.parse(text)
-            allowed = count_allowed(p.node, N, N, device) * heads
+            nodes = p.head_nodes(heads)
+            counts = {n: count_allowed(n, N, N, device) for n in set(nodes)}
+            allowed = sum(counts[n] for n in nodes)
             flops = 4 * allowed * head_dim
             # FlexAttention with a block mask from the same layout
-            bm, build_s = _flex(p, N, device)
+            bm, build_s = _flex(p, N, heads, device)
             flex = _flex_fn()
             t0 = time.perf_counter()
             flex(q, k, v, block_mask=bm)

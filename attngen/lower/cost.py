@@ -29,16 +29,22 @@ def _interval_union_size(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return total
 
 
-def ranges_cost(atoms: list[Atom], g: Grid) -> tuple[int, int]:
+def ranges_rows(atoms: list[Atom], g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Per query block: kv blocks visited, and of those the ones needing the mask."""
     m = np.arange(g.QB, dtype=np.int64)
     spans = [block_ranges(a, m, g.BM, g.BN, g.M, g.N) for a in atoms]
     if not spans or g.QB == 0:
-        return 0, 0
+        return np.zeros(g.QB, dtype=np.int64), np.zeros(g.QB, dtype=np.int64)
     visit = _interval_union_size(np.stack([s[0] for s in spans], 1),
                                  np.stack([s[1] for s in spans], 1))
     full = _interval_union_size(np.stack([s[2] for s in spans], 1),
                                 np.stack([s[3] for s in spans], 1))
-    return int(visit.sum()), int((visit - full).sum())
+    return visit, visit - full
+
+
+def ranges_cost(atoms: list[Atom], g: Grid) -> tuple[int, int]:
+    visit, masked = ranges_rows(atoms, g)
+    return int(visit.sum()), int(masked.sum())
 
 
 def table_cost(node: Node, g: Grid, doc_ids=None) -> tuple[int, int]:

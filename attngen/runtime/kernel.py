@@ -13,6 +13,8 @@ import torch
 
 from attngen.codegen.render import KernelSpec
 from attngen.ir.pattern import Pattern
+from attngen.lower.atoms import atoms_of, numeric
+from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
 from attngen.runtime.env import autotune, interpreting
@@ -93,6 +95,29 @@ class Kernel:
             self.tables[key] = (off.to(torch.int32).contiguous(), idx.to(torch.int32))
         return self.tables[key]
 
+    def _schedule(self, B: int, M: int, N: int, cfg: Config, device, tab_off) -> torch.Tensor:
+        """Program order of the identity pass: (query block, batch·head) pairs by decreasing
+        kv blocks visited (longest first; ties keep row-major order), packed m·B·H + bh."""
+        key = ("schedule", B, M, N, cfg.block_m, cfg.block_n, str(device))
+        if key not in self.tables:
+            grid = Grid(M, N, cfg.block_m, cfg.block_n)
+            if any(g.table_slot >= 0 for g in self.spec.groups):  # [slots, 2, QB] → [slots, QB]
+                counts = np.diff(tab_off.cpu().numpy().astype(np.int64), axis=-1)
+                table_rows = counts.reshape(-1, 2, grid.QB).sum(1)
+            per_group = {}
+            for g in self.spec.groups:
+                rows = np.zeros(grid.QB, dtype=np.int64)
+                for part in g.identity:
+                    if part.strategy == "ranges":
+                        rows += ranges_rows(atoms_of(part.node, numeric(M, N)), grid)[0]
+                    else:
+                        rows += table_rows[g.table_slot]
+                per_group[g.index] = rows
+            work = np.stack([per_group[x] for x in self.spec.head_group] * B, axis=1)  # [QB, BH]
+            order = np.argsort(-work.ravel(), kind="stable")
+            self.tables[key] = torch.from_numpy(order.astype(np.int32)).to(device)
+        return self.tables[key]
+
     # -- launch --------------------------------------------------------------------------
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  scale: float | None = None, return_lse: bool = False,
@@ -142,8 +167,10 @@ class Kernel:
             dest = out if i == len(passes) - 1 else scratch
             dest_strides = strides + (dest.stride(0), dest.stride(1), dest.stride(2))
             if s is None:
+                schedule = self._schedule(B, M, N, cfg, q.device, tab_off)
                 self.module.attn_fwd[grid](
-                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, *dest_strides,
+                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule,
+                    *dest_strides,
                     H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
                     USE_TMA=use_tma, **shape)
                 continue
