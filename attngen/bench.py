@@ -78,7 +78,7 @@ def _flex(pattern, N, heads, device):
     bm = BlockMask.from_kv_blocks(t["kv_num_blocks"], t["kv_indices"], t["full_kv_num_blocks"],
                                   t["full_kv_indices"], BLOCK_SIZE=128,
                                   mask_mod=mask_mod(list(lay.nodes), lay.head_index.tolist(),
-                                                    N, N),
+                                                    N, N, device=device),
                                   seq_lengths=(N, N))
     return bm, time.perf_counter() - t0
 

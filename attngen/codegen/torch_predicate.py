@@ -66,19 +66,20 @@ def predicate_fn(node: Node, M_val: int, N_val: int, doc_ids: torch.Tensor | Non
 
 
 def mask_mod(nodes: list[Node], head_index: list[int], M_val: int, N_val: int,
-             doc_ids: torch.Tensor | None = None):
-    """A FlexAttention mask_mod: per head, that head's predicate (bottom-right aligned)."""
+             doc_ids: torch.Tensor | None = None, device=None):
+    """A FlexAttention mask_mod: per head, that head's predicate (bottom-right aligned).
+    `device`: where the head → pattern table lives (the attention's device)."""
     fns = [predicate_fn(n, M_val, N_val, doc_ids) for n in nodes]
     offset = N_val - M_val
     if len(fns) == 1:
         f = fns[0]
         return lambda b, h, q_idx, kv_idx: f(q_idx + offset, kv_idx)
-    table = torch.tensor(head_index)
+    table = torch.tensor(head_index, device=device)
 
     def mod(b, h, q_idx, kv_idx):
         out = fns[0](q_idx + offset, kv_idx)
         for i, f in enumerate(fns[1:], start=1):
-            out = torch.where(table.to(h.device)[h] == i, f(q_idx + offset, kv_idx), out)
+            out = torch.where(table[h] == i, f(q_idx + offset, kv_idx), out)
         return out
 
     return mod

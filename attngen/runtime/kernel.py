@@ -167,12 +167,14 @@ class Kernel:
             dest = out if i == len(passes) - 1 else scratch
             dest_strides = strides + (dest.stride(0), dest.stride(1), dest.stride(2))
             if s is None:
-                schedule = self._schedule(B, M, N, cfg, q.device, tab_off)
+                scheduled = len(self.spec.groups) > 1
+                schedule = (self._schedule(B, M, N, cfg, q.device, tab_off) if scheduled
+                            else head_group)
                 self.module.attn_fwd[grid](
                     q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule,
                     *dest_strides,
                     H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
-                    USE_TMA=use_tma, **shape)
+                    USE_TMA=use_tma, SCHEDULED=scheduled, **shape)
                 continue
             # residue classes mod s: about M/s queries and N/s keys each
             qb_class = _cdiv(_cdiv(M, s), cfg.block_m)

@@ -113,15 +113,23 @@ def _finish(acc, l_i, m_i):
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC,
+def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDULE,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
              H, HKV, M, N, QB, sm_scale, D,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, USE_TMA: tl.constexpr,
+             SCHEDULED: tl.constexpr):
     # HEAD_DIM is the power-of-two tile width; D the real head dim (EVEN_D: D == HEAD_DIM)
-    m = tl.program_id(0)
-    bh = tl.program_id(1)
+    if SCHEDULED:
+        # SCHEDULE[pid] = m * (B * H) + bh: in a mixture the (query block, head) pairs with
+        # the most kv blocks start first, so a dense head's rows do not run alone at the end
+        work = tl.load(SCHEDULE + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0))
+        m = work // tl.num_programs(1)
+        bh = work % tl.num_programs(1)
+    else:  # one pattern: row-major order keeps a head's K and V hot in L2
+        m = tl.program_id(0)
+        bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     hkv = h // (H // HKV)  # grouped-query attention: K and V are indexed, never repeated
