@@ -12,7 +12,7 @@ from attngen.codegen.render import GroupSpec, KernelSpec, render
 from attngen.ir.pattern import Pattern, evaluate_node
 from attngen.lower.decompose import _split, decompose, disjuncts
 from attngen.lower.permute import class_shape, in_classes, period
-from attngen.runtime.kernel import Kernel
+from attngen.runtime.kernel import Config, Kernel
 from attngen.runtime.tables import device_layout
 from tests.kernel_check import check
 from tests.patterns_gen import text, trees
@@ -186,3 +186,17 @@ def test_a_bare_permuted_pattern_skips_the_identity_pass():
     assert KernelSpec.build(attngen.parse("causal & (local(9) | strided(8))"), 2).identity_pass
     assert KernelSpec.build(attngen.parse(
         "heads { 0: causal & strided(8); *: causal & strided(4) }"), 2).identity_pass
+
+
+def test_mixture_schedule_runs_every_program_once_longest_first():
+    p = attngen.parse("heads { 0: causal & power(8); 1: local(7); *: causal }")
+    kernel = attngen.compile(p, head_dim=16, dtype=torch.float32, heads=4, kv_heads=2,
+                             device="cpu")
+    cfg = Config(32, 32, 1, 1)
+    offsets, _ = kernel._tables(100, 100, cfg, "cpu", None)
+    order = kernel._schedule(2, 100, 100, cfg, "cpu", offsets).numpy()
+    assert sorted(order.tolist()) == list(range(4 * 2 * 4))  # QB=4 × B·H=8, each once
+    lay = attngen.layout(p, 100, 100, block=32, heads=4, kv_heads=2)
+    visits = (lay.classes().numpy() > 0).sum(-1)  # [H, QB]
+    costs = [visits[(w % 8) % 4, w // 8] for w in order]
+    assert costs == sorted(costs, reverse=True)
