@@ -152,13 +152,14 @@ def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     for h, node in enumerate(nodes):
         heads_of.setdefault(node, []).append(h)
     for node, heads in heads_of.items():
-        if node.is_dynamic:
-            for h in heads:
-                mask = head_mask(node, query[:, h], key[:, h], masks, scale)[:, None]
-                out[:, h:h + 1] = _sdpa(query[:, h:h + 1], key[:, h:h + 1],
-                                        value[:, h:h + 1], mask, scale, padding)
-            continue
         index = slice(None) if len(heads) == Hq else torch.tensor(heads)
+        if node.is_dynamic:  # estimated per batch element, its heads as one batch
+            for b in range(query.shape[0]):
+                q, k, v = query[b, index], key[b, index], value[b, index]
+                mask = head_mask(node, q, k, masks, scale)[None]  # [1, heads, M, N]
+                pad = None if padding is None else padding[b:b + 1]
+                out[b, index] = _sdpa(q[None], k[None], v[None], mask, scale, pad)[0]
+            continue
         mask = head_mask(node, query[:, 0], key[:, 0], masks)[:, None]  # [1, 1, M, N]
         out[:, index] = _sdpa(query[:, index], key[:, index], value[:, index], mask, scale,
                               padding)

@@ -54,23 +54,26 @@ class MaskCache:
 
 
 def head_mask(node: Node, q: torch.Tensor, k: torch.Tensor, cache: MaskCache,
-              scale: float | None = None) -> torch.Tensor:
-    """The mask of one head: q `[B, M, D]`, k `[B, N, D]` → bool `[B or 1, M, N]`.
+              scale: float | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The mask of one head: q `[B, M, D]`, k `[B, N, D]` → bool `[B or 1, M, N]`, or only
+    the query rows `rows` (indices into M) of it.
 
     A static node gives one mask for the batch (`[1, M, N]`, cached); a node with a
-    dynamic part is estimated per batch element from q and k."""
+    dynamic part is estimated per batch element from q and k (from all of q, whatever
+    `rows` says)."""
     M, N = q.shape[-2], k.shape[-2]
     if not node.is_dynamic:
-        return cache.static(node, M, N).to(q.device)[None]
+        mask = cache.static(node, M, N)
+        return (mask if rows is None else mask[rows]).to(q.device)[None]
     if node.op == "prim":
         params = [int(evaluate_int(p, {N_SYM: N, M_SYM: M})) for p in node.params]
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         if node.name == "vertical_slash":
-            return vertical_slash_mask(q, k, *params, scale=scale)
+            return vertical_slash_mask(q, k, *params, scale=scale, rows=rows)
         if node.name == "block_topk":
-            return block_topk_mask(q, k, *params)
+            return block_topk_mask(q, k, *params, rows=rows)
         raise NotImplementedError(f"{node.name} is not estimated on the CPU yet")
-    parts = [head_mask(c, q, k, cache, scale) for c in node.children]
+    parts = [head_mask(c, q, k, cache, scale, rows) for c in node.children]
     if node.op == "or":
         return torch.stack(torch.broadcast_tensors(*parts)).any(0)
     if node.op == "and":
@@ -80,14 +83,16 @@ def head_mask(node: Node, q: torch.Tensor, k: torch.Tensor, cache: MaskCache,
     raise ValueError(f"unexpected node `{node.text}`")
 
 
-def _causal(M: int, N: int, device: torch.device) -> torch.Tensor:
-    rows = torch.arange(M, device=device)[:, None] + (N - M)
-    return torch.arange(N, device=device)[None, :] <= rows
+def _positions(M: int, N: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Absolute positions of the query rows asked for (all M rows when `rows` is None)."""
+    index = torch.arange(M, device=device) if rows is None else rows.to(device)
+    return index + (N - M)
 
 
-def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int,
-                        scale: float) -> torch.Tensor:
-    """MInference vertical-and-slash (DESIGN §5), token semantics: bool `[B, M, N]`.
+def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale: float,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+    """MInference vertical-and-slash (DESIGN §5), token semantics: bool `[B, M, N]` (or
+    `[B, len(rows), N]`).
 
     The last min(64, M) queries, causally softmaxed over all keys, vote: column sums pick
     the top v keys, sums along each diagonal offset q - k the top s offsets; keys
@@ -96,15 +101,15 @@ def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int,
     B, M, _ = q.shape
     N = k.shape[-2]
     last = min(VS_LAST_Q, M)
-    rows = torch.arange(M - last, M, device=q.device) + (N - M)  # absolute positions
+    voters = torch.arange(M - last, M, device=q.device) + (N - M)  # absolute positions
     cols = torch.arange(N, device=q.device)
-    causal = cols[None, :] <= rows[:, None]
+    causal = cols[None, :] <= voters[:, None]
     scores = torch.einsum("bmd,bnd->bmn", q[:, M - last:].float(), k.float()) * scale
     probs = torch.softmax(scores.masked_fill(~causal, -math.inf), dim=-1)  # [B, last, N]
 
     vertical = probs.sum(1)  # [B, N]
     vertical[:, :min(VS_FORCED_COLUMNS, v)] = math.inf
-    offsets = (rows[:, None] - cols[None, :]).clamp(min=0).expand(B, -1, -1)  # q - k
+    offsets = (voters[:, None] - cols[None, :]).clamp(min=0).expand(B, -1, -1)  # q - k
     slash = torch.zeros(B, N, device=q.device).scatter_add_(
         1, offsets.reshape(B, -1), probs.masked_fill(~causal, 0).reshape(B, -1))
     slash[:, :min(VS_FORCED_OFFSETS, s)] = math.inf
@@ -113,14 +118,14 @@ def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int,
     keys.scatter_(1, vertical.topk(min(v, N), dim=-1).indices, True)
     diags = torch.zeros(B, N, dtype=torch.bool, device=q.device)
     diags.scatter_(1, slash.topk(min(s, N), dim=-1).indices, True)
-    all_rows = torch.arange(M, device=q.device) + (N - M)
-    d = (all_rows[:, None] - cols[None, :])  # [M, N]
-    on_slash = torch.gather(diags, 1, d.clamp(min=0).reshape(1, -1).expand(B, -1)).view(B, M, N)
-    return (d >= 0) & (keys[:, None, :] | on_slash)
+    d = _positions(M, N, rows, q.device)[:, None] - cols[None, :]  # q - k, [rows, N]
+    on_slash = torch.gather(diags, 1, d.clamp(min=0).reshape(1, -1).expand(B, -1))
+    return (d >= 0) & (keys[:, None, :] | on_slash.view(B, *d.shape))
 
 
-def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int) -> torch.Tensor:
-    """MInference block-sparse (DESIGN §5): bool `[B, M, N]`.
+def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """MInference block-sparse (DESIGN §5): bool `[B, M, N]` (or `[B, len(rows), N]`).
 
     q and k are mean-pooled over blocks of g absolute positions; each query block keeps
     its t highest-scoring causal key blocks (pooled q · pooled kᵀ) and its diagonal block.
@@ -141,8 +146,9 @@ def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int) -> torch.T
     picked.scatter_(2, top, True)
     picked &= block_causal  # rows with fewer than t causal blocks took masked ones
     picked |= torch.eye(QB, KB, dtype=torch.bool, device=q.device)
-    allowed = picked[:, qb][:, :, kb]  # [B, M, N]
-    return allowed & _causal(M, N, q.device)
+    pos = _positions(M, N, rows, q.device)
+    allowed = picked[:, pos // g][:, :, kb]  # [B, rows, N]
+    return allowed & (torch.arange(N, device=q.device)[None, :] <= pos[:, None])
 
 
 def _block_mean(x: torch.Tensor, block_of: torch.Tensor, blocks: int) -> torch.Tensor:
