@@ -17,9 +17,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from attngen.ir.arith import evaluate_int
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
+from attngen.ir.arith import evaluate_int
 from attngen.ir.node import Node
 from attngen.ir.pattern import evaluate_node
 

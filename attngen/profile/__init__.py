@@ -1,1 +1,1 @@
-"""Per-head pattern search for Hugging Face causal LMs (DESIGN §7): `attngen search`, `attngen eval`."""
+"""Per-head pattern search for Hugging Face causal LMs (DESIGN §7): search and eval."""

@@ -42,14 +42,15 @@ KV_WORDS = ("amber apple birch cobalt copper coral crimson ember falcon garnet h
 class Sample:
     prompt_ids: list[int]  # chat-formatted prompt ending with the assistant's turn
     answer: str  # the expected answer text
-    answer_ids: list[int]  # the answer tokens followed by the end-of-turn token
+    answer_ids: list[int]  # the answer's tokens
+    end_ids: list[int]  # the end-of-turn token(s) after the answer
     kind: str  # "passkey" or "kv"
     depth: float  # relative position of the (asked) needle in the filler
 
     @property
     def ids(self) -> list[int]:
-        """Prompt and answer: what a calibration forward pass reads."""
-        return self.prompt_ids + self.answer_ids
+        """Prompt, answer and end of turn: what a calibration forward pass reads."""
+        return self.prompt_ids + self.answer_ids + self.end_ids
 
 
 class Haystack:
@@ -111,7 +112,7 @@ class Haystack:
             key = str(rng.randrange(10000, 100000))
             ids = self.prompt(PASSKEY_INTRO, [(depth, PASSKEY_NEEDLE.format(key=key))],
                               PASSKEY_QUESTION, PASSKEY_ANSWER, length, rng)
-            return Sample(ids, key, self.encode(key) + self.end_of_turn, kind, depth)
+            return Sample(ids, key, self.encode(key), self.end_of_turn, kind, depth)
         if kind == "kv":
             return self.kv_sample(length, depth, rng)
         raise ValueError(f"unknown sample kind {kind!r}")
@@ -129,7 +130,7 @@ class Haystack:
         ids = self.prompt(KV_INTRO, needles, KV_QUESTION.format(key=keys[asked]),
                           KV_ANSWER.format(key=keys[asked]), length, rng)
         answer = values[asked]
-        return Sample(ids, answer, self.encode(answer) + self.end_of_turn, "kv", depth)
+        return Sample(ids, answer, self.encode(answer), self.end_of_turn, "kv", depth)
 
     def text_windows(self, length: int, count: int) -> list[list[int]]:
         """`count` disjoint windows of `length` filler tokens (perplexity)."""

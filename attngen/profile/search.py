@@ -138,9 +138,9 @@ def answer_loss(model, samples: list[Sample]) -> dict:
     reproduced token for token under teacher forcing."""
     nll, exact = [], 0
     for s in samples:
-        ids = torch.tensor([s.ids])
+        ids = torch.tensor([s.prompt_ids + s.answer_ids])
         logits = model(ids, use_cache=False, logits_to_keep=len(s.answer_ids) + 1).logits[0]
-        logp = torch.log_softmax(logits[:-1].float(), -1)
+        logp = torch.log_softmax(logits[:-1].float(), -1)  # predictions of the answer tokens
         target = torch.tensor(s.answer_ids)
         nll.append(-logp.gather(1, target[:, None]).mean().item())
         exact += bool((logp.argmax(-1) == target).all())
