@@ -118,9 +118,23 @@ def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale:
     keys.scatter_(1, vertical.topk(min(v, N), dim=-1).indices, True)
     diags = torch.zeros(B, N, dtype=torch.bool, device=q.device)
     diags.scatter_(1, slash.topk(min(s, N), dim=-1).indices, True)
-    d = _positions(M, N, rows, q.device)[:, None] - cols[None, :]  # q - k, [rows, N]
-    on_slash = torch.gather(diags, 1, d.clamp(min=0).reshape(1, -1).expand(B, -1))
-    return (d >= 0) & (keys[:, None, :] | on_slash.view(B, *d.shape))
+    positions = _positions(M, N, rows, q.device)
+    return _columns_or_diagonals(keys, diags, positions)
+
+
+def _columns_or_diagonals(keys: torch.Tensor, diags: torch.Tensor,
+                          positions: torch.Tensor) -> torch.Tensor:
+    """bool [B, rows, N]: k <= q and (keys[k] or diags[q - k]) at query positions q.
+
+    Row q of the diagonal part is diags read backwards from offset q, so every row is a
+    window of one array (offsets N-1 … 0, then N never-picked negative offsets) — a
+    strided view instead of an index per element."""
+    B, N = keys.shape
+    ext = torch.cat([diags.flip(1), torch.zeros_like(diags)], dim=1)  # [B, 2N]
+    windows = ext.as_strided((B, N, N), (2 * N, 1, 1))  # row j: offsets N-1-j, N-2-j, …
+    on_slash = windows[:, N - 1 - positions]  # row for position q starts at offset q
+    causal = torch.arange(N, device=keys.device)[None, :] <= positions[:, None]
+    return on_slash | (keys[:, None, :] & causal)
 
 
 def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int,
