@@ -50,8 +50,8 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     read_plan(plan_path)  # every layer pattern parses
 
     out_dir = tmp_path / "report"
-    assert main(["eval", str(tiny_model_dir), "--plan", str(plan_path), "--lengths", "192",
-                 "320", "--kv-lengths", "256", "--per-cell", "1", "--kv-per-cell", "1",
+    assert main(["eval", str(tiny_model_dir), "--plan", str(plan_path), "--lengths", "320",
+                 "512", "--kv-lengths", "512", "--per-cell", "1", "--kv-per-cell", "1",
                  "--ppl-length", "256", "--ppl-windows", "1", "--out-dir", str(out_dir)]) == 0
     report = (out_dir / "report.md").read_text()
     for name in ("dense", "plan", "StreamingLLM", "MoA uniform"):

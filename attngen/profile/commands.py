@@ -61,11 +61,16 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
     haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer)
     methods = baselines(plan, model.config.num_hidden_layers)
     start = time.time()
-    results = evaluate(model, tokenizer, methods, options, haystack)
-    header = (header + "\n\n" if header else "") + (
-        f"Model `{plan.meta.get('model', '')}`, CPU, {time.time() - start:.0f} s. Same samples "
-        f"for every method (seed {options.seed}).")
-    path = write_report(results, options, plan, out_dir, header)
+
+    def report(results, done: bool = False) -> Path:
+        note = "" if done else " (partial: the run is still going or was stopped)"
+        text = (header + "\n\n" if header else "") + (
+            f"Model `{plan.meta.get('model', '')}`, CPU, {time.time() - start:.0f} s{note}. "
+            f"Same samples for every method (seed {options.seed}).")
+        return write_report(results, options, plan, out_dir, text)
+
+    results = evaluate(model, tokenizer, methods, options, haystack, checkpoint=report)
+    path = report(results, done=True)
     for r in results:
         print(f"  {r.name:<34} ppl {r.ppl:7.3f}  passkey "
               + " ".join(f"{k.split('/')[0]}:{100 * sum(v) / len(v):.0f}%"

@@ -7,12 +7,14 @@
 - kv retrieval by length × depth, the same way;
 - perplexity on held-out text (windows of the evaluation half of Python's docs text).
 
-Every method sees the same samples (fixed seeds): the comparison is paired.
+Every method sees the same samples (fixed seeds): the comparison is paired, also for a
+run stopped early (see `evaluate`).
 """
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -84,40 +86,62 @@ def baselines(plan: ModelPlan, layers: int) -> dict[str, ModelPlan]:
 
 
 def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptions,
-             haystack: Haystack | None = None, progress: bool = True) -> list[MethodResult]:
+             haystack: Haystack | None = None, progress: bool = True,
+             checkpoint: Callable[[list[MethodResult]], None] | None = None
+             ) -> list[MethodResult]:
+    """Every method on the same samples, in rounds: perplexity first, then round r adds the
+    r-th sample of every (task, length, depth) cell for every method, and `checkpoint`
+    sees the results after each round. A run stopped early still holds paired results
+    with the same n for every method."""
     haystack = haystack or Haystack.documentation("evaluation", tokenizer)
-    rng = random.Random(options.seed)
-    passkeys = [(L, d, haystack.sample("passkey", L, d, rng))
-                for L in options.passkey_lengths for d in options.depths
-                for _ in range(options.per_cell)]
-    kvs = [(L, d, haystack.sample("kv", L, d, rng))
-           for L in options.kv_lengths for d in options.depths
-           for _ in range(options.kv_per_cell)]
-    windows = haystack.text_windows(options.ppl_length, options.ppl_windows)
     layers = len(hf.attention_modules(model))
-    total = len(methods) * (len(passkeys) + len(kvs) + len(windows))
+    lengths = sorted({*options.passkey_lengths, *options.kv_lengths, options.ppl_length})
+    results = {name: MethodResult(name, _describe(plan, layers),
+                                  {n: round(plan_density(plan, n), 4) for n in lengths})
+               for name, plan in methods.items()}
+    rounds = sample_rounds(haystack, options)
+    windows = haystack.text_windows(options.ppl_length, options.ppl_windows)
+    total = len(methods) * (len(windows) + sum(len(r) for r in rounds))
     bar = tqdm(total=total, desc="evaluating", unit="run", disable=not progress)
     masks = MaskCache()
-    results = []
-    for name, plan in methods.items():
-        lengths = sorted({*options.passkey_lengths, *options.kv_lengths, options.ppl_length})
-        result = MethodResult(name, _describe(plan, layers),
-                              {n: round(plan_density(plan, n), 4) for n in lengths})
-        hf.apply(model, plan, masks=masks)
+
+    def run(name: str, work):
+        hf.apply(model, methods[name], masks=masks)
         try:
-            for kind, cases, hits in (("passkey", passkeys, result.passkey),
-                                      ("kv", kvs, result.kv)):
-                for L, d, sample in cases:
-                    bar.set_postfix_str(f"{name[:24]} {kind} {L}")
-                    hits.setdefault(f"{L}/{d}", []).append(
-                        retrieved(model, tokenizer, sample, options.max_new_tokens))
-                    bar.update()
-            result.ppl = perplexity(model, windows, bar)
+            return work()
         finally:
             hf.remove(model)
-        results.append(result)
+
+    for name in methods:
+        bar.set_postfix_str(f"{name[:24]} perplexity")
+        results[name].ppl = run(name, lambda: perplexity(model, windows, bar))
+    for cases in rounds:
+        for kind, L, d, sample in cases:
+            for name, result in results.items():
+                bar.set_postfix_str(f"{name[:24]} {kind} {L}")
+                hit = run(name, lambda: retrieved(model, tokenizer, sample,
+                                                  options.max_new_tokens))
+                getattr(result, kind).setdefault(f"{L}/{d}", []).append(hit)
+                bar.update()
+        if checkpoint is not None:
+            checkpoint(list(results.values()))
     bar.close()
-    return results
+    return list(results.values())
+
+
+def sample_rounds(haystack: Haystack, options: EvalOptions
+                  ) -> list[list[tuple[str, int, float, Sample]]]:
+    """Round r: the r-th passkey and kv sample of every (length, depth) cell. The samples
+    are drawn in a fixed order from one seeded generator, whatever gets evaluated."""
+    rng = random.Random(options.seed)
+    cells = [("passkey", L, d, options.per_cell) for L in options.passkey_lengths
+             for d in options.depths]
+    cells += [("kv", L, d, options.kv_per_cell) for L in options.kv_lengths
+              for d in options.depths]
+    drawn = {(kind, L, d): [haystack.sample(kind, L, d, rng) for _ in range(n)]
+             for kind, L, d, n in cells}
+    return [[(kind, L, d, drawn[kind, L, d][r]) for kind, L, d, n in cells if r < n]
+            for r in range(max(options.per_cell, options.kv_per_cell))]
 
 
 def _describe(plan: ModelPlan, layers: int) -> str:
