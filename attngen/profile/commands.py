@@ -107,12 +107,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attngen.profile.plan import read_plan
 
     plan = read_plan(args.plan)
+    if args.merge:
+        return merge_reports(plan, args.merge, args.out_dir)
     options = EvalOptions(**QUICK_EVAL, seed=args.seed) if args.quick else EvalOptions(
         passkey_lengths=tuple(args.lengths), kv_lengths=tuple(args.kv_lengths),
         per_cell=args.per_cell, kv_per_cell=args.kv_per_cell, ppl_length=args.ppl_length,
-        ppl_windows=args.ppl_windows, seed=args.seed)
+        ppl_windows=args.ppl_windows, seed=args.seed,
+        rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl)
     model, tokenizer = load_model(args.model)
     path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data)
+    print(f"report     {path.resolve()}")
+    return 0
+
+
+def merge_reports(plan, shard_files: list[str], out_dir: str | Path) -> int:
+    """One report from the results.json of several shards (--rounds) of one evaluation."""
+    import json
+
+    from attngen.profile.evaluate import merge
+    from attngen.profile.report import write_report
+
+    results, options = merge([json.loads(Path(f).read_text()) for f in shard_files])
+    header = (f"Model `{plan.meta.get('model', '')}`, CPU. Merged from {len(shard_files)} "
+              f"shards of one run (same samples, seed {options.seed}).")
+    path = write_report(results, options, plan, out_dir, header)
     print(f"report     {path.resolve()}")
     return 0
 
@@ -162,7 +180,11 @@ def add_parsers(subs, fmt) -> None:
         description="Passkey and kv retrieval by length and depth, perplexity on held-out "
                     "text, for dense, the plan, uniform StreamingLLM and MoA plans of the "
                     "same density; writes report.md, results.json and PNGs.",
-        epilog="example:\n  attngen eval --plan plan.json --out-dir report/")
+        epilog="examples:\n  attngen eval --plan plan.json --out-dir report/\n"
+               "  attngen eval --plan plan.json --rounds 0 1 --out-dir a/ &  "
+               "attngen eval --plan plan.json --rounds 2 3 --skip-ppl --out-dir b/\n"
+               "  attngen eval --plan plan.json --merge a/results.json b/results.json "
+               "--out-dir report/")
     ev.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     ev.add_argument("--plan", required=True)
     ev.add_argument("--lengths", type=int, nargs="+", default=[512, 1536, 3072, 4096])
@@ -174,5 +196,10 @@ def add_parsers(subs, fmt) -> None:
     ev.add_argument("--data", nargs="+", default=None, help="your text files as haystack")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--quick", action="store_true", help="demo sizes (a few minutes)")
+    ev.add_argument("--rounds", type=int, nargs="+", default=None, help="run only these "
+                    "sample rounds (round r: the r-th sample of every cell), to shard a run")
+    ev.add_argument("--skip-ppl", action="store_true", help="no perplexity (another shard)")
+    ev.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="write one report from the results.json of shards; runs nothing")
     ev.add_argument("--out-dir", default="attngen-eval")
     ev.set_defaults(run=cmd_eval)

@@ -41,6 +41,8 @@ class EvalOptions:
     ppl_windows: int = 8
     max_new_tokens: int = 7
     seed: int = 0
+    rounds: tuple[int, ...] | None = None  # which sample rounds to run (default all)
+    perplexity: bool = True  # False: leave perplexity to another shard of the run
 
 
 @dataclass
@@ -100,7 +102,10 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
                                   {n: round(plan_density(plan, n), 4) for n in lengths})
                for name, plan in methods.items()}
     rounds = sample_rounds(haystack, options)
-    windows = haystack.text_windows(options.ppl_length, options.ppl_windows)
+    if options.rounds is not None:
+        rounds = [rounds[r] for r in options.rounds]
+    windows = (haystack.text_windows(options.ppl_length, options.ppl_windows)
+               if options.perplexity else [])
     total = len(methods) * (len(windows) + sum(len(r) for r in rounds))
     bar = tqdm(total=total, desc="evaluating", unit="run", disable=not progress)
     masks = MaskCache()
@@ -112,7 +117,7 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
         finally:
             hf.remove(model)
 
-    for name in methods:
+    for name in methods if windows else []:
         bar.set_postfix_str(f"{name[:24]} perplexity")
         results[name].ppl = run(name, lambda: perplexity(model, windows, bar))
     for cases in rounds:
@@ -182,3 +187,22 @@ def accuracy(hits: dict[str, list[bool]], length: int) -> tuple[float, int]:
 
 def to_json(results: list[MethodResult], options: EvalOptions) -> dict:
     return {"options": asdict(options), "methods": [asdict(r) for r in results]}
+
+
+def merge(shards: list[dict]) -> tuple[list[MethodResult], EvalOptions]:
+    """Results of shards of one run (results.json of runs with different --rounds, the
+    same other options): hits concatenated per cell, perplexity from the shard that has it."""
+    merged: dict[str, MethodResult] = {}
+    for shard in shards:
+        for m in shard["methods"]:
+            density = {int(n): v for n, v in m["density"].items()}
+            into = merged.setdefault(m["name"], MethodResult(m["name"], m["pattern"], density))
+            for kind in ("passkey", "kv"):
+                for cell, hits in m[kind].items():
+                    getattr(into, kind).setdefault(cell, []).extend(hits)
+            if m["ppl"] is not None and not math.isnan(m["ppl"]):
+                into.ppl = m["ppl"]
+    fields = {**shards[0]["options"], "rounds": None, "perplexity": True}
+    options = EvalOptions(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in fields.items()})
+    return list(merged.values()), options
