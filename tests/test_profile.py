@@ -235,3 +235,18 @@ def test_mask_cache_drops_the_oldest_beyond_its_size():
         cache.static(n, 64, 64)
     assert (nodes[0].text, 64, 64) not in cache._masks
     assert (nodes[3].text, 64, 64) in cache._masks
+
+
+def test_shards_of_an_evaluation_merge_into_one_run():
+    from attngen.profile.evaluate import EvalOptions, MethodResult, merge, to_json
+
+    options = EvalOptions(passkey_lengths=(512,), kv_lengths=(), depths=(0.5,), per_cell=3)
+    first = MethodResult("dense", "causal", {512: 1.0}, {"512/0.5": [True]}, {}, 19.5)
+    second = MethodResult("dense", "causal", {512: 1.0}, {"512/0.5": [False, True]}, {})
+    shards = [json.loads(json.dumps(to_json([r], EvalOptions(**{**options.__dict__,
+                                                                "rounds": rounds}))))
+              for r, rounds in ((first, (0,)), (second, (1, 2)))]
+    (merged,), merged_options = merge(shards)
+    assert merged.passkey == {"512/0.5": [True, False, True]}
+    assert merged.ppl == 19.5 and merged.density == {512: 1.0}
+    assert merged_options == options
