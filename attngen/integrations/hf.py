@@ -39,6 +39,7 @@ IMPLEMENTATION = "attngen"
 _ROUTE = "_attngen_route"  # attribute on each attention module
 _PREVIOUS = "_attngen_previous_implementation"  # attribute on the model
 _CAUSAL = attngen.parse("causal")
+_SHARED_MASKS = MaskCache(max_bytes=256 << 20)  # modules reached without apply()
 
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
@@ -133,9 +134,6 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     else:
         out = masked_attention(query, key, value, nodes, route.masks, scaling, padding)
     return out.transpose(1, 2).contiguous(), None
-
-
-_SHARED_MASKS = MaskCache(max_bytes=256 << 20)
 
 
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
