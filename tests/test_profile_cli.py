@@ -40,10 +40,11 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     plan_path = tmp_path / "plan.json"
-    assert main(["search", str(tiny_model_dir), "--density", "0.5", "--lengths", "256", "512",
-                 "--samples", "1", "--out", str(plan_path)]) == 0
+    assert main(["search", str(tiny_model_dir), "--density", "0.7", "--lengths", "256", "512",
+                 "--samples", "1", "--families", "dense", "a_shape", "vertical_slash",
+                 "--out", str(plan_path)]) == 0
     plan = json.loads(plan_path.read_text())
-    assert plan["density"] <= 0.5 and plan["budget"] == {"density": 0.5}
+    assert plan["density"] <= 0.7 and plan["budget"] == {"density": 0.7}
     assert plan["validation"]["length"] == 384
     assert sorted(row["layer"] for row in plan["layers"]) == [0, 1]
     assert all(len(row["heads"]) == 4 for row in plan["layers"])
@@ -51,7 +52,7 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
 
     out_dir = tmp_path / "report"
     assert main(["eval", str(tiny_model_dir), "--plan", str(plan_path), "--lengths", "320",
-                 "512", "--kv-lengths", "512", "--per-cell", "1", "--kv-per-cell", "1",
+                 "--kv-lengths", "512", "--per-cell", "1", "--kv-per-cell", "1",
                  "--ppl-length", "256", "--ppl-windows", "1", "--out-dir", str(out_dir)]) == 0
     report = (out_dir / "report.md").read_text()
     for name in ("dense", "plan", "StreamingLLM", "MoA uniform"):

@@ -27,7 +27,7 @@ from attngen.profile.candidates import library_call
 from attngen.profile.data import Haystack, Sample, first_number
 from attngen.profile.plan import ModelPlan, uniform_plan
 from attngen.profile.scoring import static_density
-from attngen.profile.search import plan_density
+from attngen.profile.search import measured_density, plan_density
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,10 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
     with the same n for every method."""
     haystack = haystack or Haystack.documentation("evaluation", tokenizer)
     layers = len(hf.attention_modules(model))
-    lengths = sorted({*options.passkey_lengths, *options.kv_lengths, options.ppl_length})
-    results = {name: MethodResult(name, _describe(plan, layers),
-                                  {n: round(plan_density(plan, n), 4) for n in lengths})
-               for name, plan in methods.items()}
     rounds = sample_rounds(haystack, options)
+    results = {name: MethodResult(name, _describe(plan, layers),
+                                  densities(model, plan, rounds[0], options, haystack))
+               for name, plan in methods.items()}
     if options.rounds is not None:
         rounds = [rounds[r] for r in options.rounds]
     windows = (haystack.text_windows(options.ppl_length, options.ppl_windows)
@@ -132,6 +131,17 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
             checkpoint(list(results.values()))
     bar.close()
     return list(results.values())
+
+
+def densities(model, plan: ModelPlan, first_round, options: EvalOptions,
+              haystack: Haystack) -> dict[int, float]:
+    """The plan's mean density at every evaluated length: exact for static plans; measured
+    on the first sample of that length when the plan has dynamic heads."""
+    prompts = {L: sample.prompt_ids for _, L, _, sample in reversed(first_round)}
+    prompts[options.ppl_length] = haystack.text_windows(options.ppl_length, 1)[0]
+    dynamic = any(p.is_dynamic for p in plan.layers.values())
+    return {n: round(measured_density(model, plan, prompts[n]) if dynamic
+                     else plan_density(plan, n), 4) for n in sorted(prompts)}
 
 
 def sample_rounds(haystack: Haystack, options: EvalOptions

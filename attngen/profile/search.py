@@ -23,6 +23,8 @@ import torch
 
 import attngen
 from attngen.integrations import hf
+from attngen.integrations.masks import MaskCache, head_mask
+from attngen.ir.pattern import Pattern
 from attngen.profile.candidates import candidates
 from attngen.profile.data import Haystack, Sample
 from attngen.profile.knapsack import choose, grouped
@@ -159,6 +161,32 @@ def plan_density(plan: ModelPlan, length: int) -> float:
         if layer not in plan.layer_rows:
             values.append(static_density(pattern, length, length))
     return float(np.mean(values)) if values else 1.0
+
+
+@torch.no_grad()
+def measured_density(model, plan: ModelPlan, ids: list[int]) -> float:
+    """Mean density over layers and heads of `plan` on one prompt, run under the plan:
+    exact for static heads, allowed ÷ causal pairs of the estimated masks for dynamic ones."""
+    L = len(ids)
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    group, masks, values = heads // kv_heads, MaskCache(), []
+
+    def record(layer: int, query, key, value) -> None:
+        pattern = plan.pattern(layer) or attngen.parse("causal")
+        for h, node in enumerate(pattern.head_nodes(heads, kv_heads)):
+            if node.is_dynamic:
+                mask = head_mask(node, query[0, h:h + 1], key[0, h // group:h // group + 1],
+                                 masks)
+                values.append(mask.sum().item() / (L * (L + 1) / 2))
+            else:
+                values.append(static_density(Pattern(node), L, L))
+
+    hf.apply(model, plan, backend="masks", record=record)
+    try:
+        model(torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+    finally:
+        hf.remove(model)
+    return float(np.mean(values))
 
 
 def validate(model, haystack: Haystack, plan: ModelPlan, options: SearchOptions,
