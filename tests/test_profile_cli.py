@@ -57,7 +57,7 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     report = (out_dir / "report.md").read_text()
     for name in ("dense", "plan", "StreamingLLM", "MoA uniform"):
         assert name in report
-    assert "n = 5 per length" in report  # 5 depths, 1 sample each
+    assert "% | 5 |" in report  # n = 5 per length: 5 depths, one sample each
     for png in ("passkey_heatmap.png", "kv_heatmap.png", "ppl.png", "plan_map.png"):
         assert (out_dir / png).stat().st_size > 1000
     results = json.loads((out_dir / "results.json").read_text())

@@ -54,12 +54,14 @@ def run_search(model_name: str, options, out: str | Path, data=None):
 
 
 def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
-             header: str = "") -> Path:
+             header: str = "", only: list[str] | None = None) -> Path:
     from attngen.profile.evaluate import baselines, evaluate
     from attngen.profile.report import write_report
 
     haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer)
     methods = baselines(plan, model.config.num_hidden_layers)
+    if only:
+        methods = {name: p for name, p in methods.items() if name.split()[0] in only}
     start = time.time()
 
     def report(results, done: bool = False) -> Path:
@@ -115,7 +117,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ppl_windows=args.ppl_windows, seed=args.seed,
         rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl)
     model, tokenizer = load_model(args.model)
-    path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data)
+    path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data,
+                    only=args.methods)
     print(f"report     {path.resolve()}")
     return 0
 
@@ -199,6 +202,9 @@ def add_parsers(subs, fmt) -> None:
     ev.add_argument("--rounds", type=int, nargs="+", default=None, help="run only these "
                     "sample rounds (round r: the r-th sample of every cell), to shard a run")
     ev.add_argument("--skip-ppl", action="store_true", help="no perplexity (another shard)")
+    ev.add_argument("--methods", nargs="+", default=None,
+                    choices=["dense", "plan", "StreamingLLM", "MoA"],
+                    help="evaluate only these methods (default all four)")
     ev.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
                     help="write one report from the results.json of shards; runs nothing")
     ev.add_argument("--out-dir", default="attngen-eval")

@@ -61,13 +61,14 @@ def _method_table(results: list[MethodResult]) -> str:
 def _accuracy_table(results: list[MethodResult], kind: str, lengths, title: str) -> str:
     if not lengths:
         return ""
-    n = accuracy(getattr(results[0], kind), lengths[0])[1]
-    rows = [f"## {title} (accuracy, n = {n} per length, exact match, greedy)\n",
-            "| method | " + " | ".join(str(L) for L in lengths) + " |",
-            "|---|" + "---|" * len(lengths)]
+    rows = [f"## {title} (accuracy, exact match, greedy; n per length)\n",
+            "| method | " + " | ".join(str(L) for L in lengths) + " | n |",
+            "|---|" + "---|" * len(lengths) + "---|"]
     for r in results:
+        n = sorted({accuracy(getattr(r, kind), L)[1] for L in lengths})
         rows.append(f"| {r.name} | " + " | ".join(
-            f"{100 * accuracy(getattr(r, kind), L)[0]:.0f} %" for L in lengths) + " |")
+            f"{100 * accuracy(getattr(r, kind), L)[0]:.0f} %" for L in lengths)
+            + f" | {'/'.join(map(str, n))} |")
     return "\n".join(rows) + "\n"
 
 
