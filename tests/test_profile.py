@@ -250,3 +250,16 @@ def test_shards_of_an_evaluation_merge_into_one_run():
     assert merged.passkey == {"512/0.5": [True, False, True]}
     assert merged.ppl == 19.5 and merged.density == {512: 1.0}
     assert merged_options == options
+
+
+def test_measured_density_is_exact_for_static_plans_and_bounded_for_dynamic(tiny_model):
+    from attngen.profile.search import measured_density
+
+    ids = list(range(1, 97))
+    mixture = layer_pattern(["local(8)", "causal", "causal & (sink(4) | local(16))", "causal"])
+    static = read_plan({"layers": [{"layer": 0, "pattern": mixture}]})  # layer 1: dense
+    expected = (brute_density(attngen.parse(mixture), 96, heads=4) + 1) / 2
+    assert measured_density(tiny_model, static, ids) == pytest.approx(expected, abs=1e-9)
+    dynamic = read_plan({"layers": [{"layer": i, "pattern": "vertical_slash(4, 8)"}
+                                    for i in range(2)]})
+    assert 0 < measured_density(tiny_model, dynamic, ids) < 1

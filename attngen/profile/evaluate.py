@@ -201,7 +201,8 @@ def to_json(results: list[MethodResult], options: EvalOptions) -> dict:
 
 def merge(shards: list[dict]) -> tuple[list[MethodResult], EvalOptions]:
     """Results of shards of one run (results.json of runs with different --rounds, the
-    same other options): hits concatenated per cell, perplexity from the shard that has it."""
+    same samples): hits concatenated per cell, perplexity from the shard that has it, and
+    the lengths that some shard measured."""
     merged: dict[str, MethodResult] = {}
     for shard in shards:
         for m in shard["methods"]:
@@ -212,7 +213,10 @@ def merge(shards: list[dict]) -> tuple[list[MethodResult], EvalOptions]:
                     getattr(into, kind).setdefault(cell, []).extend(hits)
             if m["ppl"] is not None and not math.isnan(m["ppl"]):
                 into.ppl = m["ppl"]
-    fields = {**shards[0]["options"], "rounds": None, "perplexity": True}
+    measured = {kind: sorted({int(cell.split("/")[0]) for r in merged.values()
+                              for cell in getattr(r, kind)}) for kind in ("passkey", "kv")}
+    fields = {**shards[0]["options"], "rounds": None, "perplexity": True,
+              "passkey_lengths": measured["passkey"], "kv_lengths": measured["kv"]}
     options = EvalOptions(**{k: tuple(v) if isinstance(v, list) else v
                              for k, v in fields.items()})
     return list(merged.values()), options

@@ -173,13 +173,16 @@ def measured_density(model, plan: ModelPlan, ids: list[int]) -> float:
 
     def record(layer: int, query, key, value) -> None:
         pattern = plan.pattern(layer) or attngen.parse("causal")
+        heads_of: dict = {}
         for h, node in enumerate(pattern.head_nodes(heads, kv_heads)):
-            if node.is_dynamic:
-                mask = head_mask(node, query[0, h:h + 1], key[0, h // group:h // group + 1],
-                                 masks)
-                values.append(mask.sum().item() / (L * (L + 1) / 2))
+            heads_of.setdefault(node, []).append(h)
+        for node, hs in heads_of.items():
+            if node.is_dynamic:  # the node's heads estimated as one batch
+                kv = torch.tensor(hs) // group
+                mask = head_mask(node, query[0, hs], key[0, kv], masks)
+                values.extend((mask.sum((1, 2)).double() / (L * (L + 1) / 2)).tolist())
             else:
-                values.append(static_density(Pattern(node), L, L))
+                values.extend([static_density(Pattern(node), L, L)] * len(hs))
 
     hf.apply(model, plan, backend="masks", record=record)
     try:
