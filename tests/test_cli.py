@@ -139,7 +139,7 @@ def test_layout_rectangular_block(capsys):
 # -- demo ----------------------------------------------------------------------------------
 def test_demo(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run(capsys, "demo")
+    rc, out, err = run(capsys, "demo", "--skip-profiler")  # the profiler: test_profile_cli
     assert rc == 0 and "Traceback" not in err
     for stem in library.files():
         assert f"== {stem}.attn" in out
@@ -157,7 +157,7 @@ def test_demo(capsys, tmp_path, monkeypatch):
 
 
 # -- help and errors -----------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [[], ["show"], ["layout"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["show"], ["layout"], ["demo"], ["search"], ["eval"]])
 def test_help_has_an_example(capsys, argv):
     rc, out, _ = run(capsys, *argv, "--help")
     assert rc == 0 and "example" in out and "attngen" in out

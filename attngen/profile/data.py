@@ -1,0 +1,158 @@
+"""Offline calibration and evaluation data: retrieval haystacks over natural text.
+
+    text = Haystack.documentation("calibration", tokenizer)   # Python's own docs text
+    sample = passkey(text, tokenizer, length=2048, depth=0.5, rng=random.Random(0))
+    sample.prompt_ids, sample.answer
+
+The natural text is the reference manual's topics that ship with CPython
+(`pydoc_data.topics`, ~460K characters): the topics alternate between a calibration half
+and an evaluation half, so evaluation never sees the text the search calibrated on.
+`--data FILE…` replaces it with the user's files. Prompts go through the model's chat
+template and have exactly `length` tokens: the filler is cut at token level to fit.
+
+- passkey (Mohtashami & Jaggi 2023, as in LongLoRA and InfiniteBench): a five-digit key
+  hidden at a relative depth of the filler; the answer is the key.
+- kv retrieval (RULER's multi-key needle, InfiniteBench kv_retrieval over natural text):
+  `pairs` key → five-digit value sentences at random depths; one key is asked for.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PLACEHOLDER = "\x00"
+PASSKEY_INTRO = ("There is an important piece of information hidden inside a lot of irrelevant "
+                 "text. Find it and memorize it. I will quiz you about it afterwards.\n\n")
+PASSKEY_NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
+PASSKEY_QUESTION = "\n\nWhat is the pass key? Answer with the number only."
+PASSKEY_ANSWER = "The pass key is "  # starts the assistant's turn: the key comes next
+KV_INTRO = ("The text below contains some key-value records. Remember every record; I will "
+            "ask for the value of one key afterwards.\n\n")
+KV_NEEDLE = "\n\nRecord: the value of key {key} is {value}.\n\n"
+KV_QUESTION = "\n\nWhat is the value of key {key}? Answer with the number only."
+KV_ANSWER = "The value of key {key} is "
+KV_WORDS = ("amber apple birch cobalt copper coral crimson ember falcon garnet harbor indigo "
+            "jasper lemon maple marble meadow nickel olive orchid pebble quartz raven saffron "
+            "silver spruce tiger tulip velvet willow").split()
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_ids: list[int]  # chat-formatted prompt ending with the assistant's turn
+    answer: str  # the expected answer text
+    answer_ids: list[int]  # the answer's tokens
+    end_ids: list[int]  # the end-of-turn token(s) after the answer
+    kind: str  # "passkey" or "kv"
+    depth: float  # relative position of the (asked) needle in the filler
+
+    @property
+    def ids(self) -> list[int]:
+        """Prompt, answer and end of turn: what a calibration forward pass reads."""
+        return self.prompt_ids + self.answer_ids + self.end_ids
+
+
+class Haystack:
+    """Filler token ids and the chat template around a user message, for one tokenizer."""
+
+    def __init__(self, text: str, tokenizer):
+        self.tokenizer = tokenizer
+        self.filler = self.encode(text)
+        messages = [{"role": "user", "content": PLACEHOLDER}]
+        chat = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True)
+        before, after = chat.split(PLACEHOLDER)
+        self.chat_prefix, self.chat_suffix = self.encode(before), self.encode(after)
+        end = tokenizer.eos_token or ""
+        self.end_of_turn = self.encode(end) if end else []
+
+    @classmethod
+    def documentation(cls, split: str, tokenizer) -> Haystack:
+        return cls(documentation_text(split), tokenizer)
+
+    @classmethod
+    def files(cls, paths: list[str | Path], tokenizer) -> Haystack:
+        return cls("\n\n".join(Path(p).read_text(errors="replace") for p in paths), tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def filler_ids(self, count: int, rng: random.Random) -> list[int]:
+        if count > len(self.filler):
+            raise ValueError(f"the haystack text has {len(self.filler)} tokens; a prompt needs "
+                             f"{count}: use a shorter length or more --data")
+        start = rng.randrange(len(self.filler) - count + 1)
+        return self.filler[start:start + count]
+
+    def prompt(self, intro: str, needles: list[tuple[float, str]], question: str,
+               answer_start: str, length: int, rng: random.Random) -> list[int]:
+        """Chat prompt of exactly `length` tokens: intro, filler with needles at relative
+        depths, question, then the start of the assistant's answer."""
+        intro_ids, question_ids = self.encode(intro), self.encode(question)
+        answer_ids = self.encode(answer_start)
+        needle_ids = [(depth, self.encode(text)) for depth, text in sorted(needles)]
+        fixed = (len(self.chat_prefix) + len(intro_ids) + len(question_ids)
+                 + len(self.chat_suffix) + len(answer_ids) + sum(len(ids) for _, ids in needle_ids))
+        if fixed >= length:
+            raise ValueError(f"length {length} is too short: the prompt's fixed parts take "
+                             f"{fixed} tokens")
+        filler = self.filler_ids(length - fixed, rng)
+        body, cut = [], 0
+        for depth, ids in needle_ids:
+            at = round(depth * len(filler))
+            body += filler[cut:at] + ids
+            cut = at
+        body += filler[cut:]
+        return (self.chat_prefix + intro_ids + body + question_ids + self.chat_suffix
+                + answer_ids)
+
+    def sample(self, kind: str, length: int, depth: float, rng: random.Random) -> Sample:
+        if kind == "passkey":
+            key = str(rng.randrange(10000, 100000))
+            ids = self.prompt(PASSKEY_INTRO, [(depth, PASSKEY_NEEDLE.format(key=key))],
+                              PASSKEY_QUESTION, PASSKEY_ANSWER, length, rng)
+            return Sample(ids, key, self.encode(key), self.end_of_turn, kind, depth)
+        if kind == "kv":
+            return self.kv_sample(length, depth, rng)
+        raise ValueError(f"unknown sample kind {kind!r}")
+
+    def kv_sample(self, length: int, depth: float, rng: random.Random,
+                  pairs: int = 6) -> Sample:
+        keys = set()
+        while len(keys) < pairs:
+            keys.add("-".join(rng.sample(KV_WORDS, 2)))
+        keys = sorted(keys)
+        values = [str(rng.randrange(10000, 100000)) for _ in keys]
+        asked = rng.randrange(pairs)
+        depths = [depth if i == asked else rng.random() for i in range(pairs)]
+        needles = [(d, KV_NEEDLE.format(key=k, value=v)) for d, k, v in zip(depths, keys, values)]
+        ids = self.prompt(KV_INTRO, needles, KV_QUESTION.format(key=keys[asked]),
+                          KV_ANSWER.format(key=keys[asked]), length, rng)
+        answer = values[asked]
+        return Sample(ids, answer, self.encode(answer), self.end_of_turn, "kv", depth)
+
+    def text_windows(self, length: int, count: int) -> list[list[int]]:
+        """`count` disjoint windows of `length` filler tokens (perplexity)."""
+        if count * length > len(self.filler):
+            raise ValueError(f"{count} windows of {length} tokens need {count * length} tokens; "
+                             f"the text has {len(self.filler)}")
+        return [self.filler[i * length:(i + 1) * length] for i in range(count)]
+
+
+def documentation_text(split: str) -> str:
+    """The reference-manual topics that ship with Python: "calibration" gets the even
+    topics (sorted by name), "evaluation" the odd ones."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    chosen = names[0::2] if split == "calibration" else names[1::2]
+    if split not in ("calibration", "evaluation"):
+        raise ValueError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    return "\n\n".join(re.sub(r"\n{3,}", "\n\n", topics[n]) for n in chosen)
+
+
+def first_number(text: str) -> str | None:
+    """The first run of digits in a generated answer (exact-match scoring)."""
+    found = re.search(r"\d+", text)
+    return found.group(0) if found else None

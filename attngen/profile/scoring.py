@@ -1,0 +1,169 @@
+"""Per-head scores of every candidate, measured on the model's own queries and keys.
+
+    scores = HeadScorer(model, candidates).run(samples_by_length)
+    scores.loss[l, layer, head, c], scores.recall[...], scores.density[...]
+
+A dense forward pass runs through the HF integration with a recorder that sees every
+layer's post-RoPE queries, keys and values. For a set of query rows R of each sample it
+computes the dense attention probabilities P once, and for each candidate mask m:
+
+- recall: the softmax mass the candidate keeps, sum(P · m) per row (MInference's
+  criterion);
+- output error: the candidate's output o_c = (P · m) V / sum(P · m) (the softmax
+  restricted to the kept keys, exactly what sparse attention computes) against the dense
+  output o, pushed through that head's slice of the output projection and divided by the
+  norm of the residual stream entering the layer: ‖W_o,h (o_c − o)‖ / ‖x‖. That is the
+  perturbation the head's choice adds to the model's hidden state, comparable across
+  layers and additive over heads (the knapsack's objective).
+
+R is a spread of rows over the whole sequence (perplexity) plus the last rows of the
+sample, where the question and the answer sit (retrieval); `answer_weight` balances the
+two means. Densities of static candidates are exact (from the layout); dynamic candidates
+are measured on R: allowed ÷ causal pairs of their estimated masks.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from attngen.integrations import hf
+from attngen.integrations.masks import MaskCache, head_mask
+from attngen.ir.pattern import Pattern
+from attngen.profile.candidates import Candidate
+from attngen.profile.data import Sample
+
+
+@dataclass
+class Scores:
+    """Per (length, layer, query head, candidate), averaged over the samples."""
+
+    lengths: list[int]
+    candidates: tuple[Candidate, ...]
+    loss: np.ndarray  # [L, layers, heads, C] output error (see the module doc)
+    recall: np.ndarray  # [L, layers, heads, C] attention mass kept
+    density: np.ndarray  # [L, layers, heads, C] allowed ÷ causal pairs
+
+
+class HeadScorer:
+    def __init__(self, model, candidates: tuple[Candidate, ...], spread_rows: int = 128,
+                 answer_rows: int = 16, answer_weight: float = 0.5):
+        self.model = model
+        self.candidates = candidates
+        self.spread_rows, self.answer_rows = spread_rows, answer_rows
+        self.answer_weight = answer_weight
+        self.modules = hf.attention_modules(model)
+        self.masks = MaskCache()
+        self._residual: dict[int, torch.Tensor] = {}
+        self._row_masks: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._acc: dict[str, np.ndarray] = {}
+
+    def run(self, samples: dict[int, list[Sample]], progress: bool = True) -> Scores:
+        lengths = sorted(samples)
+        layers, heads = len(self.modules), self.model.config.num_attention_heads
+        shape = (len(lengths), layers, heads, len(self.candidates))
+        out = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        total = sum(len(v) for v in samples.values())
+        bar = tqdm(total=total, desc="calibrating", unit="sample", disable=not progress)
+        for li, length in enumerate(lengths):
+            for sample in samples[length]:
+                acc = self.score_sample(sample.ids)
+                for name in out:
+                    out[name][li] += acc[name] / len(samples[length])
+                bar.update()
+        bar.close()
+        return Scores(lengths, self.candidates, **out)
+
+    @torch.no_grad()
+    def score_sample(self, ids: list[int]) -> dict[str, np.ndarray]:
+        L = len(ids)
+        spread = torch.linspace(0, L - 1, min(self.spread_rows, L)).round().long()
+        answer = torch.arange(max(0, L - self.answer_rows), L)
+        self._rows = torch.unique(torch.cat([spread, answer]))
+        self._weights = self._row_weights(spread, answer)
+        layers, heads = len(self.modules), self.model.config.num_attention_heads
+        shape = (layers, heads, len(self.candidates))
+        self._acc = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        hooks = [self._layer_of(m).register_forward_pre_hook(self._residual_hook(i),
+                                                             with_kwargs=True)
+                 for i, m in self.modules.items()]
+        hf.apply(self.model, {}, backend="masks", record=self._record, masks=self.masks)
+        try:
+            self.model(torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+        finally:
+            hf.remove(self.model)
+            for h in hooks:
+                h.remove()
+        return self._acc
+
+    def _row_weights(self, spread: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+        """Weights over self._rows: the spread mean and the answer mean, mixed."""
+        w = torch.zeros(len(self._rows), dtype=torch.float64)
+        w[torch.isin(self._rows, spread)] += (1 - self.answer_weight) / len(spread)
+        w[torch.isin(self._rows, answer)] += self.answer_weight / len(answer)
+        return w
+
+    def _layer_of(self, attention_module):
+        """The decoder layer holding an attention module (its input is the residual)."""
+        for layer in self.model.modules():
+            if getattr(layer, "self_attn", None) is attention_module:
+                return layer
+        raise ValueError("no decoder layer with this attention as `self_attn`")
+
+    def _residual_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self._residual[layer] = x[0, self._rows].norm(dim=-1).mean()
+        return hook
+
+    def _record(self, layer: int, query, key, value) -> None:
+        module = self.modules[layer]
+        rows, weights = self._rows, self._weights.float()
+        _, H, M, D = query.shape
+        N, group = key.shape[2], H // key.shape[1]
+        k = key[0].repeat_interleave(group, 0)  # [H, N, D]
+        v = value[0].repeat_interleave(group, 0)
+        scale = getattr(module, "scaling", 1 / math.sqrt(D))
+        positions = rows + (N - M)
+        causal = torch.arange(N)[None, :] <= positions[:, None]  # [R, N]
+        probs = torch.softmax((query[0, :, rows] @ k.transpose(1, 2) * scale)
+                              .masked_fill(~causal, -math.inf), dim=-1)  # [H, R, N]
+        dense_out = probs @ v
+        w_o = module.o_proj.weight.view(-1, H, D)  # [hidden, H, D]
+        residual = self._residual[layer]
+        causal_count = causal.sum(-1).double()
+        for c, cand in enumerate(self.candidates):
+            mask = self._candidate_mask(cand, query, k, scale)  # [1 or H, R, N]
+            kept = probs * mask
+            mass = kept.sum(-1)  # [H, R]
+            out = (kept @ v) / mass.clamp(min=1e-30)[..., None]
+            shift = torch.einsum("hrd,ehd->hre", out - dense_out, w_o).norm(dim=-1)  # [H, R]
+            self._acc["loss"][layer, :, c] = (shift @ weights / residual).numpy()
+            self._acc["recall"][layer, :, c] = (mass @ weights).numpy()
+            if cand.dynamic:
+                count = mask.sum(-1).double()  # [H, R]
+                self._acc["density"][layer, :, c] = (count.sum(-1) / causal_count.sum()).numpy()
+            else:
+                self._acc["density"][layer, :, c] = static_density(cand.pattern, M, N)
+
+    def _candidate_mask(self, cand: Candidate, query, k, scale) -> torch.Tensor:
+        """[1, R, N] for a static candidate (cached per length: rows depend on it only),
+        [H, R, N] for a dynamic one (the heads estimated as one batch)."""
+        if cand.dynamic:
+            return head_mask(cand.pattern.node, query[0], k, self.masks, scale,
+                             rows=self._rows)
+        key = (cand.text, query.shape[2], k.shape[1])
+        if key not in self._row_masks:
+            self._row_masks[key] = head_mask(cand.pattern.node, query[0, :1], k[:1],
+                                             self.masks, rows=self._rows)
+        return self._row_masks[key]
+
+
+@functools.cache
+def static_density(pattern: Pattern, M: int, N: int) -> float:
+    """Allowed ÷ causal pairs, exact, from the layout (cached: every layer asks)."""
+    return pattern.density(M, N)

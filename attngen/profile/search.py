@@ -1,0 +1,207 @@
+"""`attngen search`: a pattern per (layer, head) of a causal LM under a density budget.
+
+    plan = search(model, tokenizer, SearchOptions(density=0.3, lengths=(1024, 2048, 4096)))
+    write_plan(plan, "plan.json")
+
+1. calibrate: passkey and kv-retrieval haystacks at every length (data.py), run dense;
+2. score every candidate on every head (scoring.py): output error and recall;
+3. cost: density (allowed ÷ causal pairs) averaged over the lengths;
+4. choose one candidate per head (or per KV head) by the exact knapsack (knapsack.py)
+   under density × heads, the budget averaged over all heads and layers;
+5. validate at a length not used in calibration: the plan's density there, and the answer
+   tokens' loss under dense attention and under the plan on held-out samples.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import attngen
+from attngen.integrations import hf
+from attngen.integrations.masks import MaskCache, head_mask
+from attngen.ir.pattern import Pattern
+from attngen.profile.candidates import candidates
+from attngen.profile.data import Haystack, Sample
+from attngen.profile.knapsack import choose, grouped
+from attngen.profile.plan import ModelPlan
+from attngen.profile.scoring import HeadScorer, Scores, static_density
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    density: float = 0.3  # budget: mean density over heads, layers and lengths
+    lengths: tuple[int, ...] = (1024, 2048, 4096)
+    validate_length: int | None = None  # default: between the two longest lengths
+    samples: int = 2  # calibration samples per length, passkey and kv alternating
+    per: str = "head"  # "head" (query heads) or "kv_head" (a group shares its pattern)
+    families: tuple[str, ...] | None = None  # candidate families (default all)
+    answer_weight: float = 0.5  # weight of the answer rows in the output error
+    seed: int = 0
+
+    def validation_length(self) -> int:
+        if self.validate_length is not None:
+            return self.validate_length
+        top = sorted(self.lengths)[-2:]
+        return (top[0] + top[-1]) // 2 if len(top) == 2 else top[0] * 3 // 2
+
+
+def calibration_samples(haystack: Haystack, lengths, count: int, seed: int
+                        ) -> dict[int, list[Sample]]:
+    rng = random.Random(seed)
+    return {length: [haystack.sample(("passkey", "kv")[i % 2], length, rng.uniform(0.1, 0.9),
+                                     rng) for i in range(count)]
+            for length in lengths}
+
+
+def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None = None,
+           model_name: str = "", progress: bool = True) -> ModelPlan:
+    if options.per not in ("head", "kv_head"):
+        raise ValueError(f"per must be 'head' or 'kv_head', got {options.per!r}")
+    if options.validation_length() in options.lengths:
+        raise ValueError("the validation length must not be a calibration length")
+    haystack = haystack or Haystack.documentation("calibration", tokenizer)
+    cands = candidates(options.families)
+    samples = calibration_samples(haystack, options.lengths, options.samples, options.seed)
+    scores = HeadScorer(model, cands, answer_weight=options.answer_weight).run(samples,
+                                                                               progress)
+    choice = select(scores, options.density, options.per, model.config.num_key_value_heads)
+    plan = build_plan(scores, choice, options, model_name)
+    validation = validate(model, haystack, plan, options, progress)
+    return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
+
+
+def select(scores: Scores, density: float, per: str, kv_heads: int) -> np.ndarray:
+    """Candidate index per (layer, query head)."""
+    loss, cost = scores.loss.mean(0), scores.density.mean(0)  # [layers, heads, C]
+    layers, heads, C = loss.shape
+    if per == "head":
+        picked = choose(loss.reshape(-1, C), cost.reshape(-1, C), density * layers * heads)
+        return picked.reshape(layers, heads)
+    group = heads // kv_heads
+    picked = choose(grouped(loss.reshape(-1, C), layers * kv_heads),
+                    grouped(cost.reshape(-1, C), layers * kv_heads), density * layers * heads)
+    return np.repeat(picked.reshape(layers, kv_heads), group, axis=1)
+
+
+def layer_pattern(texts: list[str]) -> str:
+    """One layer's per-head patterns as a `heads { … }` mixture, the commonest as `*`."""
+    common = Counter(texts).most_common(1)[0][0]
+    if all(t == common for t in texts):
+        return common
+    entries: dict[str, list[int]] = {}
+    for h, t in enumerate(texts):
+        if t != common:
+            entries.setdefault(t, []).append(h)
+    parts = [f"{', '.join(_ranges(hs))}: {t}" for t, hs in entries.items()]
+    return "heads { " + "; ".join(parts + [f"*: {common}"]) + " }"
+
+
+def _ranges(heads: list[int]) -> list[str]:
+    out, start = [], heads[0]
+    for a, b in zip(heads, heads[1:] + [None]):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}..{a}")
+            start = b
+    return out
+
+
+def build_plan(scores: Scores, choice: np.ndarray, options: SearchOptions,
+               model_name: str) -> ModelPlan:
+    cands = scores.candidates
+    loss, recall, cost = (a.mean(0) for a in (scores.loss, scores.recall, scores.density))
+    layers, rows = {}, {}
+    for layer, picks in enumerate(choice):
+        texts = [cands[c].text for c in picks]
+        layers[layer] = attngen.parse(layer_pattern(texts))
+        rows[layer] = {"heads": [
+            {"head": h, "pattern": cands[c].text, "family": cands[c].family,
+             "recall": round(float(recall[layer, h, c]), 4),
+             "density": round(float(cost[layer, h, c]), 4),
+             "loss": round(float(loss[layer, h, c]), 6)}
+            for h, c in enumerate(picks)]}
+    heads = choice.shape[1]
+    chosen = cost[np.arange(len(choice))[:, None], np.arange(heads)[None, :], choice]
+    meta = {"model": model_name, "attngen_version": attngen.__version__,
+            "lengths": list(options.lengths), "budget": {"density": options.density},
+            "density": round(float(chosen.mean()), 4),
+            "search": {k: v for k, v in asdict(options).items() if k != "density"},
+            "candidates": [{"family": c.family, "pattern": c.text} for c in cands]}
+    return ModelPlan(layers, meta, rows)
+
+
+@torch.no_grad()
+def answer_loss(model, samples: list[Sample]) -> dict:
+    """Mean negative log-likelihood of the answer tokens, and how many answers are
+    reproduced token for token under teacher forcing."""
+    nll, exact = [], 0
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.answer_ids])
+        logits = model(ids, use_cache=False, logits_to_keep=len(s.answer_ids) + 1).logits[0]
+        logp = torch.log_softmax(logits[:-1].float(), -1)  # predictions of the answer tokens
+        target = torch.tensor(s.answer_ids)
+        nll.append(-logp.gather(1, target[:, None]).mean().item())
+        exact += bool((logp.argmax(-1) == target).all())
+    return {"answer_nll": round(float(np.mean(nll)), 4), "answers_exact": exact,
+            "samples": len(samples)}
+
+
+def plan_density(plan: ModelPlan, length: int) -> float:
+    """Mean density over layers and heads at `length`: exact for static heads; dynamic
+    heads count at the density measured during calibration."""
+    values = []
+    for layer, pattern in plan.layers.items():
+        for row in plan.layer_rows.get(layer, {}).get("heads", []):
+            p = attngen.parse(row["pattern"])
+            values.append(row["density"] if p.is_dynamic else static_density(p, length, length))
+        if layer not in plan.layer_rows:
+            values.append(static_density(pattern, length, length))
+    return float(np.mean(values)) if values else 1.0
+
+
+@torch.no_grad()
+def measured_density(model, plan: ModelPlan, ids: list[int]) -> float:
+    """Mean density over layers and heads of `plan` on one prompt, run under the plan:
+    exact for static heads, allowed ÷ causal pairs of the estimated masks for dynamic ones."""
+    L = len(ids)
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    group, masks, values = heads // kv_heads, MaskCache(), []
+
+    def record(layer: int, query, key, value) -> None:
+        pattern = plan.pattern(layer) or attngen.parse("causal")
+        heads_of: dict = {}
+        for h, node in enumerate(pattern.head_nodes(heads, kv_heads)):
+            heads_of.setdefault(node, []).append(h)
+        for node, hs in heads_of.items():
+            if node.is_dynamic:  # the node's heads estimated as one batch
+                kv = torch.tensor(hs) // group
+                mask = head_mask(node, query[0, hs], key[0, kv], masks)
+                values.extend((mask.sum((1, 2)).double() / (L * (L + 1) / 2)).tolist())
+            else:
+                values.extend([static_density(Pattern(node), L, L)] * len(hs))
+
+    hf.apply(model, plan, backend="masks", record=record)
+    try:
+        model(torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+    finally:
+        hf.remove(model)
+    return float(np.mean(values))
+
+
+def validate(model, haystack: Haystack, plan: ModelPlan, options: SearchOptions,
+             progress: bool) -> dict:
+    length = options.validation_length()
+    held_out = calibration_samples(haystack, [length], 2, options.seed + 1)[length]
+    dense = answer_loss(model, held_out)
+    hf.apply(model, plan, backend="masks")
+    try:
+        sparse = answer_loss(model, held_out)
+    finally:
+        hf.remove(model)
+    return {"length": length, "density": round(plan_density(plan, length), 4),
+            "dense": dense, "plan": sparse,
+            "answer_ppl_ratio": round(math.exp(sparse["answer_nll"] - dense["answer_nll"]), 4)}
