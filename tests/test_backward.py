@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, note, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 import attngen
@@ -151,6 +151,7 @@ def test_lse_gradient_and_empty_rows():
 @settings(max_examples=6, deadline=None)
 @given(mixed_patterns(), st.sampled_from([(17, 45), (45, 45), (50, 23)]),
        st.sampled_from([(2, 2), (4, 2), (2, 1)]))
+@example("strided(2) & band(6, 1) | dilated(6, 2) | strided(2) - local(1)", (17, 45), (2, 2))
 def test_gradients_of_random_compositions(pattern, shape, gqa):
     parts = decompose(attngen.parse(pattern).node)
     note(f"{pattern}: {[(p.strategy, p.node.text) for p in parts]}")
