@@ -10,7 +10,7 @@ from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 import attngen
-from attngen.codegen.render import KernelSpec
+from attngen.codegen.render import KernelSpec, render
 from attngen.lower.atoms import Atom, block_ranges, transpose
 from attngen.lower.decompose import decompose
 from attngen.reference import attention as reference
@@ -31,15 +31,17 @@ def _grads(fn, q, k, v, dout, dlse=None):
     return out, q.grad, k.grad, v.grad
 
 
-def check_grads(pattern, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0, with_lse=False):
+def check_grads(pattern, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0, with_lse=False,
+                doc_ids=None):
     p = attngen.parse(pattern) if isinstance(pattern, str) else pattern
     q, k, v = inputs(1, Hq, Hkv, M, N, D, seed)
     g = torch.Generator().manual_seed(seed + 1)
     dout = torch.randn(q.shape, generator=g)
     dlse = torch.randn(q.shape[:3], generator=g) if with_lse else None
-    got = _grads(lambda *t: attngen.attention(*t, p, return_lse=True, backend="triton"),
-                 q, k, v, dout, dlse)
-    want = _grads(lambda *t: reference(*t, p, return_lse=True), q, k, v, dout, dlse)
+    got = _grads(lambda *t: attngen.attention(*t, p, return_lse=True, doc_ids=doc_ids,
+                                              backend="triton"), q, k, v, dout, dlse)
+    want = _grads(lambda *t: reference(*t, p, return_lse=True, doc_ids=doc_ids), q, k, v,
+                  dout, dlse)
     where = f"pattern {p} at Hq={Hq} Hkv={Hkv} M={M} N={N} D={D}"
     # one scale for dq, dk and dv: a gradient that is exactly 0 in exact arithmetic (dq
     # with a single key) is rounding noise on both sides
@@ -148,6 +150,13 @@ def test_lse_gradient_and_empty_rows():
 
 
 @pytest.mark.usefixtures("interpreter")
+def test_packed_documents_and_a_padded_head_dim():
+    doc = torch.tensor([0] * 20 + [1] * 7 + [2] * 23)
+    check_grads("causal & document", Hq=2, Hkv=1, M=50, N=50, doc_ids=doc)
+    check_grads("causal & (sink(2) | local(12))", Hq=2, Hkv=2, M=33, N=33, D=24)
+
+
+@pytest.mark.usefixtures("interpreter")
 @settings(max_examples=6, deadline=None)
 @given(mixed_patterns(), st.sampled_from([(17, 45), (45, 45), (50, 23)]),
        st.sampled_from([(2, 2), (4, 2), (2, 1)]))
@@ -197,8 +206,6 @@ def test_every_strategy_has_backward_passes():
     spec = KernelSpec.build(attngen.parse(
         "heads { 0: causal & power(4); 1: local(7); *: causal & (local(9) | strided(5)) }"),
         4, 2)
-    from attngen.codegen.render import render
-
     source = render(spec, "KEY", "VERSION", backward=True)
     for name in ("attn_bwd_dkdv(", "attn_bwd_dq(", "attn_bwd_dkdv_mod5(", "attn_bwd_dq_mod5(",
                  "TABT_OFFSETS + 0 * 2 * (KB + 1) + n"):
