@@ -15,13 +15,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("kind", ["forward", "backward"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_rendered_source_matches_golden(name, backward):
+def test_rendered_source_matches_golden(name, kind):
     text, heads = CASES[name]
     source = render(KernelSpec.build(attngen.parse(text), heads), key="KEY", version="VERSION",
-                    backward=backward)
-    path = GOLDEN / (f"{name}_backward.py" if backward else f"{name}.py")
+                    kind=kind)
+    path = GOLDEN / (f"{name}.py" if kind == "forward" else f"{name}_{kind}.py")
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(source)
     assert source == path.read_text(), f"{path} is stale: rerun with UPDATE_GOLDEN=1 and review"

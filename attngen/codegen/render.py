@@ -1,5 +1,6 @@
-"""Render the forward or backward template for one pattern: groups of heads, each with its
-loops (the backward also gets each ranges loop transposed: query blocks per kv block)."""
+"""Render a template (forward, backward or decode) for one pattern: groups of heads, each
+with its loops (the backward also gets each ranges loop transposed: query blocks per kv
+block)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from attngen.lower.loops import (
 
 TEMPLATE = "attention_fwd.py.j2"
 BACKWARD_TEMPLATE = "attention_bwd.py.j2"
-SHARED_TEMPLATES = ("_predicates.py.j2",)  # included by both
+DECODE_TEMPLATE = "attention_decode.py.j2"
+TEMPLATES = {"forward": TEMPLATE, "backward": BACKWARD_TEMPLATE, "decode": DECODE_TEMPLATE}
+SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2")  # included by the others
 
 _KERNEL_NAMES = {q: "q_pos", k: "k_pos", N: "N", M: "M", m_sym: "m", BM_SYM: "BLOCK_M",
                  BN_SYM: "BLOCK_N", Q_FIRST: "q_first", Q_LAST: "q_last", N_BLOCKS: "n_blocks"}
@@ -130,8 +133,9 @@ def _loops(part: Node, fused: bool, names: dict, transposed: bool = False) -> di
     return {"bounds": bounds, "segments": segments}
 
 
-def render(spec: KernelSpec, key: str, version: str, backward: bool = False) -> str:
-    """The forward kernel module's source, or with `backward` the backward's."""
+def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> str:
+    """The source of the `kind` module ("forward", "backward" or "decode") for spec."""
+    backward = kind == "backward"
     printer = Printer({**_KERNEL_NAMES, _RES: "res"}, "tl", {doc: "tl.load(DOC + {})"})
     predicates: list[dict] = []
 
@@ -177,7 +181,7 @@ def render(spec: KernelSpec, key: str, version: str, backward: bool = False) -> 
         plan_lines.append(f"group {g.index}, heads {heads}: {g.node.text}")
         plan_lines += [f"  {p.strategy}" + (f" mod {p.period}" if p.period > 1 else "")
                        + f": {p.node.text}" for p in g.parts]
-    return _ENV.get_template(BACKWARD_TEMPLATE if backward else TEMPLATE).render(
+    return _ENV.get_template(TEMPLATES[kind]).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
         predicates=predicates, groups=groups,
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

@@ -34,7 +34,7 @@ def module(kernel: Kernel):
 
             meta = {"pattern": str(kernel.pattern), "forward_key": kernel.key,
                     "head_group": kernel.spec.head_group, "pass": "backward"}
-            return render(kernel.spec, key, attngen.__version__, backward=True), meta
+            return render(kernel.spec, key, attngen.__version__, kind="backward"), meta
 
         entry = cache.get_or_build(key, build)
         _MODULES[key] = _load_module(entry.path / "kernel.py", f"attngen_backward_{key[:16]}")
