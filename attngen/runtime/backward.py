@@ -1,5 +1,5 @@
-"""The generated backward of a compiled kernel: its module (rendered lazily from the same
-spec, cached under its own key) and its launch: dQ, dK, dV from the forward's O and LSE."""
+"""The launch of a compiled kernel's generated backward: dQ, dK, dV from the forward's O
+and LSE (the module comes from runtime.derived)."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from attngen.codegen.render import render
-from attngen.runtime import cache
+from attngen.runtime.derived import module
 from attngen.runtime.env import interpreting
-from attngen.runtime.key import backward_key
 from attngen.runtime.tables import transpose_csr
 
 if TYPE_CHECKING:
@@ -20,25 +18,6 @@ if TYPE_CHECKING:
 # keeps dK, dV, K, V and a Q/dO tile in registers at head_dim 128 (not tuned yet).
 INTERPRETER_CONFIG = (32, 32, 1, 1)
 GPU_CONFIG = (64, 64, 4, 2)
-_MODULES: dict[str, object] = {}
-
-
-def module(kernel: Kernel):
-    """The backward module of `kernel`, from the disk cache or rendered now."""
-    from attngen.runtime.kernel import _load_module
-
-    key = backward_key(kernel.key)
-    if key not in _MODULES:
-        def build():
-            import attngen
-
-            meta = {"pattern": str(kernel.pattern), "forward_key": kernel.key,
-                    "head_group": kernel.spec.head_group, "pass": "backward"}
-            return render(kernel.spec, key, attngen.__version__, kind="backward"), meta
-
-        entry = cache.get_or_build(key, build)
-        _MODULES[key] = _load_module(entry.path / "kernel.py", f"attngen_backward_{key[:16]}")
-    return _MODULES[key]
 
 
 def config(q: torch.Tensor) -> Config:
@@ -50,7 +29,7 @@ def config(q: torch.Tensor) -> Config:
 def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids):
     """(dq, dk, dv) in the inputs' dtypes. dlse: the gradient of the returned LSE or None;
     since d LSE_i / d S_ij = P_ij it only shifts Delta."""
-    mod = module(kernel)
+    mod = module(kernel, "backward")
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous()
                           for t in (q, k, v, out, dout))
     B, H, M, D = q.shape

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from attngen.codegen.render import BACKWARD_TEMPLATE, SHARED_TEMPLATES, TEMPLATE, template_text
+from attngen.codegen.render import SHARED_TEMPLATES, TEMPLATE, TEMPLATES, template_text
 
 
 @functools.cache
@@ -69,8 +69,8 @@ def cache_key(pattern_key: str, head_group: tuple[int, ...], head_dim: int, dtyp
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def backward_key(forward_key: str) -> str:
-    """The backward module's key: everything the forward's key holds (the backward is
-    rendered from the same spec) and the backward template."""
-    blob = f"{forward_key}:backward:{_template_hash(BACKWARD_TEMPLATE)}"
+def derived_key(forward_key: str, kind: str) -> str:
+    """The key of a module rendered from the same spec as a forward kernel (kind "backward"
+    or "decode"): everything the forward's key holds and that module's template."""
+    blob = f"{forward_key}:{kind}:{_template_hash(TEMPLATES[kind])}"
     return hashlib.sha256(blob.encode()).hexdigest()
