@@ -192,6 +192,30 @@ def test_gradients_match_finite_differences_of_the_reference():
 
 
 @pytest.mark.usefixtures("interpreter")
+def test_nan_padding_past_the_lengths_is_never_read():
+    """q, k, v and dO are views into buffers padded with NaN past M and N: the
+    gradients stay finite and equal those of the unpadded tensors."""
+    p = "causal & (sink(3) | local(9) | power(4) | strided(5))"
+    q, k, v = inputs(1, 4, 2, 37, 45, 16)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
+
+    def padded(t):
+        big = torch.full(t.shape[:2] + (t.shape[2] + 40, t.shape[3]), float("nan"))
+        big[:, :, :t.shape[2]] = t
+        return big.requires_grad_()
+
+    want = _grads(lambda *t: attngen.attention(*t, p, return_lse=True, backend="triton"),
+                  q, k, v, dout)
+    big = [padded(t) for t in (q, k, v)]
+    views = [b[:, :, :n] for b, n in zip(big, (37, 45, 45))]
+    assert views[1].stride(2) == 16 and not views[1].is_contiguous()
+    out = attngen.attention(*views, p, backend="triton")
+    out.backward(padded(dout).detach()[:, :, :37])
+    got = [out] + [b.grad[:, :, :n] for b, n in zip(big, (37, 45, 45))]
+    assert all(torch.isfinite(g).all() and torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.usefixtures("interpreter")
 def test_backward_is_deterministic():
     q, k, v = inputs(1, 4, 1, 45, 45, 16)
     kernel = attngen.compile("causal & (local(9) | strided(5))", head_dim=16,
