@@ -216,6 +216,23 @@ def test_nan_padding_past_the_lengths_is_never_read():
 
 
 @pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pattern", ["causal & (sink(4) | local(16))",
+                                     "causal & (local(9) | strided(5))"])
+def test_split_loop_rendering(pattern):
+    """The masked / full / masked loops (fused_loops=False) of the transposed bounds."""
+    q, k, v = inputs(1, 2, 1, 70, 70, 16)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
+    kernel = attngen.compile(pattern, head_dim=16, dtype=torch.float32, heads=2, kv_heads=1,
+                             device="cpu", options={"fused_loops": False})
+    assert not kernel.spec.fused_loops
+    out, lse = kernel(q, k, v, return_lse=True)
+    got = kernel.backward(q, k, v, out, lse, dout)
+    want = _grads(lambda *t: reference(*t, pattern, return_lse=True), q, k, v, dout)[1:]
+    scale = max(w.abs().max().item() for w in want)
+    assert all((g - w).abs().max().item() <= GRAD_TOL * scale for g, w in zip(got, want))
+
+
+@pytest.mark.usefixtures("interpreter")
 def test_backward_is_deterministic():
     q, k, v = inputs(1, 4, 1, 45, 45, 16)
     kernel = attngen.compile("causal & (local(9) | strided(5))", head_dim=16,
