@@ -29,13 +29,13 @@ from attngen.ir.build import (
 )
 from attngen.ir.pattern import Pattern
 from attngen.lower import BlockLayout, Plan, layout, lower
-from attngen.runtime import Kernel, attention, compile
+from attngen.runtime import Kernel, attention, compile, decode
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttnGenError", "BlockLayout", "Kernel", "Pattern", "PatternError", "Plan", "attention",
-    "band", "block_cover", "block_topk", "causal", "columns", "compile", "dilated", "document",
-    "fixed", "full", "heads", "kv_heads", "layout", "load", "local", "lower", "parse", "power",
-    "radial", "rows", "sink", "strided", "vertical_slash", "where",
+    "band", "block_cover", "block_topk", "causal", "columns", "compile", "decode", "dilated",
+    "document", "fixed", "full", "heads", "kv_heads", "layout", "load", "local", "lower",
+    "parse", "power", "radial", "rows", "sink", "strided", "vertical_slash", "where",
 ]

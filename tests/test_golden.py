@@ -15,11 +15,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_rendered_source_matches_golden(name):
+# decode renders only plans whose parts are all ranges
+KINDS = [(name, kind) for name in sorted(CASES) for kind in ("forward", "backward")] + [
+    ("a_shape", "decode")]
+
+
+@pytest.mark.parametrize("name, kind", KINDS)
+def test_rendered_source_matches_golden(name, kind):
     text, heads = CASES[name]
-    source = render(KernelSpec.build(attngen.parse(text), heads), key="KEY", version="VERSION")
-    path = GOLDEN / f"{name}.py"
+    source = render(KernelSpec.build(attngen.parse(text), heads), key="KEY", version="VERSION",
+                    kind=kind)
+    path = GOLDEN / (f"{name}.py" if kind == "forward" else f"{name}_{kind}.py")
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(source)
     assert source == path.read_text(), f"{path} is stale: rerun with UPDATE_GOLDEN=1 and review"

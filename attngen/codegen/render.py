@@ -1,4 +1,6 @@
-"""Render the forward template for one pattern: groups of heads, each with its loops."""
+"""Render a template (forward, backward or decode) for one pattern: groups of heads, each
+with its loops (the backward also gets each ranges loop transposed: query blocks per kv
+block)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,9 +28,16 @@ from attngen.lower.loops import (
 )
 
 TEMPLATE = "attention_fwd.py.j2"
+BACKWARD_TEMPLATE = "attention_bwd.py.j2"
+DECODE_TEMPLATE = "attention_decode.py.j2"
+TEMPLATES = {"forward": TEMPLATE, "backward": BACKWARD_TEMPLATE, "decode": DECODE_TEMPLATE}
+SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2")  # included by the others
 
 _KERNEL_NAMES = {q: "q_pos", k: "k_pos", N: "N", M: "M", m_sym: "m", BM_SYM: "BLOCK_M",
                  BN_SYM: "BLOCK_N", Q_FIRST: "q_first", Q_LAST: "q_last", N_BLOCKS: "n_blocks"}
+# transposed loops (range_loops(…, transposed=True)): per kv block n, over query blocks
+_TRANSPOSED_NAMES = {**_KERNEL_NAMES, m_sym: "n", BM_SYM: "BLOCK_N", BN_SYM: "BLOCK_M",
+                     Q_FIRST: "kq_first", Q_LAST: "kq_last", N_BLOCKS: "m_blocks"}
 
 
 def template_text(name: str = TEMPLATE) -> str:
@@ -110,9 +119,9 @@ class KernelSpec:
 _RES = sympy.Symbol("res", integer=True, nonnegative=True)  # residue class in permuted passes
 
 
-def _loops(part: Node, fused: bool, names: dict) -> dict:
+def _loops(part: Node, fused: bool, names: dict, transposed: bool = False) -> dict:
     """A ranges part's bounds and segments as kernel text."""
-    loops = range_loops(part, fused)
+    loops = range_loops(part, fused, transposed)
     local = Printer({**names, **{s: s.name for _, e in loops.bounds for s in e.free_symbols
                                  if s not in names}}, "tl")
     bounds = [(name, local(e)) for name, e in loops.bounds]
@@ -124,7 +133,9 @@ def _loops(part: Node, fused: bool, names: dict) -> dict:
     return {"bounds": bounds, "segments": segments}
 
 
-def render(spec: KernelSpec, key: str, version: str) -> str:
+def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> str:
+    """The source of the `kind` module ("forward", "backward" or "decode") for spec."""
+    backward = kind == "backward"
     printer = Printer({**_KERNEL_NAMES, _RES: "res"}, "tl", {doc: "tl.load(DOC + {})"})
     predicates: list[dict] = []
 
@@ -134,6 +145,7 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
 
     groups, periods = [], {s: [] for s in spec.periods}
     class_names = {**_KERNEL_NAMES, N: "n_keys", M: "m_class"}
+    transposed_class_names = {**_TRANSPOSED_NAMES, N: "n_keys", M: "m_class"}
     for g in spec.groups:
         if g.identity:
             loops = []
@@ -142,6 +154,9 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
                         "pred": predicate(part.node.text, part.node.predicate)}
                 if part.strategy == "ranges":
                     loop.update(_loops(part.node, spec.fused_loops, _KERNEL_NAMES))
+                    if backward:
+                        loop["transposed"] = _loops(part.node, spec.fused_loops,
+                                                    _TRANSPOSED_NAMES, True)
                 loops.append(loop)
             groups.append({"index": g.index, "name": g.node.text, "table_slot": g.table_slot,
                            "loops": loops})
@@ -151,8 +166,11 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
             entry = {"index": g.index, "name": f"{part.node.text}  (mod {s}: "
                      f"{part.classes.text})", "pred": predicate(part.node.text, in_class),
                      **_loops(part.classes, spec.fused_loops, class_names)}
+            if backward:
+                entry["transposed"] = _loops(part.classes, spec.fused_loops,
+                                             transposed_class_names, True)
             if not part.exact:  # the loops cover a superset: every block evaluates the mask
-                for seg in entry["segments"]:
+                for seg in entry["segments"] + entry.get("transposed", {}).get("segments", []):
                     seg["masked"] = ALWAYS
             periods[s].append(entry)
     text = " ".join(p["expr"] for p in predicates)
@@ -163,7 +181,7 @@ def render(spec: KernelSpec, key: str, version: str) -> str:
         plan_lines.append(f"group {g.index}, heads {heads}: {g.node.text}")
         plan_lines += [f"  {p.strategy}" + (f" mod {p.period}" if p.period > 1 else "")
                        + f": {p.node.text}" for p in g.parts]
-    return _ENV.get_template(TEMPLATE).render(
+    return _ENV.get_template(TEMPLATES[kind]).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
         predicates=predicates, groups=groups,
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

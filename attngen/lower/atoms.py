@@ -169,6 +169,17 @@ def block_ranges(atom: Atom, m, BM: int, BN: int, M, N, ops=NUMPY, qa=None, qb=N
     return nlo, nhi, flo, fhi
 
 
+def transpose(atom: Atom, M, N) -> Atom:
+    """The atom seen from the keys, for the backward's pass over query blocks per kv block:
+    key k becomes the query q' = k + (M − N) of an N-query, M-key problem (bottom-right
+    aligned like every problem), and query row i = q − (N − M) becomes its key k'. Then
+    q − k = k' − q', so `block_ranges(transpose(a, M, N), n, BN, BM, N, M)` gives, per kv
+    block n, the query blocks (and the FULL ones) that atom a touches."""
+    off = N - M
+    return Atom(dlo=-atom.dhi, dhi=-atom.dlo, klo=atom.qlo - off, khi=atom.qhi - off,
+                qlo=atom.klo - off, qhi=atom.khi - off)
+
+
 def atom_runs(atom: Atom, grid: Grid) -> Runs:
     m = np.arange(grid.QB, dtype=np.int64)
     nlo, nhi, flo, fhi = block_ranges(atom, m, grid.BM, grid.BN, grid.M, grid.N)

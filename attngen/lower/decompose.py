@@ -81,6 +81,7 @@ def decompose(node: Node) -> tuple[Part, ...]:
     candidates = [whole, _split([affine + other], by_period)]
     if affine and other and range_loops(S.union(*affine)) is not None:
         candidates.append(_split([affine, other], by_period))
+    candidates = [c for c in candidates if c is not None]
     costs = [sum(_weighted(part_cost(p, REFERENCE_GRID)) for p in c) for c in candidates]
     return candidates[costs.index(min(costs))]
 
@@ -92,9 +93,11 @@ def _weighted(cost: tuple[int, int]) -> float:
     return blocks + 0.25 * masked
 
 
-def _split(identity: list[list[Node]], by_period: dict[int, list[Node]]) -> tuple[Part, ...]:
+def _split(identity: list[list[Node]], by_period: dict[int, list[Node]]
+           ) -> tuple[Part, ...] | None:
     """Parts in order, each minus everything before it: identity-order unions, then one
-    permuted part per period."""
+    permuted part per period; None when a period's terms together are no ranges term in
+    class coordinates (each one is, but their union can need too many atoms)."""
     parts, covered = [], S.EMPTY
     for terms in identity:
         if terms:
@@ -107,7 +110,10 @@ def _split(identity: list[list[Node]], by_period: dict[int, list[Node]]) -> tupl
         if classes is not None and range_loops(classes) is not None:
             parts.append(Part(diff, "permutation", s, classes, True))
         else:
-            parts.append(Part(diff, "permutation", s, in_classes(term, s), False))
+            superset = in_classes(term, s)
+            if superset is None or range_loops(superset) is None:
+                return None
+            parts.append(Part(diff, "permutation", s, superset, False))
         covered = S.union(covered, term)
     return tuple(parts)
 

@@ -11,7 +11,7 @@ import sympy
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.ir.node import Node
-from attngen.lower.atoms import BIG, SYMPY, Atom, atoms_of, block_ranges
+from attngen.lower.atoms import BIG, SYMPY, Atom, atoms_of, block_ranges, transpose
 
 m_sym = sympy.Symbol("m", integer=True, nonnegative=True)  # query-block index in kernels
 BM_SYM = sympy.Symbol("BLOCK_M", integer=True, positive=True)
@@ -62,7 +62,8 @@ def range_atoms(node: Node) -> list[Atom] | None:
 
 
 @functools.lru_cache(maxsize=256)
-def range_loops(node: Node, fused: bool = False) -> RangeLoops | None:
+def range_loops(node: Node, fused: bool = False, transposed: bool = False
+                ) -> RangeLoops | None:
     """Disjoint kernel loops covering exactly the kv blocks a union of atoms allows.
 
     Atom i visits its block interval minus the intervals of atoms 0..i-1 (at most two
@@ -70,14 +71,23 @@ def range_loops(node: Node, fused: bool = False) -> RangeLoops | None:
     mask) / masked loops around the atom's own FULL run. Fused: one loop per piece that
     decides per block whether to mask (fewer loops, so fewer pipeline fills; one scalar
     branch per block). A block FULL for one atom is FULL for the union, so skipping the
-    mask there is exact. None if the node is not a small union of atoms."""
+    mask there is exact. None if the node is not a small union of atoms.
+
+    transposed: the loops over query blocks per kv block (the backward's dK/dV pass), from
+    the transposed atoms. Then m, BLOCK_M, BLOCK_N, q_first, q_last and n_blocks stand for
+    the kv block, BLOCK_N, BLOCK_M, its first and last key + (M − N), and the number of
+    query blocks (the kernel's names for them are the printer's business)."""
     atoms = range_atoms(node)
     if atoms is None or not 0 < len(atoms) <= MAX_RANGE_ATOMS:
         return None
     bounds, names = [], []
     for i, a in enumerate(atoms):
-        exprs = block_ranges(a, m_sym, BM_SYM, BN_SYM, M_SYM, N_SYM, ops=SYMPY,
-                             qa=Q_FIRST, qb=Q_LAST, KB=N_BLOCKS)
+        if transposed:
+            exprs = block_ranges(transpose(a, M_SYM, N_SYM), m_sym, BM_SYM, BN_SYM, N_SYM,
+                                 M_SYM, ops=SYMPY, qa=Q_FIRST, qb=Q_LAST, KB=N_BLOCKS)
+        else:
+            exprs = block_ranges(a, m_sym, BM_SYM, BN_SYM, M_SYM, N_SYM, ops=SYMPY,
+                                 qa=Q_FIRST, qb=Q_LAST, KB=N_BLOCKS)
         syms = [sympy.Symbol(f"{b}_{i}", integer=True) for b in BOUND_NAMES]
         bounds += [(s.name, e) for s, e in zip(syms, exprs)]
         names.append(syms)

@@ -1,5 +1,6 @@
 """Runtime: the kernel cache, loading, tuning and launching."""
 from attngen.runtime.api import attention, compile
+from attngen.runtime.decode import decode
 from attngen.runtime.kernel import Kernel
 
-__all__ = ["Kernel", "attention", "compile"]
+__all__ = ["Kernel", "attention", "compile", "decode"]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
 from attngen.codegen.render import KernelSpec, render
 from attngen.dsl import parse
 from attngen.ir.pattern import Pattern
-from attngen.runtime import cache
+from attngen.runtime import cache, op
 from attngen.runtime.env import interpreting
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
@@ -77,20 +78,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
     """Sparse attention of q [B, Hq, M, D] against k, v [B, Hkv, N, D] under `pattern`.
 
     backend: "triton" (generated kernel; CUDA, or CPU with TRITON_INTERPRET=1),
-    "reference" (dense PyTorch oracle), or "auto" (triton where it can run)."""
-    pattern = _pattern(pattern)
+    "reference" (dense PyTorch oracle), or "auto" (triton where it can run). The triton
+    backend is the custom op `torch.ops.attngen.attention` (runtime.op: one node under
+    torch.compile), differentiable in q, k and v through the generated backward kernels."""
     if backend == "auto":
         backend = "triton" if (q.is_cuda or interpreting()) else "reference"
     if backend == "reference":
         from attngen.reference import attention as reference
 
-        return reference(q, k, v, pattern, scale=scale, return_lse=return_lse,
+        return reference(q, k, v, _pattern(pattern), scale=scale, return_lse=return_lse,
                          doc_ids=doc_ids, kv_heads_pattern=k.shape[1])
     if backend != "triton":
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError("the generated backward kernels are not available yet; "
-                                  "use backend='reference' for gradients")
-    kernel = compile(pattern, head_dim=q.shape[-1], dtype=q.dtype, heads=q.shape[1],
-                     kv_heads=k.shape[1], device=q.device)
-    return kernel(q, k, v, scale=scale, return_lse=return_lse, doc_ids=doc_ids)
+    text = pattern if isinstance(pattern, str) else str(pattern)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = op.attention_op(q, k, v, text, scale, doc_ids)
+    return (out, lse) if return_lse else out

@@ -185,6 +185,15 @@ class Kernel:
                 MERGE=i > 0, **shape)
         return out, lse
 
+    def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None = None,
+                 scale: float | None = None, doc_ids: torch.Tensor | None = None):
+        """(dq, dk, dv) of this kernel's attention, from its forward's out and lse and the
+        gradients of both (dlse may be None); runs the generated backward module."""
+        from attngen.runtime import backward
+
+        return backward.launch(self, q, k, v, out, lse, dout, dlse, scale, doc_ids)
+
     # -- tuning --------------------------------------------------------------------------
     def config(self, q, k, v, doc_ids) -> Config:
         if interpreting() or not q.is_cuda:

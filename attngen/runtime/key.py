@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from attngen.codegen.render import TEMPLATE, template_text
+from attngen.codegen.render import SHARED_TEMPLATES, TEMPLATE, TEMPLATES, template_text
 
 
 @functools.cache
@@ -22,7 +22,11 @@ def _versions() -> tuple[str, str, str]:
 
 @functools.cache
 def _template_hash(name: str) -> str:
-    return hashlib.sha256(template_text(name).encode()).hexdigest()
+    """sha256 of a template and the templates every template includes."""
+    h = hashlib.sha256()
+    for n in (name, *SHARED_TEMPLATES):
+        h.update(template_text(n).encode())
+    return h.hexdigest()
 
 
 @functools.cache
@@ -62,4 +66,11 @@ def cache_key(pattern_key: str, head_group: tuple[int, ...], head_dim: int, dtyp
         "versions": _versions(),         # attngen, triton, torch
     }
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def derived_key(forward_key: str, kind: str) -> str:
+    """The key of a module rendered from the same spec as a forward kernel (kind "backward"
+    or "decode"): everything the forward's key holds and that module's template."""
+    blob = f"{forward_key}:{kind}:{_template_hash(TEMPLATES[kind])}"
     return hashlib.sha256(blob.encode()).hexdigest()

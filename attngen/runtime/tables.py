@@ -74,3 +74,27 @@ def device_layout(pattern: Pattern, M: int, N: int, block: int | tuple[int, int]
                        head_index=np.array([distinct[n] for n in head_nodes], dtype=np.int64),
                        nodes=tuple(distinct), partial=tuple(partial), full=tuple(full),
                        doc_ids=None if doc_ids is None else doc_ids.cpu().numpy())
+
+
+def transpose_csr(offsets: torch.Tensor, indices: torch.Tensor, n_cols: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transposed block tables, with torch ops on the tables' device: `offsets`
+    [R, QB + 1] stacks R CSRs over QB rows whose column lists lie one after another in
+    `indices`; the result stacks, in the same order, R CSRs over `n_cols` rows listing
+    the rows that hold each column (ascending): offsets [R, n_cols + 1] and indices (with
+    one padding entry, like the forward's)."""
+    R, QB = offsets.shape[0], offsets.shape[1] - 1
+    device = offsets.device
+    counts = (offsets[:, 1:] - offsets[:, :-1]).long().flatten()
+    rows = torch.repeat_interleave(torch.arange(R * QB, device=device), counts)
+    cols = indices[int(offsets[0, 0]):int(offsets[0, 0]) + len(rows)].long()
+    target = (rows // QB) * n_cols + cols  # (table, column) of every entry
+    target, order = torch.sort(target, stable=True)  # rows stay ascending within a column
+    per_row = torch.bincount(target, minlength=R * n_cols)
+    starts = torch.zeros(R * n_cols + 1, dtype=torch.int64, device=device)
+    starts[1:] = per_row.cumsum(0)
+    at = torch.arange(R, device=device)[:, None] * n_cols + torch.arange(n_cols + 1,
+                                                                         device=device)
+    transposed = (rows % QB)[order]
+    return (starts[at].to(torch.int32).contiguous(),
+            torch.cat([transposed, transposed.new_zeros(1)]).to(torch.int32))
