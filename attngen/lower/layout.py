@@ -159,6 +159,16 @@ def _count_partial(node: Node, g: Grid, m: np.ndarray, j: np.ndarray, doc_ids) -
     return total
 
 
+def distinct_heads(pattern: Pattern, heads: int, kv_heads: int | None
+                   ) -> tuple[tuple[Node, ...], np.ndarray]:
+    """The distinct head patterns in first-seen order, and each head's index among them."""
+    distinct: dict[Node, int] = {}
+    head_nodes = pattern.head_nodes(heads, kv_heads)
+    for n in head_nodes:
+        distinct.setdefault(n, len(distinct))
+    return tuple(distinct), np.array([distinct[n] for n in head_nodes], dtype=np.int64)
+
+
 def _block(block) -> tuple[int, int]:
     bm, bn = (block, block) if isinstance(block, int) else tuple(block)
     if bm < 1 or bn < 1:
@@ -187,15 +197,10 @@ def layout(pattern: Pattern | str, M: int, N: int | None = None,
                              dtype=np.int64)
         if doc_ids.shape != (N,):
             raise ValueError(f"doc_ids must have shape [{N}], got {list(doc_ids.shape)}")
-    head_nodes = pattern.head_nodes(heads, kv_heads)
-    distinct: dict[Node, int] = {}
-    for n in head_nodes:
-        distinct.setdefault(n, len(distinct))
-    runs = [classify(n, grid, doc_ids) for n in distinct]
+    nodes, head_index = distinct_heads(pattern, heads, kv_heads)
+    runs = [classify(n, grid, doc_ids) for n in nodes]
     return BlockLayout(
-        grid=grid, heads=heads,
-        head_index=np.array([distinct[n] for n in head_nodes], dtype=np.int64),
-        nodes=tuple(distinct),
+        grid=grid, heads=heads, head_index=head_index, nodes=nodes,
         partial=tuple(CSR.from_runs(r, PARTIAL) for r in runs),
         full=tuple(CSR.from_runs(r, FULL) for r in runs),
         doc_ids=doc_ids,

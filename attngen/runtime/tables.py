@@ -15,7 +15,7 @@ from attngen.codegen.torch_predicate import predicate_fn
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.lower.grid import Grid
-from attngen.lower.layout import CSR, BlockLayout, _block
+from attngen.lower.layout import CSR, BlockLayout, _block, distinct_heads
 
 CHUNK_ELEMENTS = 1 << 25  # positions evaluated at once (int64 intermediates: 256 MiB each)
 
@@ -61,18 +61,14 @@ def device_layout(pattern: Pattern, M: int, N: int, block: int | tuple[int, int]
     pattern.check(M, N)
     grid = Grid(M, N, *_block(block))
     doc = None if doc_ids is None else doc_ids.to(device=device, dtype=torch.int64)
-    head_nodes = pattern.head_nodes(heads, kv_heads)
-    distinct: dict[Node, int] = {}
-    for n in head_nodes:
-        distinct.setdefault(n, len(distinct))
+    nodes, head_index = distinct_heads(pattern, heads, kv_heads)
     partial, full = [], []
-    for node in distinct:
+    for node in nodes:
         for out, classes in zip((partial, full), block_classes(node, grid, device, doc)):
             offsets, indices = csr_of(classes)
             out.append(CSR(offsets.cpu().numpy().astype(np.int64), indices.cpu().numpy()))
-    return BlockLayout(grid=grid, heads=heads,
-                       head_index=np.array([distinct[n] for n in head_nodes], dtype=np.int64),
-                       nodes=tuple(distinct), partial=tuple(partial), full=tuple(full),
+    return BlockLayout(grid=grid, heads=heads, head_index=head_index, nodes=nodes,
+                       partial=tuple(partial), full=tuple(full),
                        doc_ids=None if doc_ids is None else doc_ids.cpu().numpy())
 
 
