@@ -16,6 +16,7 @@ from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import doc
 from attngen.lower.decompose import Part, decompose
+from attngen.lower.dynamic import BLOCK_KINDS
 from attngen.lower.loops import (
     ALWAYS,
     BM_SYM,
@@ -31,7 +32,7 @@ TEMPLATE = "attention_fwd.py.j2"
 BACKWARD_TEMPLATE = "attention_bwd.py.j2"
 DECODE_TEMPLATE = "attention_decode.py.j2"
 TEMPLATES = {"forward": TEMPLATE, "backward": BACKWARD_TEMPLATE, "decode": DECODE_TEMPLATE}
-SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2")  # included by the others
+SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2", "_dynamic.py.j2")  # included
 
 _KERNEL_NAMES = {q: "q_pos", k: "k_pos", N: "N", M: "M", m_sym: "m", BM_SYM: "BLOCK_M",
                  BN_SYM: "BLOCK_N", Q_FIRST: "q_first", Q_LAST: "q_last", N_BLOCKS: "n_blocks"}
@@ -84,9 +85,6 @@ class KernelSpec:
     @staticmethod
     def build(pattern: Pattern, heads: int, kv_heads: int | None = None,
               fused_loops: bool = False) -> KernelSpec:
-        if pattern.is_dynamic:
-            raise PatternError(f"`{pattern}` is input-dependent; its kernels (estimation on "
-                               "the GPU) are not generated yet")
         nodes: dict[Node, int] = {}
         head_group = []
         for n in pattern.head_nodes(heads, kv_heads):
@@ -104,6 +102,12 @@ class KernelSpec:
         return any("document" in g.node.text for g in self.groups)
 
     @property
+    def dynamic(self) -> tuple[tuple[tuple[int, ...], Part], ...]:
+        """Each dynamic part with the query heads it runs for (estimated per call)."""
+        return tuple((tuple(h for h, x in enumerate(self.head_group) if x == g.index), p)
+                     for g in self.groups for p in g.parts if p.strategy == "dynamic")
+
+    @property
     def periods(self) -> tuple[int, ...]:
         """The permuted passes, in launch order."""
         return tuple(sorted({p.period for g in self.groups for p in g.permuted}))
@@ -116,6 +120,7 @@ class KernelSpec:
                                              for g in self.groups)
 
 
+KINDS = {"vertical_slash": 1, "block_topk": 2, "block_cover": 2}  # _dyn_allowed's KIND
 _RES = sympy.Symbol("res", integer=True, nonnegative=True)  # residue class in permuted passes
 
 
@@ -133,9 +138,23 @@ def _loops(part: Node, fused: bool, names: dict, transposed: bool = False) -> di
     return {"bounds": bounds, "segments": segments}
 
 
+def _dynamic_loop(part: Part, predicate, printer: Printer) -> dict:
+    """A dynamic part's loops: its kind for the kernel, the static predicate its elements
+    still test (-1: none) and, for picked g-blocks, g as kernel text."""
+    term = part.dynamic
+    mask = term.mask
+    return {"strategy": "dynamic", "name": part.node.text, "kind": KINDS[term.kind],
+            "gather": term.kind == "vertical_slash",
+            "pred": predicate(mask.text, mask.predicate) if mask is not None else -1,
+            "g": printer(term.prim.params[1]) if term.kind in BLOCK_KINDS else "1"}
+
+
 def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> str:
     """The source of the `kind` module ("forward", "backward" or "decode") for spec."""
     backward = kind == "backward"
+    if spec.dynamic and kind != "forward":
+        raise PatternError(f"`{spec.pattern}`: the {kind} of input-dependent patterns is not "
+                           "generated yet; only their forward is")
     printer = Printer({**_KERNEL_NAMES, _RES: "res"}, "tl", {doc: "tl.load(DOC + {})"})
     predicates: list[dict] = []
 
@@ -150,6 +169,9 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
         if g.identity:
             loops = []
             for part in g.identity:
+                if part.strategy == "dynamic":
+                    loops.append(_dynamic_loop(part, predicate, printer))
+                    continue
                 loop = {"strategy": part.strategy, "name": part.node.text,
                         "pred": predicate(part.node.text, part.node.predicate)}
                 if part.strategy == "ranges":
@@ -183,5 +205,5 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
                        + f": {p.node.text}" for p in g.parts]
     return _ENV.get_template(TEMPLATES[kind]).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
-        predicates=predicates, groups=groups,
+        predicates=predicates, groups=groups, dynamic=bool(spec.dynamic),
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

@@ -14,6 +14,7 @@ from attngen.ir import simplify as S
 from attngen.ir.node import Node
 from attngen.lower.atoms import atoms_of, numeric
 from attngen.lower.cost import permutation_cost, ranges_cost, table_cost
+from attngen.lower.dynamic import DynamicTerm, split
 from attngen.lower.grid import Grid
 from attngen.lower.loops import range_loops
 from attngen.lower.permute import in_classes, period
@@ -34,6 +35,7 @@ class Part:
     period: int = 1
     classes: Node | None = None
     exact: bool = True
+    dynamic: DynamicTerm | None = None  # dynamic: its primitive and what its loops mask
 
 
 def disjuncts(node: Node) -> list[Node]:
@@ -50,8 +52,6 @@ def disjuncts(node: Node) -> list[Node]:
 
 
 def single(node: Node) -> Part:
-    if node.is_dynamic:
-        return Part(node, "dynamic")
     return Part(node, "ranges" if range_loops(node) is not None else "table")
 
 
@@ -60,8 +60,12 @@ def decompose(node: Node) -> tuple[Part, ...]:
     """The disjoint parts a kernel computes for one head pattern, the cheapest candidate
     (ties keep the simpler one): identity-order parts (ranges, then table) come first,
     permuted parts after them."""
+    if node.is_dynamic:  # the static union by its own strategies, then the dynamic term
+        static, term = split(node, disjuncts(node))
+        return (decompose(static) if static is not None else ()) + (
+            Part(term.node, "dynamic", dynamic=term),)
     whole = (single(node),)
-    if node.is_dynamic or whole[0].strategy == "ranges":
+    if whole[0].strategy == "ranges":
         return whole
     by_period: dict[int, list[Node]] = {}
     affine: list[Node] = []

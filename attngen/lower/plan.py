@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from attngen.ir import simplify as S
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.lower.atoms import numeric
 from attngen.lower.cost import causal_blocks
-from attngen.lower.decompose import Part, decompose, disjuncts, part_cost, single
+from attngen.lower.decompose import decompose, part_cost
 from attngen.lower.grid import Grid
 from attngen.lower.layout import _block
 
@@ -116,7 +115,7 @@ def lower(pattern: Pattern | str, M: int, N: int | None = None,
     groups = []
     for node, hs in by_node.items():
         terms = []
-        for part in _parts(node):
+        for part in decompose(node):
             if part.strategy == "dynamic":
                 blocks = masked = _dynamic_blocks(part.node, grid, value)
             else:
@@ -125,16 +124,6 @@ def lower(pattern: Pattern | str, M: int, N: int | None = None,
                               part.period))
         groups.append(HeadGroup(tuple(hs), node.text, tuple(terms)))
     return Plan(str(pattern), grid, tuple(groups), head_dim, dtype_bytes)
-
-
-def _parts(node: Node) -> tuple[Part, ...]:
-    """decompose(), with a dynamic union split into its static part and its dynamic terms."""
-    if not node.is_dynamic:
-        return decompose(node)
-    dynamic = [d for d in disjuncts(node) if d.is_dynamic]
-    static = [d for d in disjuncts(node) if not d.is_dynamic]
-    return (decompose(S.union(*static)) if static else ()) + tuple(
-        single(d) for d in dynamic)
 
 
 def _dynamic_blocks(node: Node, g: Grid, value) -> int:

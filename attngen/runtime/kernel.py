@@ -17,6 +17,7 @@ from attngen.lower.atoms import atoms_of, numeric
 from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
+from attngen.runtime import dynamic
 from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import block_classes, csr_of
 
@@ -95,10 +96,9 @@ class Kernel:
             self.tables[key] = (off.to(torch.int32).contiguous(), idx.to(torch.int32))
         return self.tables[key]
 
-    def _schedule(self, B: int, M: int, N: int, cfg: Config, device, tab_off) -> torch.Tensor:
-        """Program order of the identity pass: (query block, batch·head) pairs by decreasing
-        kv blocks visited (longest first; ties keep row-major order), packed m·B·H + bh."""
-        key = ("schedule", B, M, N, cfg.block_m, cfg.block_n, str(device))
+    def _static_work(self, B: int, M: int, N: int, cfg: Config, tab_off) -> np.ndarray:
+        """kv blocks each (query block, batch·head) visits in its static parts: [QB, BH]."""
+        key = ("work", B, M, N, cfg.block_m, cfg.block_n)
         if key not in self.tables:
             grid = Grid(M, N, cfg.block_m, cfg.block_n)
             if any(g.table_slot >= 0 for g in self.spec.groups):  # [slots, 2, QB] → [slots, QB]
@@ -110,10 +110,25 @@ class Kernel:
                 for part in g.identity:
                     if part.strategy == "ranges":
                         rows += ranges_rows(atoms_of(part.node, numeric(M, N)), grid)[0]
-                    else:
+                    elif part.strategy == "table":
                         rows += table_rows[g.table_slot]
                 per_group[g.index] = rows
-            work = np.stack([per_group[x] for x in self.spec.head_group] * B, axis=1)  # [QB, BH]
+            self.tables[key] = np.stack([per_group[x] for x in self.spec.head_group] * B,
+                                        axis=1)
+        return self.tables[key]
+
+    def _schedule(self, B: int, M: int, N: int, cfg: Config, device, tab_off,
+                  dyn: dynamic.Indices | None) -> torch.Tensor:
+        """Program order of the identity pass: (query block, batch·head) pairs by decreasing
+        kv blocks visited (longest first; ties keep row-major order), packed m·B·H + bh.
+        Dynamic parts add their estimated blocks, so their order is made per call."""
+        work = self._static_work(B, M, N, cfg, tab_off)
+        if dyn is not None:
+            total = torch.from_numpy(work).to(device) + dyn.work(Grid(M, N, cfg.block_m,
+                                                                      cfg.block_n))
+            return torch.argsort(-total.flatten(), stable=True).to(torch.int32)
+        key = ("schedule", B, M, N, cfg.block_m, cfg.block_n, str(device))
+        if key not in self.tables:
             order = np.argsort(-work.ravel(), kind="stable")
             self.tables[key] = torch.from_numpy(order.astype(np.int32)).to(device)
         return self.tables[key]
@@ -146,7 +161,11 @@ class Kernel:
         QB = -(-M // cfg.block_m)
         grid = (QB, B * H)
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
-        use_tma = self.tma and q.is_cuda
+        sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
+        dyn = (dynamic.estimate(self.spec.dynamic, q, k, sm_scale,
+                                Grid(M, N, cfg.block_m, cfg.block_n))
+               if self.spec.dynamic else None)
+        use_tma = self.tma and q.is_cuda and dyn is None  # dynamic loops gather by pointer
         if use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -156,7 +175,6 @@ class Kernel:
             kk, vv = k, v
         strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                    v.stride(0), v.stride(1), v.stride(2))
-        sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
         shape = dict(HEAD_DIM=tile_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                      EVEN_D=D == tile_d, num_warps=cfg.warps, num_stages=cfg.stages)
         passes = [None] * self.spec.identity_pass + list(self.spec.periods)
@@ -168,11 +186,11 @@ class Kernel:
             dest_strides = strides + (dest.stride(0), dest.stride(1), dest.stride(2))
             if s is None:
                 scheduled = len(self.spec.groups) > 1
-                schedule = (self._schedule(B, M, N, cfg, q.device, tab_off) if scheduled
+                schedule = (self._schedule(B, M, N, cfg, q.device, tab_off, dyn) if scheduled
                             else head_group)
                 self.module.attn_fwd[grid](
                     q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule,
-                    *dest_strides,
+                    *(dyn.kernel_args() if dyn is not None else ()), *dest_strides,
                     H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
                     USE_TMA=use_tma, SCHEDULED=scheduled, **shape)
                 continue

@@ -1,0 +1,235 @@
+"""Dynamic patterns (DESIGN §5): the run-time estimation against plain PyTorch/NumPy
+re-implementations, and the generated kernels (interpreter, fp32) against the reference
+given the estimated sets — alone, united with static terms, and in per-head mixtures.
+
+Tolerance: outputs and LSE within kernel_check.TOL (1e-4 absolute, fp32). Estimated sets
+must be equal; random inputs are drawn continuous, so ties have probability zero."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attngen
+from attngen.codegen.render import KernelSpec
+from attngen.errors import PatternError
+from attngen.integrations.masks import block_topk_mask, vertical_slash_mask
+from attngen.lower.decompose import decompose
+from attngen.lower.grid import Grid
+from attngen.reference import attention as reference
+from attngen.runtime import dynamic
+from tests.kernel_check import TOL
+
+
+def planted(B, Hq, Hkv, M, N, D, seed, columns=(), offsets=()):
+    """q, k, v with planted vertical lines (keys aligned with the mean query) and slashes
+    (key k a copy of query row k + d, so q · k is large along offset d)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, M, D, generator=g)
+    k = torch.randn(B, Hkv, N, D, generator=g) * 0.5
+    v = torch.randn(B, Hkv, N, D, generator=g)
+    G = Hq // Hkv
+    for h in range(Hkv):
+        lead = q[:, h * G]
+        for c in columns:
+            if c < N:
+                k[:, h, c] += 3 * lead[:, -min(64, M):].mean(1) / lead.norm(dim=-1).mean()
+        for d in offsets:
+            for key in range(N):
+                row = key + d - (N - M)
+                if 0 <= row < M:
+                    k[:, h, key] += 0.8 * lead[:, row]
+    return q, k, v
+
+
+def part_of(text: str):
+    return decompose(attngen.parse(text).node)[-1]
+
+
+def cover_reference(q, k, gamma: float, g: int, scale: float) -> torch.Tensor:
+    """FlexPrefill-style block cover, one pooled query block at a time in NumPy."""
+    R, M, _ = q.shape
+    N = k.shape[1]
+    G = -(-N // g)
+    out = np.zeros((R, G, G), dtype=bool)
+    qa, ka = q.double().numpy(), k.double().numpy()
+    for r in range(R):
+        for i in range(G):
+            rows = [x - (N - M) for x in range(i * g, min((i + 1) * g, N)) if x >= N - M]
+            if rows:
+                pq = qa[r, rows].mean(0)
+            else:
+                pq = np.zeros(qa.shape[-1])
+            scores = np.array([pq @ ka[r, j * g:min((j + 1) * g, N)].mean(0)
+                               for j in range(i + 1)]) * scale
+            mass = np.exp(scores - scores.max())
+            mass /= mass.sum()
+            total = 0.0
+            for j in np.argsort(-mass, kind="stable"):
+                if total >= gamma:
+                    break
+                out[r, i, j] = True
+                total += mass[j]
+            out[r, i, i] = True
+    return torch.from_numpy(out)
+
+
+# -- estimation --------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 150), st.integers(0, 60), st.integers(1, 120), st.integers(1, 200),
+       st.integers(0, 10_000))
+def test_vertical_slash_sets_match_plain_pytorch(M, extra, v, s, seed):
+    N = M + extra
+    q, k, _ = planted(2, 1, 1, M, N, 16, seed, columns=(N // 3, N // 2),
+                      offsets=(min(7, N - 1), N // 4))
+    scale = 1 / 4
+    keys, offsets = dynamic.vertical_slash_sets(q[:, 0], k[:, 0], v, s, scale)
+    got = dynamic.token_mask([((0,), part_of(f"vertical_slash({v}, {s})"))], q, k, scale)
+    want = vertical_slash_mask(q[:, 0], k[:, 0], v, s, scale)
+    assert torch.equal(got[:, 0], want)
+    assert keys.shape == (2, min(v, N)) and offsets.shape == (2, min(s, N))
+    assert (keys[:, :min(30, v)] == torch.arange(min(30, v))).all()  # forced sinks
+    assert (offsets[:, :min(100, s)] == torch.arange(min(100, s))).all()  # forced diagonals
+
+
+def test_planted_lines_are_found():
+    M = N = 300
+    q, k, _ = planted(1, 1, 1, M, N, 32, 3, columns=(150, 201), offsets=(130, 177))
+    keys, offsets = dynamic.vertical_slash_sets(q[:, 0], k[:, 0], 32, 102, 1 / math.sqrt(32))
+    assert {150, 201} <= set(keys[0].tolist())
+    assert {130, 177} <= set(offsets[0].tolist())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 150), st.integers(0, 60), st.integers(1, 6), st.sampled_from([8, 16, 32]),
+       st.integers(0, 10_000))
+def test_block_topk_matches_plain_pytorch(M, extra, t, g, seed):
+    N = M + extra
+    q, k, _ = planted(2, 1, 1, M, N, 16, seed)
+    got = dynamic.token_mask([((0,), part_of(f"block_topk({t}, {g})"))], q, k, 0.25)
+    assert torch.equal(got[:, 0], block_topk_mask(q[:, 0], k[:, 0], t, g))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 120), st.integers(0, 50), st.sampled_from([0.3, 0.7, 0.9, 1.0]),
+       st.sampled_from([8, 16]), st.integers(0, 10_000))
+def test_block_cover_matches_numpy(M, extra, gamma, g, seed):
+    N = M + extra
+    q, k, _ = planted(1, 1, 1, M, N, 16, seed)
+    got = dynamic.block_picks(q[:, 0], k[:, 0], "block_cover", [gamma, g], 0.25)
+    assert torch.equal(got, cover_reference(q[:, 0], k[:, 0], gamma, g, 0.25))
+
+
+@pytest.mark.parametrize("M, N", [(37, 53), (64, 64), (1, 40), (50, 33)])
+def test_block_conversion_covers_exactly_the_estimate(M, N):
+    """Kernel blocks from the estimate: every allowed pair lies in a visited block or a
+    gathered column, never both; full blocks are all allowed; nothing else is visited."""
+    q, k, _ = planted(1, 3, 1, M, N, 16, 0, columns=(5,), offsets=(3,))
+    grid = Grid(M, N, 16, 8)
+    parts = [((0,), part_of("vertical_slash(6, 9)")), ((1,), part_of("block_topk(2, 8)")),
+             ((2,), part_of("block_cover(0.6, 12)"))]
+    est = dynamic.estimate(parts, q, k, 0.25, grid)
+    allowed = dynamic.token_mask(parts, q, k, 0.25)[0]
+    seen = torch.zeros(3, M, N, dtype=torch.int64)
+    for h in range(3):
+        for m in range(grid.QB):
+            r0, r1 = m * 16, min(M, m * 16 + 16)
+            row = h * grid.QB + m
+            for (off, idx), full in ((est.partial, False), (est.full, True)):
+                for j in idx[off[row]:off[row + 1]].tolist():
+                    block = allowed[h, r0:r1, j * 8:(j + 1) * 8]
+                    if full:
+                        assert block.all()
+                    seen[h, r0:r1, j * 8:(j + 1) * 8] += block
+            cols = est.columns[h, m, :est.column_counts[h, m]].long()
+            seen[h, r0:r1, cols] += allowed[h, r0:r1, cols]
+    assert torch.equal(seen, allowed.long())
+
+
+# -- kernels vs the reference given the estimated sets -----------------------------------
+def expected_mask(pattern: attngen.Pattern, q, k, scale):
+    """bool [B, H, M, N]: static union | (estimate & within), head by head."""
+    B, H, M, _ = q.shape
+    N = k.shape[2]
+    spec = KernelSpec.build(pattern, H, k.shape[1])
+    estimate = dynamic.token_mask(list(spec.dynamic), q, k, scale)
+    out = torch.zeros(B, H, M, N, dtype=torch.bool)
+    for h, gi in enumerate(spec.head_group):
+        for part in spec.groups[gi].parts:
+            if part.strategy == "dynamic":
+                within = part.dynamic.within
+                extra = (torch.as_tensor(attngen.Pattern(within).mask(M, N))
+                         if within is not None else True)
+                out[:, h] |= estimate[:, h] & extra
+            else:
+                out[:, h] |= torch.as_tensor(attngen.Pattern(part.node).mask(M, N))
+    return out
+
+
+def check_dynamic(text: str, B=1, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0):
+    pattern = attngen.parse(text)
+    q, k, v = planted(B, Hq, Hkv, M, N, D, seed, columns=(N // 2,), offsets=(N // 5,))
+    scale = 1 / math.sqrt(D)
+    out, lse = attngen.attention(q, k, v, pattern, return_lse=True, backend="triton")
+    mask = expected_mask(pattern, q, k, scale)
+    where = f"{text} at B={B} Hq={Hq} Hkv={Hkv} M={M} N={N}"
+    for b in range(B):
+        ref_out, ref_lse = reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], None, mask=mask[b],
+                                     return_lse=True)
+        assert torch.isfinite(out[b]).all(), where
+        err = (out[b] - ref_out[0]).abs().max().item()
+        assert err <= TOL, f"output error {err:.2e} for {where}"
+        assert torch.equal(torch.isinf(lse[b]), torch.isinf(ref_lse[0])), where
+        finite = torch.isfinite(ref_lse[0])
+        if finite.any():
+            assert (lse[b][finite] - ref_lse[0][finite]).abs().max().item() <= TOL, where
+
+
+DYNAMIC = ["vertical_slash(6, 9)", "sink(8) | vertical_slash(5, 12)",
+           "block_topk(2, 16)", "block_cover(0.8, 16)", "local(24) & block_topk(1, 8)",
+           "causal & (local(10) | block_topk(2, 16))", "strided(4) | vertical_slash(3, 4)",
+           "vertical_slash(N // 8, N // 4)"]
+
+
+@pytest.mark.parametrize("text", DYNAMIC)
+@pytest.mark.parametrize("shape", [(1, 2, 1, 37, 53), (2, 4, 2, 70, 70), (1, 2, 2, 1, 45)])
+def test_dynamic_kernels_match_reference(interpreter, text, shape):
+    check_dynamic(text, *shape)
+
+
+@pytest.mark.parametrize("text", ["vertical_slash(6, 9)", "sink(4) | vertical_slash(6, 9)",
+                                  "block_topk(2, 8)"])
+def test_more_queries_than_keys(interpreter, text):
+    check_dynamic(text, 1, 2, 1, 50, 33)
+
+
+MIXTURE = ("heads { 0: vertical_slash(8, 12); 1: block_topk(2, 16); 2: local(16); "
+           "3: sink(4) | block_cover(0.7, 16); 4: causal; 5: sink(4) | local(8); "
+           "*: sink(8) | vertical_slash(4, 20) }")
+
+
+@pytest.mark.parametrize("Hkv", [1, 2, 4])
+def test_mixture_with_dynamic_heads(interpreter, Hkv):
+    """≥ 4 different patterns across 8 heads, dynamic ones among them; heads of one kv
+    group carry different patterns (GQA)."""
+    check_dynamic(MIXTURE, 1, 8, Hkv, 45, 61)
+
+
+# -- errors ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("vertical_slash(4, 4) | block_topk(2, 16)", "at most one"),
+    ("causal - vertical_slash(4, 4)", "not negated"),
+])
+def test_unsupported_dynamic_forms_say_why(text, words):
+    with pytest.raises(PatternError, match=words):
+        KernelSpec.build(attngen.parse(text), 1)
+
+
+def test_dynamic_backward_is_refused_clearly(interpreter):
+    q, k, v = planted(1, 1, 1, 20, 20, 16, 0)
+    q.requires_grad_(True)
+    out = attngen.attention(q, k, v, "vertical_slash(4, 8)", backend="triton")
+    with pytest.raises(PatternError, match="backward of input-dependent"):
+        out.sum().backward()
