@@ -33,9 +33,10 @@ def planted(B, Hq, Hkv, M, N, D, seed, columns=(), offsets=()):
     G = Hq // Hkv
     for h in range(Hkv):
         lead = q[:, h * G]
+        voters = lead[:, -min(64, M):].mean(1)
         for c in columns:
             if c < N:
-                k[:, h, c] += 3 * lead[:, -min(64, M):].mean(1) / lead.norm(dim=-1).mean()
+                k[:, h, c] += 4 * math.sqrt(D) * voters / voters.norm(dim=-1, keepdim=True)
         for d in offsets:
             for key in range(N):
                 row = key + d - (N - M)
@@ -90,8 +91,9 @@ def test_vertical_slash_sets_match_plain_pytorch(M, extra, v, s, seed):
     want = vertical_slash_mask(q[:, 0], k[:, 0], v, s, scale)
     assert torch.equal(got[:, 0], want)
     assert keys.shape == (2, min(v, N)) and offsets.shape == (2, min(s, N))
-    assert (keys[:, :min(30, v)] == torch.arange(min(30, v))).all()  # forced sinks
-    assert (offsets[:, :min(100, s)] == torch.arange(min(100, s))).all()  # forced diagonals
+    sinks, near = min(30, v, N), min(100, s, N)
+    assert (keys[:, :sinks] == torch.arange(sinks)).all()  # forced sinks
+    assert (offsets[:, :near] == torch.arange(near)).all()  # forced diagonals
 
 
 def test_planted_lines_are_found():
