@@ -28,6 +28,7 @@ from attngen.profile import commands as profile_commands
 
 MAX_ASCII_N = 64  # element picture up to this many keys (and queries)
 MAX_ASCII_BLOCKS = 64  # block picture up to this many query and kv blocks
+MAX_DYNAMIC_PAIRS = 1 << 26  # a dynamic picture materialises the M×N mask of each head
 MAX_SAVED_CLASSES = 1 << 26  # `layout --out` saves classes() up to H·QB·KB of this
 
 
@@ -143,8 +144,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"pattern    {p}")
     print(f"shape      {pb.describe()}")
     if p.is_dynamic:
-        print("dynamic    the blocks are picked at run time from q and k (DESIGN §5); "
-              "no static layout or picture" + (", no PNG written" if args.png else ""))
+        _show_dynamic(p, pb, args)
     else:
         lay = pb.layout()
         g = lay.grid
@@ -164,6 +164,51 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"wrote      {path}")
     print(pb.plan_summary())
     return 0
+
+
+def _dynamic_inputs(pb: Problem, args: argparse.Namespace
+                    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """q [1, H, M, D], k [1, Hkv, N, D] from --inputs (batch 0), else seeded random."""
+    kv_heads = pb.kv_heads or pb.heads
+    if args.inputs:
+        saved = torch.load(args.inputs, map_location="cpu", weights_only=True)
+        q, k = (saved["q"], saved["k"]) if isinstance(saved, dict) else saved[:2]
+        if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"{args.inputs}: want q [B, H, M, D] and k [B, Hkv, N, D], got "
+                             f"{list(q.shape)} and {list(k.shape)}")
+        pb.M, pb.N, pb.heads = q.shape[2], k.shape[2], q.shape[1]
+        pb.kv_heads = k.shape[1]
+        return q[:1].float(), k[:1].float(), f"q, k from {args.inputs} (batch 0)"
+    g = torch.Generator().manual_seed(args.seed)
+    q = torch.randn(1, pb.heads, pb.M, args.head_dim, generator=g)
+    k = torch.randn(1, kv_heads, pb.N, args.head_dim, generator=g)
+    return q, k, f"random q, k (seed {args.seed}, head dim {args.head_dim})"
+
+
+def _show_dynamic(p: attngen.Pattern, pb: Problem, args: argparse.Namespace) -> None:
+    """The pairs the run-time estimate picks on given or random inputs, drawn like a static
+    pattern's mask and blocks."""
+    from attngen.runtime import dynamic
+
+    q, k, source = _dynamic_inputs(pb, args)
+    if pb.M * pb.N > MAX_DYNAMIC_PAIRS:
+        raise ValueError(f"a dynamic picture is drawn from the dense mask: M·N must be at most "
+                         f"{MAX_DYNAMIC_PAIRS}, got {pb.M}·{pb.N} (use a smaller --n)")
+    masks = dynamic.allowed(p, q, k, 1.0 / q.shape[-1] ** 0.5)[0]
+    causal_pairs = sum(max(0, min(pb.N, i + pb.N - pb.M + 1)) for i in range(pb.M))
+    print(f"dynamic    picked at run time from {source} (DESIGN §5)")
+    for h, m in enumerate(masks):
+        print(f"head {h:<5} density {m.sum().item() / max(1, causal_pairs):.4f}  "
+              "(allowed pairs / causal pairs, this input)")
+    if pb.N <= MAX_ASCII_N and pb.M <= MAX_ASCII_N:
+        print("mask       (# allowed, . masked; a row per query, a column per key)")
+        print(viz._grouped([viz._draw(m.numpy(), ".#") for m in masks]))
+    bm, bn = (pb.block, pb.block) if isinstance(pb.block, int) else pb.block
+    if args.png:
+        rows = [(f"head {h}: ", None, m.numpy(), viz.mask_classes(m.numpy(), bm, bn))
+                for h, m in enumerate(masks[:viz.MAX_PNG_ROWS])]
+        title = f"{p}\nM={pb.M}  N={pb.N}: the estimate on {source}"
+        print(f"wrote      {viz.save_panels(rows, title, (bm, bn), args.png)}")
 
 
 def _stats(counts: np.ndarray) -> str:
@@ -367,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("pattern", metavar="PATTERN", help=_PATTERN_HELP)
     _sizes(show, 4096)
     show.add_argument("--png", default=None, help="also draw mask and blocks into this PNG")
+    show.add_argument("--inputs", default=None, help="dynamic patterns: a torch.save file "
+                      "of {'q': [B, H, M, D], 'k': [B, Hkv, N, D]} to estimate from "
+                      "(default: random inputs)")
+    show.add_argument("--seed", type=int, default=0, help="dynamic patterns: seed of the "
+                      "random inputs (default 0)")
+    show.add_argument("--head-dim", type=int, default=64, help="dynamic patterns: head dim "
+                      "of the random inputs (default 64)")
     show.set_defaults(run=cmd_show)
 
     lay = subs.add_parser(

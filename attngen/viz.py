@@ -67,6 +67,21 @@ def ascii_blocks(lay: BlockLayout, chars: str = BLOCK_CHARS) -> str:
     return _grouped([_draw(c, chars) for c in lay.classes().numpy()])
 
 
+def mask_classes(mask: np.ndarray, BM: int, BN: int) -> np.ndarray:
+    """Block classes [QB, KB] of an element mask [M, N]: 0 empty, 1 partial, 2 full (out of
+    range elements count as allowed for fullness, as in BlockLayout)."""
+    M, N = mask.shape
+    QB, KB = -(-M // BM), -(-N // BN)
+    padded = np.zeros((QB * BM, KB * BN), dtype=np.int8)
+    padded[:M, :N] = mask
+    inside = np.zeros_like(padded)
+    inside[:M, :N] = 1
+    tiles = (QB, BM, KB, BN)
+    some = padded.reshape(tiles).any((1, 3))
+    every = (padded | (1 - inside)).reshape(tiles).all((1, 3))
+    return np.where(every & some, 2, np.where(some, 1, 0))
+
+
 def causal_blocks(lay: BlockLayout) -> int:
     """Blocks a causal kernel visits on the same grid, over all heads (at least 1): the
     denominator of block density."""
@@ -86,13 +101,6 @@ def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[
     """Draw the element mask (when M·N ≤ MAX_PIXELS) and the block classes side by side,
     one row per distinct head pattern (at most MAX_PNG_ROWS rows), titled with the pattern,
     its density and its block density. Returns the path written."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
     N = M if N is None else N
     lay = layout(pattern, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
     g = lay.grid
@@ -100,40 +108,56 @@ def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[
     for h, i in enumerate(lay.head_index.tolist()):
         rows.setdefault(i, []).append(h)
     rows = dict(list(rows.items())[:MAX_PNG_ROWS])
-    panels = [name for name, fits in (("mask", M * N <= MAX_PIXELS),
-                                      ("blocks", g.QB * g.KB <= MAX_PIXELS)) if fits]
-    masks = {i: Pattern(lay.nodes[i]).mask(M, N, doc_ids=doc_ids)[0].numpy()
-             for i in rows} if "mask" in panels else {}
-    classes = lay.classes().numpy() if "blocks" in panels else None
-
+    masks = ({i: Pattern(lay.nodes[i]).mask(M, N, doc_ids=doc_ids)[0].numpy() for i in rows}
+             if M * N <= MAX_PIXELS else None)
+    classes = lay.classes().numpy() if g.QB * g.KB <= MAX_PIXELS else None
     partial, full = lay.block_counts()
     title = "\n".join(textwrap.wrap(str(pattern), 110)[:6])
     title += (f"\nM={M}  N={N}  heads={heads}   density {lay.density():.4f} of causal"
               f"\nblocks {g.BM}x{g.BN}: {partial} partial + {full} full = "
               f"{block_density(lay):.2%} of causal blocks")
+    panels = [(f"{heads_text(hs)}: " if heads > 1 else "",
+               lay.nodes[i].text if pattern.is_mixture else None,
+               None if masks is None else masks[i],
+               None if classes is None else classes[hs[0]]) for i, hs in rows.items()]
+    return save_panels(panels, title, (g.BM, g.BN), path)
+
+
+def save_panels(rows: list[tuple[str, str | None, np.ndarray | None, np.ndarray | None]],
+                title: str, block: tuple[int, int], path: str | Path) -> Path:
+    """One figure row per entry (label, note, element mask [M, N] or None, block classes
+    [QB, KB] or None): the mask and the blocks side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    panels = [name for name, present in (("mask", rows[0][2] is not None),
+                                         ("blocks", rows[0][3] is not None)) if present]
     if "mask" not in panels:
         title += f"   (element mask not drawn: M·N > {MAX_PIXELS})"
-
     ncols = max(1, len(panels))
     size = (max(8.0, 4.6 * ncols), 4.4 * len(rows) + 1.6)
     fig, axes = plt.subplots(len(rows), ncols, figsize=size,
                              squeeze=False, layout="constrained")
-    for r, (i, hs) in enumerate(rows.items()):
-        label = f"{heads_text(hs)}: " if heads > 1 else ""
+    for r, (label, note, mask, classes) in enumerate(rows):
         for c, panel in enumerate(panels):
             ax = axes[r][c]
             if panel == "mask":
-                ax.imshow(masks[i], cmap=ListedColormap([COLOURS[0], COLOURS[2]]), vmin=0,
+                ax.imshow(mask, cmap=ListedColormap([COLOURS[0], COLOURS[2]]), vmin=0,
                           vmax=1, interpolation="nearest", aspect="auto")
-                ax.set(title=f"{label}mask {M}x{N}", xlabel="key k", ylabel="query row i")
+                ax.set(title=f"{label}mask {mask.shape[0]}x{mask.shape[1]}", xlabel="key k",
+                       ylabel="query row i")
             else:
-                ax.imshow(classes[hs[0]], cmap=ListedColormap(COLOURS), vmin=0, vmax=2,
+                ax.imshow(classes, cmap=ListedColormap(COLOURS), vmin=0, vmax=2,
                           interpolation="nearest", aspect="auto")
-                ax.set(title=f"{label}blocks {g.QB}x{g.KB} of {g.BM}x{g.BN}",
-                       xlabel="kv block", ylabel="query block")
+                ax.set(title=f"{label}blocks {classes.shape[0]}x{classes.shape[1]} of "
+                       f"{block[0]}x{block[1]}", xlabel="kv block", ylabel="query block")
             ax.title.set_fontsize(9)
-        if pattern.is_mixture:  # name each row's own pattern
-            axes[r][0].annotate(textwrap.shorten(lay.nodes[i].text, 100), (0, 1.1),
+        if note:  # name each row's own pattern
+            axes[r][0].annotate(textwrap.shorten(note, 100), (0, 1.1),
                                 xycoords="axes fraction", fontsize=7)
         if not panels:
             axes[r][0].axis("off")

@@ -235,3 +235,27 @@ def test_dynamic_backward_is_refused_clearly(interpreter):
     out = attngen.attention(q, k, v, "vertical_slash(4, 8)", backend="triton")
     with pytest.raises(PatternError, match="backward of input-dependent"):
         out.sum().backward()
+
+
+# -- attngen show ------------------------------------------------------------------------
+def test_show_draws_the_estimate_of_given_inputs(tmp_path, capsys):
+    from attngen.cli import main
+
+    q, k, _ = planted(1, 2, 1, 24, 40, 16, 0, columns=(21,), offsets=(9,))
+    torch.save({"q": q, "k": k}, tmp_path / "qk.pt")
+    text = "heads { 0: sink(2) | vertical_slash(4, 3); 1: block_topk(1, 8) }"
+    assert main(["show", text, "--inputs", str(tmp_path / "qk.pt"),
+                 "--png", str(tmp_path / "d.png")]) == 0
+    printed = capsys.readouterr().out
+    want = dynamic.allowed(attngen.parse(text), q, k, 0.25)[0]
+    for h in range(2):  # the printed picture of each head is its estimated mask
+        picture = "\n".join("".join("#" if x else "." for x in row) for row in want[h].tolist())
+        assert picture in printed
+    assert "vertical_slash" in printed and (tmp_path / "d.png").stat().st_size > 10_000
+
+
+def test_show_refuses_a_dense_picture_too_large(capsys):
+    from attngen.cli import main
+
+    assert main(["show", "vertical_slash(4, 4)", "--n", "16384"]) == 1
+    assert "M·N must be at most" in capsys.readouterr().err

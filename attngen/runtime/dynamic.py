@@ -27,7 +27,8 @@ import torch
 
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
-from attngen.lower.decompose import Part
+from attngen.ir.pattern import Pattern
+from attngen.lower.decompose import Part, decompose
 from attngen.lower.grid import Grid
 from attngen.runtime.tables import csr_of
 
@@ -310,4 +311,24 @@ def token_mask(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: to
             picked = block_picks(qh, kh, part.dynamic.kind, params, scale)
             allowed = picked[:, pos // g][:, :, key // g] & causal
         out[:, hs] = allowed.view(B, len(heads), M, N)
+    return out
+
+
+def allowed(pattern: Pattern, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """bool [B, H, M, N]: every pair a (possibly dynamic) pattern allows for these inputs —
+    each head's static parts, and its estimate within its static conjuncts. Dense: for
+    pictures and checks at small sizes."""
+    B, H, M, _ = q.shape
+    N = k.shape[2]
+    out = torch.zeros(B, H, M, N, dtype=torch.bool, device=q.device)
+    for h, node in enumerate(pattern.head_nodes(H, k.shape[1])):
+        for part in decompose(node):
+            if part.strategy != "dynamic":
+                out[:, h] |= torch.as_tensor(Pattern(part.node).mask(M, N)).to(q.device)
+                continue
+            est = token_mask([((h,), part)], q, k, scale)[:, h]
+            within = part.dynamic.within
+            if within is not None:
+                est &= torch.as_tensor(Pattern(within).mask(M, N)).to(q.device)
+            out[:, h] |= est
     return out
