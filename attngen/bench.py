@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import attngen
+from attngen import bench_dynamic
 from attngen.codegen.torch_predicate import count_allowed, mask_mod, predicate_fn
 from attngen.runtime.tables import device_layout
 
@@ -139,6 +140,9 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
             log(rows[-1])
         for text in patterns:
             p = attngen.parse(text)
+            if p.is_dynamic:
+                rows += bench_dynamic.rows(p, q, k, v, N, repeats, _time, _row, _flex_fn, log)
+                continue
             nodes = p.head_nodes(heads)
             counts = {n: count_allowed(n, N, N, device) for n in set(nodes)}
             allowed = sum(counts[n] for n in nodes)
@@ -171,6 +175,12 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
             "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups",
             "variants": variants or {"attngen": {}}}
     return {"meta": meta, "rows": [asdict(r) for r in rows]}
+
+
+def _row(pattern: str, N: int, system: str, ms: float, flops: int | None, vs_flex: float,
+         setup_s: float | None, times: list[float], note: str) -> Row:
+    return Row(pattern, N, system, ms, None if flops is None else flops / ms / 1e9, vs_flex,
+               setup_s=setup_s, times_ms=times, note=note)
 
 
 def _attngen_row(system, options, p, q, k, v, N, flops, flex_ms, repeats, check_max_n, bm):

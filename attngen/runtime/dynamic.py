@@ -316,19 +316,23 @@ def token_mask(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: to
 
 def allowed(pattern: Pattern, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """bool [B, H, M, N]: every pair a (possibly dynamic) pattern allows for these inputs —
-    each head's static parts, and its estimate within its static conjuncts. Dense: for
-    pictures and checks at small sizes."""
+    each head's static parts, and its estimate within its static conjuncts (heads grouped
+    by pattern as the kernel groups them, so the estimate is computed the same way). Dense:
+    for pictures and checks at small sizes."""
     B, H, M, _ = q.shape
     N = k.shape[2]
     out = torch.zeros(B, H, M, N, dtype=torch.bool, device=q.device)
+    by_node: dict = {}
     for h, node in enumerate(pattern.head_nodes(H, k.shape[1])):
+        by_node.setdefault(node, []).append(h)
+    for node, heads in by_node.items():
         for part in decompose(node):
             if part.strategy != "dynamic":
-                out[:, h] |= torch.as_tensor(Pattern(part.node).mask(M, N)).to(q.device)
+                out[:, heads] |= torch.as_tensor(Pattern(part.node).mask(M, N)).to(q.device)
                 continue
-            est = token_mask([((h,), part)], q, k, scale)[:, h]
+            est = token_mask([(tuple(heads), part)], q, k, scale)[:, heads]
             within = part.dynamic.within
             if within is not None:
                 est &= torch.as_tensor(Pattern(within).mask(M, N)).to(q.device)
-            out[:, h] |= est
+            out[:, heads] |= est
     return out
