@@ -259,3 +259,34 @@ def test_show_refuses_a_dense_picture_too_large(capsys):
 
     assert main(["show", "vertical_slash(4, 4)", "--n", "16384"]) != 0
     assert "M·N must be at most" in capsys.readouterr().err
+
+
+# -- bench accounting (CPU: Flex eager) --------------------------------------------------
+@pytest.mark.parametrize("text", ["vertical_slash(40, 60)", "block_topk(2, 32)",
+                                  "sink(8) | vertical_slash(10, 20)",
+                                  "local(100) & block_cover(0.8, 64)"])
+def test_bench_counts_pairs_and_builds_flex_mask_from_the_estimate(text):
+    """Exact allowed pairs without a dense mask; Flex given the estimate as a block mask
+    computes the same attention as SDPA with the dense mask."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attngen import bench_dynamic
+
+    N, H = 2 * bench_dynamic.FLEX_BLOCK + 57, 2
+    q, k, v = planted(1, H, H, N, N, 16, 1, columns=(N // 2,), offsets=(N // 3,))
+    p = attngen.parse(text)
+    parts = list(KernelSpec.build(p, H).dynamic)
+    term = parts[0][1].dynamic
+    grid = Grid(N, N, bench_dynamic.FLEX_BLOCK, bench_dynamic.FLEX_BLOCK)
+    est = dynamic.estimate(parts, q, k, 0.25, grid)
+    mask = dynamic.allowed(p, q, k, 0.25)
+    pairs = bench_dynamic.allowed_pairs(term, term.static, est, N)
+    assert pairs is None if (term.static or term.within) else pairs == mask.sum().item()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = flex_attention(q, k, v, block_mask=bench_dynamic.flex_block_mask(
+            term, term.static, est, H, N))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert (out - ref).abs().max().item() <= TOL
