@@ -12,12 +12,13 @@ GOLDEN = Path(__file__).parent / "golden"
 CASES = {
     "a_shape": ("causal & (sink(128) | local(4096))", 4),
     "mixture_table": ("heads { 0, 1: causal & (sink(4) | local(64)); *: causal & strided(8) }", 4),
+    "dynamic": ("heads { 0: sink(64) | vertical_slash(1000, 6096); *: block_topk(8, 64) }", 2),
 }
 
 
-# decode renders only plans whose parts are all ranges
-KINDS = [(name, kind) for name in sorted(CASES) for kind in ("forward", "backward")] + [
-    ("a_shape", "decode")]
+# decode renders only plans whose parts are all ranges; dynamic patterns only the forward
+KINDS = [(name, kind) for name in sorted(CASES) for kind in ("forward", "backward")
+         if name != "dynamic" or kind == "forward"] + [("a_shape", "decode")]
 
 
 @pytest.mark.parametrize("name, kind", KINDS)
