@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import attngen
 from attngen.codegen.render import KernelSpec
+from attngen.dsl.elaborate import load_text
 from attngen.errors import PatternError
 from attngen.integrations.masks import block_topk_mask, vertical_slash_mask
 from attngen.lower.decompose import decompose
@@ -170,8 +171,8 @@ def expected_mask(pattern: attngen.Pattern, q, k, scale):
     return out
 
 
-def check_dynamic(text: str, B=1, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0):
-    pattern = attngen.parse(text)
+def check_dynamic(text, B=1, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0):
+    pattern = attngen.parse(text) if isinstance(text, str) else text
     q, k, v = planted(B, Hq, Hkv, M, N, D, seed, columns=(N // 2,), offsets=(N // 5,))
     scale = 1 / math.sqrt(D)
     out, lse = attngen.attention(q, k, v, pattern, return_lse=True, backend="triton")
@@ -290,3 +291,14 @@ def test_bench_counts_pairs_and_builds_flex_mask_from_the_estimate(text):
             term, term.static, est, H, N))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert (out - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("call", ["block_sparse(3, 16)", "vertical_and_slash(7, 11)"])
+def test_bundled_minference_patterns_run(interpreter, call):
+    """The library's MInference definitions, called with small budgets, run as kernels."""
+    from attngen import library
+
+    source = library.files()["minference"].read_text()
+    pattern = load_text(f"{source}\n{call}")  # the expression after the definitions
+    assert pattern.is_dynamic
+    check_dynamic(pattern, 1, 2, 1, 45, 61)
