@@ -7,8 +7,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=$1; shift
 if [ "${1:-}" = smoke ]; then
   shift
-  ATTNGEN_AUTOTUNE=0 python3 "$here/gpu_smoke.py" --dynamic 2>&1 | grep -E "^(ok|FAIL|failed)" \
-    | tee "$out/dynamic_smoke_h100.log"
+  ATTNGEN_AUTOTUNE=0 python3 "$here/gpu_smoke.py" --dynamic > "$out/dynamic_smoke_full.log" 2>&1
+  grep -E "^(ok|FAIL|failed)" "$out/dynamic_smoke_full.log" | tee "$out/dynamic_smoke_h100.log"
+  grep -E "Error|error:" "$out/dynamic_smoke_full.log" | grep -v "^ok" | tail -5
 fi
 for n in "$@"; do
   python3 -m attngen bench --repeats 10 --lengths "$n" --out "$out/dynamic_$n.json" \

@@ -123,7 +123,8 @@ def _dyn_allowed(q_pos, offs_n, valid, DIAG, VERT, PICK, pick_row, G, KIND: tl.c
 def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
               start, stop, INDEX, N, M, DOC, res, qk_scale, DIAG, VERT, PICK, pick_row, G,
               PRED: tl.constexpr, KIND: tl.constexpr, GATHER: tl.constexpr,
-              BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              HEAD_DIM: tl.constexpr):
     """Online softmax over kv blocks INDEX[start..stop-1] (GATHER False) or over the key
     columns INDEX[start..stop-1], BLOCK_N per step (GATHER True); every element is tested
     (the estimate, then the static predicate PRED when it is >= 0)."""
@@ -136,10 +137,18 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
         else:
             offs_n = tl.load(INDEX + i) * BLOCK_N + tl.arange(0, BLOCK_N)
             valid = offs_n < N
-        k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
-                    mask=valid[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
-                    mask=valid[:, None] & d_ok[None, :], other=0.0)
+        k_ptrs = K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None]
+        v_ptrs = V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :]
+        # masks that vary along the head dim would split K and V rows into scalar loads
+        if EVEN_D and (EVEN_N and not GATHER):
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        elif EVEN_D:
+            k = tl.load(k_ptrs, mask=valid[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=valid[None, :] & d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
         qk = tl.dot(q, k)
         qk = tl.where(_dyn_allowed(q_pos, offs_n, valid, DIAG, VERT, PICK, pick_row, G, KIND),
                       qk, float("-inf"))
@@ -258,7 +267,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG + bh * N, VERT + bh * N, PICK + bh * pick_row * pick_row, pick_row,
             1, PRED=1, KIND=1, GATHER=False,
-            BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
@@ -270,7 +279,8 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             0, tl.load(DYN_COL_COUNT + drow), DYN_COLS + drow * n_cols, N, M, DOC, res,
             qk_scale, DIAG + bh * N, VERT + bh * N, PICK, pick_row, 1, PRED=1,
-            KIND=1, GATHER=True, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+            KIND=1, GATHER=True, EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N,
+            HEAD_DIM=HEAD_DIM)
     elif group == 1:  # block_topk(8, 64)
         # dynamic: block_topk(8, 64)
         # estimated kv blocks (partial: each element tested; full), then picked columns
@@ -280,7 +290,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG + bh * N, VERT + bh * N, PICK + bh * pick_row * pick_row, pick_row,
             64, PRED=-1, KIND=2, GATHER=False,
-            BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
