@@ -11,6 +11,7 @@ if [ "${1:-}" = smoke ]; then
   grep -E "^(ok|FAIL|failed)" "$out/dynamic_smoke_full.log" | tee "$out/dynamic_smoke_h100.log"
   grep -E "Error|error:" "$out/dynamic_smoke_full.log" | grep -v "^ok" | tail -5
 fi
+python3 "$here/dynamic_stages.py" "$@" 2>&1 | tail -4
 for n in "$@"; do
   python3 -m attngen bench --repeats 10 --lengths "$n" --out "$out/dynamic_$n.json" \
     --md "$out/dynamic_$n.md" --patterns causal "vertical_slash(1000, 6096)" \
