@@ -302,3 +302,25 @@ def test_bundled_minference_patterns_run(interpreter, call):
     pattern = load_text(f"{source}\n{call}")  # the expression after the definitions
     assert pattern.is_dynamic
     check_dynamic(pattern, 1, 2, 1, 45, 61)
+
+
+def test_mixture_schedule_counts_the_estimated_blocks():
+    """With dynamic heads the program order is made per call from the estimate: every
+    program once, longest first by static plus estimated blocks and column chunks."""
+    from attngen.runtime.kernel import Config
+
+    p = attngen.parse("heads { 0: vertical_slash(8, 20); 1: local(7); *: block_topk(1, 32) }")
+    kernel = attngen.compile(p, head_dim=16, dtype=torch.float32, heads=4, kv_heads=2,
+                             device="cpu")
+    cfg = Config(32, 32, 1, 1)
+    q, k, _ = planted(2, 4, 2, 100, 100, 16, 0, columns=(50,), offsets=(20,))
+    offsets, _ = kernel._tables(100, 100, cfg, "cpu", None)
+    grid = Grid(100, 100, 32, 32)
+    est = dynamic.estimate(list(kernel.spec.dynamic), q, k, 0.25, grid)
+    order = kernel._schedule(2, 100, 100, cfg, "cpu", offsets, est).numpy()
+    assert sorted(order.tolist()) == list(range(4 * 8))  # QB=4 × B·H=8, each once
+    local = attngen.layout(attngen.parse("local(7)"), 100, 100, block=32)
+    static = (local.classes().numpy()[0] > 0).sum(-1)  # [QB]
+    work = est.work(grid).numpy()  # [QB, BH]
+    costs = [work[w // 8, w % 8] + (static[w // 8] if (w % 8) % 4 == 1 else 0) for w in order]
+    assert costs == sorted(costs, reverse=True) and max(costs) > min(costs)

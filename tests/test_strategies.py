@@ -194,7 +194,7 @@ def test_mixture_schedule_runs_every_program_once_longest_first():
                              device="cpu")
     cfg = Config(32, 32, 1, 1)
     offsets, _ = kernel._tables(100, 100, cfg, "cpu", None)
-    order = kernel._schedule(2, 100, 100, cfg, "cpu", offsets).numpy()
+    order = kernel._schedule(2, 100, 100, cfg, "cpu", offsets, None).numpy()
     assert sorted(order.tolist()) == list(range(4 * 2 * 4))  # QB=4 × B·H=8, each once
     lay = attngen.layout(p, 100, 100, block=32, heads=4, kv_heads=2)
     visits = (lay.classes().numpy() > 0).sum(-1)  # [H, QB]
