@@ -208,6 +208,16 @@ def pick_blocks(picks: torch.Tensor, g: int, grid: Grid) -> tuple[torch.Tensor, 
     return hit & ~every, every
 
 
+def _bits(flags: torch.Tensor) -> torch.Tensor:
+    """int8 flags [R, N] → int32 words [R, ⌈N / 32⌉], bit b of word w = flag 32·w + b."""
+    R, N = flags.shape
+    padded = torch.nn.functional.pad(flags, (0, -N % 32)).view(R, -1, 32).to(torch.int64)
+    weights = torch.ones(32, dtype=torch.int64, device=flags.device) << torch.arange(
+        32, device=flags.device)
+    words = (padded * weights).sum(-1)
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
 # -- everything one launch needs ---------------------------------------------------------
 @dataclass
 class Indices:
@@ -224,8 +234,9 @@ class Indices:
     pick_row: int  # G, the row length of pick
 
     def kernel_args(self) -> tuple:
-        return (*self.partial, *self.full, self.columns, self.column_counts, self.diag,
-                self.vert, self.pick, self.columns.shape[-1], self.pick_row)
+        bits = _bits(self.diag)
+        return (*self.partial, *self.full, self.columns, self.column_counts, bits, self.vert,
+                self.pick, self.columns.shape[-1], self.pick_row, bits.shape[-1])
 
     def work(self, grid: Grid) -> torch.Tensor:
         """kv blocks and column chunks (one gather of BLOCK_N keys each) that each

@@ -104,14 +104,27 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
 
 
 @triton.jit
-def _dyn_allowed(q_pos, offs_n, valid, DIAG, VERT, PICK, pick_row, G, KIND: tl.constexpr):
-    """Which (query, key) pairs the estimate allows: causal and, for vertical_slash
-    (KIND 1), a picked offset q − k or a picked key; for picked g-blocks (KIND 2), the
-    block (q // G, k // G) picked."""
+def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK, pick_row, G,
+                 KIND: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Which (query, key) pairs of kv block offs_n = k_first + 0..BLOCK_N-1 the estimate
+    allows: causal and, for vertical_slash (KIND 1), a picked offset q − k or a picked key;
+    for picked g-blocks (KIND 2), the block (q // G, k // G) picked.
+
+    Picked offsets are bits, 32 to a word. Row q needs offsets q − k_first − BLOCK_N + 1 …
+    q − k_first: at most WORDS consecutive words, loaded once per row; each element picks
+    its word with selects and tests its bit, so no element issues a load of its own."""
     causal = (offs_n[None, :] <= q_pos[:, None]) & valid[None, :]
     if KIND == 1:
+        WORDS: tl.constexpr = BLOCK_N // 32 + 1
         offset = q_pos[:, None] - offs_n[None, :]
-        on_slash = tl.load(DIAG + offset, mask=causal, other=0) != 0
+        first = (q_pos - k_first - (BLOCK_N - 1)) >> 5  # word of the row's smallest offset
+        which = (offset >> 5) - first[:, None]
+        word = tl.zeros_like(offset)
+        for t in tl.static_range(WORDS):
+            w = first + t
+            row_word = tl.load(DIAG_BITS + w, mask=(w >= 0) & (w < diag_row), other=0)
+            word = tl.where(which == t, row_word[:, None], word)
+        on_slash = ((word >> (offset & 31)) & 1) != 0
         on_vertical = tl.load(VERT + offs_n, mask=valid, other=0) != 0
         return causal & (on_slash | on_vertical[None, :])
     else:
@@ -121,13 +134,15 @@ def _dyn_allowed(q_pos, offs_n, valid, DIAG, VERT, PICK, pick_row, G, KIND: tl.c
 
 @triton.jit
 def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-              start, stop, INDEX, N, M, DOC, res, qk_scale, DIAG, VERT, PICK, pick_row, G,
+              start, stop, INDEX, N, M, DOC, res, qk_scale, DIAG_BITS, diag_row, VERT, PICK,
+              pick_row, G,
               PRED: tl.constexpr, KIND: tl.constexpr, GATHER: tl.constexpr,
               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
               HEAD_DIM: tl.constexpr):
     """Online softmax over kv blocks INDEX[start..stop-1] (GATHER False) or over the key
-    columns INDEX[start..stop-1], BLOCK_N per step (GATHER True); every element is tested
-    (the estimate, then the static predicate PRED when it is >= 0)."""
+    columns INDEX[start..stop-1], BLOCK_N per step (GATHER True). Block elements test the
+    estimate; gathered columns are picked keys, so they test causality only; both then test
+    the static predicate PRED when it is >= 0."""
     step = BLOCK_N if GATHER else 1
     for i in range(start, stop, step):
         if GATHER:
@@ -135,7 +150,8 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
             valid = slot < stop
             offs_n = tl.load(INDEX + slot, mask=valid, other=0)
         else:
-            offs_n = tl.load(INDEX + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+            k_first = tl.load(INDEX + i) * BLOCK_N
+            offs_n = k_first + tl.arange(0, BLOCK_N)
             valid = offs_n < N
         k_ptrs = K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None]
         v_ptrs = V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :]
@@ -150,8 +166,12 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
             k = tl.load(k_ptrs, mask=valid[None, :] & d_ok[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
         qk = tl.dot(q, k)
-        qk = tl.where(_dyn_allowed(q_pos, offs_n, valid, DIAG, VERT, PICK, pick_row, G, KIND),
-                      qk, float("-inf"))
+        if GATHER:
+            allowed = (offs_n[None, :] <= q_pos[:, None]) & valid[None, :]
+        else:
+            allowed = _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT,
+                                   PICK, pick_row, G, KIND, BLOCK_N)
+        qk = tl.where(allowed, qk, float("-inf"))
         if PRED >= 0:
             qk = _mask(qk, q_pos, offs_n, valid, N, M, DOC, res, PRED)
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -186,8 +206,8 @@ def _finish(acc, l_i, m_i):
 
 @triton.jit
 def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDULE,
-             DYN_OFF, DYN_IDX, DYN_FULL_OFF, DYN_FULL_IDX, DYN_COLS, DYN_COL_COUNT, DIAG, VERT,
-             PICK, n_cols, pick_row,
+             DYN_OFF, DYN_IDX, DYN_FULL_OFF, DYN_FULL_IDX, DYN_COLS, DYN_COL_COUNT, DIAG_BITS,
+             VERT, PICK, n_cols, pick_row, diag_row,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
              H, HKV, M, N, QB, sm_scale, D,
@@ -265,8 +285,8 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_dyn(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
-            qk_scale, DIAG + bh * N, VERT + bh * N, PICK + bh * pick_row * pick_row, pick_row,
-            1, PRED=1, KIND=1, GATHER=False,
+            qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
+            PICK + bh * pick_row * pick_row, pick_row, 1, PRED=1, KIND=1, GATHER=False,
             EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
@@ -278,7 +298,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_dyn(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             0, tl.load(DYN_COL_COUNT + drow), DYN_COLS + drow * n_cols, N, M, DOC, res,
-            qk_scale, DIAG + bh * N, VERT + bh * N, PICK, pick_row, 1, PRED=1,
+            qk_scale, DIAG_BITS, diag_row, VERT, PICK, pick_row, 1, PRED=1,
             KIND=1, GATHER=True, EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM)
     elif group == 1:  # block_topk(8, 64)
@@ -288,8 +308,8 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_dyn(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
-            qk_scale, DIAG + bh * N, VERT + bh * N, PICK + bh * pick_row * pick_row, pick_row,
-            64, PRED=-1, KIND=2, GATHER=False,
+            qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
+            PICK + bh * pick_row * pick_row, pick_row, 64, PRED=-1, KIND=2, GATHER=False,
             EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
