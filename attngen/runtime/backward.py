@@ -25,7 +25,7 @@ DKDV_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (32, 128, 4, 3), (64, 128, 8, 2
 DQ_CONFIGS = [(64, 64, 4, 2), (128, 32, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2),
               (128, 64, 8, 3), (64, 64, 4, 3)]
 _TUNED: dict = {}
-# (pass, config) → first line of the error of a configuration that did not build or run
+# (pass, config) → first and last lines of the error of a configuration that did not build or run
 FAILURES: dict = {}
 # (pattern text, pass, M, N) → {config: median ms}, and (pattern text, M, N) → the chosen
 # (dK/dV, dQ) configs: what the tuning saw, for the benchmark's report
@@ -66,7 +66,10 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
             ms = triton.testing.do_bench(lambda: _phase(
                 kernel, phase, cfg, q, k, v, lse, dout, None, doc_ids, *bufs), warmup=3, rep=20)
         except Exception as e:  # a configuration this device or compiler cannot build
-            FAILURES[phase, c] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+            lines = str(e).strip().splitlines() or [""]
+            FAILURES[phase, c] = (f"{type(e).__name__}: {lines[0][:300]}"
+                                  + (f" … {' / '.join(lines[-3:])[-400:]}" if len(lines) > 1
+                                     else ""))
             continue
         TIMINGS.setdefault((str(kernel.pattern), phase, q.shape[2], k.shape[2]), {})[c] = ms
         if ms < best_ms:
