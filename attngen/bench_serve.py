@@ -48,17 +48,21 @@ def _meta(kind: str, **shape) -> dict:
 # -- backward ---------------------------------------------------------------------------------
 def backward(patterns: list[str] | None = None, lengths: list[int] | None = None,
              heads: int = 32, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
-             repeats: int = 10, check_n: int = 1024, log=print) -> dict:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+             repeats: int = 10, check_n: int = 1024, check: list[str] | None = None,
+             log=print) -> dict:
+    """check: the patterns whose gradients are compared with an fp32 reference (default:
+    every pattern timed)."""
+    import importlib
 
-    from attngen.runtime import backward as bwd
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if not torch.cuda.is_available():
         raise RuntimeError("attngen bench --backward needs a CUDA GPU")
+    bwd = importlib.import_module("attngen.runtime.backward")
     device = torch.device("cuda")
     patterns = patterns or BACKWARD_PATTERNS
     rows: list[dict] = []
-    for text in patterns:  # accuracy first, at a size where the fp32 reference fits
+    for text in check or patterns:  # accuracy first, at a size where the fp32 reference fits
         rows.append({"pattern": text, "N": check_n, "check": "max |grad - fp32 grad| over "
                      "dq, dk, dv", **_grad_errors(attngen.parse(text), check_n, head_dim,
                                                    dtype)})
@@ -169,12 +173,13 @@ def decode(patterns: list[str] | None = None, lengths: list[int] | None = None, 
            heads: int = 32, kv_heads: int = 8, head_dim: int = 128, queries: int = 1,
            page: int = 64, dtype: torch.dtype = torch.bfloat16, repeats: int = 50,
            log=print) -> dict:
-    from torch.nn.attention.flex_attention import create_block_mask
+    import importlib
 
-    from attngen.runtime import decode as dec
+    from torch.nn.attention.flex_attention import create_block_mask
 
     if not torch.cuda.is_available():
         raise RuntimeError("attngen bench --decode needs a CUDA GPU")
+    dec = importlib.import_module("attngen.runtime.decode")  # the module, not the function
     device = torch.device("cuda")
     patterns = patterns or DECODE_PATTERNS
     rows: list[dict] = []

@@ -297,7 +297,8 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
     if args.backward:
         result = bench_serve.backward(args.patterns, args.lengths, heads=args.heads,
-                                      head_dim=args.head_dim, repeats=args.repeats, log=log)
+                                      head_dim=args.head_dim, repeats=args.repeats,
+                                      check=args.check, log=log)
     else:
         result = bench_serve.decode(args.patterns, args.lengths, batch=args.batch,
                                     heads=args.heads, kv_heads=args.kv_heads,
@@ -459,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "contiguous and paged (default: causal, window, A-shape, a kv-head "
                       "mixture; cache 131072, B=8, 32 query heads, 8 kv heads); reports "
                       "bandwidth on the bytes each pattern needs")
+    ben.add_argument("--check", nargs="+", default=None, help="--backward: patterns whose "
+                     "gradients are checked against fp32 (default: all)")
     ben.add_argument("--batch", type=int, default=8, help="--decode: batch rows")
     ben.add_argument("--kv-heads", type=int, default=8, help="--decode: kv heads")
     ben.add_argument("--queries", type=int, default=1, help="--decode: queries per row")

@@ -16,14 +16,15 @@ if TYPE_CHECKING:
     from attngen.runtime.kernel import Config, Kernel
 
 # (BLOCK_M, BLOCK_N, warps, stages). The interpreter's small blocks; on the GPU a search
-# space per pass, the first entry used without $ATTNGEN_AUTOTUNE. dK/dV keeps a BLOCK_N
-# tile of K, V, dK, dV and streams query blocks: narrow BLOCK_M, wide BLOCK_N; dQ the
-# reverse (the shapes of Triton's fused-attention tutorial).
+# space per pass, the first entry used without $ATTNGEN_AUTOTUNE (the best on the H100 at
+# head_dim 128, docs/backward.md). dK/dV keeps a BLOCK_N tile of K, V, dK, dV (fp32) and
+# streams query blocks; dQ keeps BLOCK_M rows of Q, dO, dQ and streams kv blocks. A
+# BLOCK_N of 128 with 4 warps spills (measured 6x slower): 8 warps there.
 INTERPRETER_CONFIG = (32, 32, 1, 1)
-DKDV_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (32, 128, 4, 3), (64, 128, 8, 2),
-                (64, 128, 8, 3), (64, 64, 4, 3)]
-DQ_CONFIGS = [(64, 64, 4, 2), (128, 32, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2),
-              (128, 64, 8, 3), (64, 64, 4, 3)]
+DKDV_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2),
+                (32, 64, 4, 3), (64, 64, 8, 2)]
+DQ_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2),
+              (128, 128, 8, 2)]
 _TUNED: dict = {}
 # (pass, config) → first and last lines of the error of a configuration that did not build or run
 FAILURES: dict = {}
@@ -62,7 +63,7 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
         if max(cfg.block_m, cfg.block_n) * (1 << (D - 1).bit_length()) > 128 * 256:
             continue
         try:
-            bufs = _buffers(q, k, v, out, dout, None)
+            bufs = _buffers(kernel, q, k, v, out, dout, None)
             ms = triton.testing.do_bench(lambda: _phase(
                 kernel, phase, cfg, q, k, v, lse, dout, None, doc_ids, *bufs), warmup=3, rep=20)
         except Exception as e:  # a configuration this device or compiler cannot build
@@ -87,22 +88,33 @@ def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous()
                           for t in (q, k, v, out, dout))
     cfg_kv, cfg_q = config or configs(kernel, q, k, v, out, lse, dout, doc_ids)
-    dq, dk, dv, delta = _buffers(q, k, v, out, dout, dlse)
+    dq, dk, dv, delta = _buffers(kernel, q, k, v, out, dout, dlse)
     _phase(kernel, "dkdv", cfg_kv, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
     _phase(kernel, "dq", cfg_q, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _buffers(q, k, v, out, dout, dlse):
-    """fp32 gradient buffers (every pass adds its terms, the result is rounded once) and
-    Delta = rowsum(dO·O) (− dLSE)."""
+def _buffers(kernel, q, k, v, out, dout, dlse):
+    """Gradient buffers and Delta = rowsum(dO·O) (− dLSE). The first pass stores every row;
+    with later passes adding terms the buffers are fp32 (the result is rounded once), with
+    one pass they are the inputs' dtype. Under the interpreter they start as NaN, so a row
+    no pass wrote shows."""
     delta = (dout.float() * out.float()).sum(-1)
     if dlse is not None:
         delta = delta - dlse.float()
-    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-    dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
-    dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
-    return dq, dk, dv, delta.contiguous()
+    several = _passes(kernel) > 1
+
+    def buffer(t):
+        dtype = torch.float32 if several else t.dtype
+        if interpreting():
+            return torch.full(t.shape, float("nan"), device=t.device, dtype=dtype)
+        return torch.empty(t.shape, device=t.device, dtype=dtype)
+
+    return buffer(q), buffer(k), buffer(v), delta.contiguous()
+
+
+def _passes(kernel) -> int:
+    return int(any(g.identity for g in kernel.spec.groups)) + len(kernel.spec.periods)
 
 
 def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta):
@@ -125,6 +137,7 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
                dout.stride(2))
     common = (q, k, v, dout, lse, delta)
+    first = True  # the first launch stores, later ones add (ACCUMULATE)
     if phase == "dkdv":
         kv_strides = strides + (dk.stride(0), dk.stride(1), dk.stride(2))
         if any(g.identity for g in kernel.spec.groups):
@@ -132,24 +145,28 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
             tabt_off, tabt_idx = transpose_csr(tab_off, tab_idx, KB)
             mod.attn_bwd_dkdv[(KB, B * HKV)](*common, dk, dv, head_group, tabt_off, tabt_idx,
                                              doc, *kv_strides, H, HKV, M, N, KB, sm_scale, D,
-                                             **shape)
+                                             ACCUMULATE=False, **shape)
+            first = False
         for s in kernel.spec.periods:  # residue classes mod s: about M/s queries, N/s keys
             getattr(mod, f"attn_bwd_dkdv_mod{s}")[
                 (s * _cdiv(_cdiv(N, s), cfg.block_n), B * HKV)](
                 *common, dk, dv, head_group, doc, *kv_strides, H, HKV, M, N, sm_scale, D,
-                **shape)
+                ACCUMULATE=not first, **shape)
+            first = False
         return
     q_strides = strides + (dq.stride(0), dq.stride(1), dq.stride(2))
     if any(g.identity for g in kernel.spec.groups):
         tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
         mod.attn_bwd_dq[(QB, B * H)](*common, dq, head_group, tab_off, tab_idx, doc,
                                      *q_strides, H, HKV, M, N, QB, sm_scale, D,
-                                     EVEN_N=N % cfg.block_n == 0, **shape)
+                                     EVEN_N=N % cfg.block_n == 0, ACCUMULATE=False, **shape)
+        first = False
     for s in kernel.spec.periods:
         even_n = N % s == 0 and (N // s) % cfg.block_n == 0
         getattr(mod, f"attn_bwd_dq_mod{s}")[(s * _cdiv(_cdiv(M, s), cfg.block_m), B * H)](
             *common, dq, head_group, doc, *q_strides, H, HKV, M, N, sm_scale, D,
-            EVEN_N=even_n, **shape)
+            EVEN_N=even_n, ACCUMULATE=not first, **shape)
+        first = False
 
 
 def _cdiv(a: int, b: int) -> int:

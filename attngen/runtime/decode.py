@@ -28,8 +28,7 @@ INTERPRETER_CONFIG = DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0)
 # GPU search space (first one without $ATTNGEN_AUTOTUNE): a bandwidth-bound loop, so few
 # warps, deep pipelines, and enough splits to keep every SM streaming.
 GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfig(64, 4, 3, 16),
-               DecodeConfig(128, 4, 3, 4), DecodeConfig(128, 8, 3, 8), DecodeConfig(64, 4, 2, 2),
-               DecodeConfig(32, 4, 4, 8)]
+               DecodeConfig(128, 4, 3, 4), DecodeConfig(128, 8, 3, 8), DecodeConfig(32, 4, 4, 8)]
 
 _TUNED: dict = {}
 
