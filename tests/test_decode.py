@@ -140,3 +140,18 @@ def test_splits_share_only_the_needed_blocks():
     pattern = "causal & (sink(4) | local(40))"
     outs = [attngen.decode(q, k, v, lens, pattern, splits=s) for s in (1, 2, 3, 5, 9)]
     assert all((o - outs[0]).abs().max() <= 1e-5 for o in outs[1:])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_fused_merge_equals_the_merge_kernel_and_rearms_its_counters():
+    from attngen.runtime.decode import DecodeConfig, run
+
+    q, k, v, lens = _case([70, 45], 4, 2, 2)
+    kern = attngen.compile("causal & (sink(4) | local(30))", head_dim=D, dtype=q.dtype,
+                           heads=4, kv_heads=2, device="cpu")
+    fused = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, True))
+    counters = kern.tables["decode-count", "cpu"]
+    assert counters.abs().sum() == 0  # zero again: ready for the next call
+    again = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, True))
+    two = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, False))
+    assert torch.equal(fused, again) and (fused - two).abs().max() <= 1e-6

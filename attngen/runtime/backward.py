@@ -16,15 +16,14 @@ if TYPE_CHECKING:
     from attngen.runtime.kernel import Config, Kernel
 
 # (BLOCK_M, BLOCK_N, warps, stages). The interpreter's small blocks; on the GPU a search
-# space per pass, the first entry used without $ATTNGEN_AUTOTUNE (the best on the H100 at
-# head_dim 128, docs/backward.md). dK/dV keeps a BLOCK_N tile of K, V, dK, dV (fp32) and
-# streams query blocks; dQ keeps BLOCK_M rows of Q, dO, dQ and streams kv blocks. A
-# BLOCK_N of 128 with 4 warps spills (measured 6x slower): 8 warps there.
+# space per pass, the first entry used without $ATTNGEN_AUTOTUNE: the configurations that
+# won somewhere in the H100 sweep at head_dim 128 (docs/backward.md lists all it timed).
+# dK/dV keeps a BLOCK_N tile of K, V, dK, dV (fp32) and streams query blocks; dQ keeps
+# BLOCK_M rows of Q, dO, dQ and streams kv blocks. A BLOCK_N of 128 with 4 warps spills
+# (measured 3-6x slower): 8 warps there.
 INTERPRETER_CONFIG = (32, 32, 1, 1)
-DKDV_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2),
-                (32, 64, 4, 3), (64, 64, 8, 2)]
-DQ_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2),
-              (128, 128, 8, 2)]
+DKDV_CONFIGS = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]
+DQ_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2)]
 _TUNED: dict = {}
 # (pass, config) → first and last lines of the error of a configuration that did not build or run
 FAILURES: dict = {}
@@ -99,9 +98,14 @@ def _buffers(kernel, q, k, v, out, dout, dlse):
     with later passes adding terms the buffers are fp32 (the result is rounded once), with
     one pass they are the inputs' dtype. Under the interpreter they start as NaN, so a row
     no pass wrote shows."""
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
+    B, H, M, D = q.shape
+    delta = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
+    dlse = delta if dlse is None else dlse.float().contiguous()
+    block = 32 if interpreting() else 64
+    module(kernel, "backward").attn_bwd_delta[(-(-M // block), B * H)](
+        out, dout, dlse, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
+        dout.stride(1), dout.stride(2), H, M, D, HEAD_DIM=1 << (D - 1).bit_length(),
+        BLOCK_M=block, HAS_DLSE=dlse is not delta)
     several = _passes(kernel) > 1
 
     def buffer(t):
@@ -110,7 +114,7 @@ def _buffers(kernel, q, k, v, out, dout, dlse):
             return torch.full(t.shape, float("nan"), device=t.device, dtype=dtype)
         return torch.empty(t.shape, device=t.device, dtype=dtype)
 
-    return buffer(q), buffer(k), buffer(v), delta.contiguous()
+    return buffer(q), buffer(k), buffer(v), delta
 
 
 def _passes(kernel) -> int:

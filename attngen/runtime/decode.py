@@ -22,13 +22,15 @@ class DecodeConfig:
     warps: int
     stages: int
     waves: int  # splits are chosen to give about waves · SMs programs
+    fused: bool = True  # the last split merges (one launch), else a merge kernel
 
 
 INTERPRETER_CONFIG = DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0)
 # GPU search space (first one without $ATTNGEN_AUTOTUNE): a bandwidth-bound loop, so few
 # warps, deep pipelines, and enough splits to keep every SM streaming.
-GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfig(64, 4, 3, 16),
-               DecodeConfig(128, 4, 3, 4), DecodeConfig(128, 8, 3, 8), DecodeConfig(32, 4, 4, 8)]
+GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfig(32, 4, 4, 8),
+               DecodeConfig(128, 4, 3, 4), DecodeConfig(64, 4, 3, 4, False),
+               DecodeConfig(32, 4, 4, 8, False)]
 
 _TUNED: dict = {}
 
@@ -100,19 +102,31 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
         stride_pb = pages.stride(0)
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
     mod = module(kernel, "decode")
-    mod.attn_decode[(splits, B * HKV, row_blocks)](
-        q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), stride_pb,
-        H, HKV, M, splits, sm_scale, D, HEAD_DIM=tile_d, BLOCK_R=block_r,
-        BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d, num_warps=cfg.warps,
-        num_stages=cfg.stages)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
-    mod.attn_decode_merge[(B * HKV, row_blocks)](
-        acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
-        splits, D, HEAD_DIM=tile_d, BLOCK_R=block_r, num_warps=4)
+    count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
+    mod.attn_decode[(splits, B * HKV, row_blocks)](
+        q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
+        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), stride_pb,
+        out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
+        HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
+        FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
+    if not cfg.fused:
+        mod.attn_decode_merge[(B * HKV, row_blocks)](
+            acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
+            splits, D, HEAD_DIM=tile_d, BLOCK_R=block_r, num_warps=4)
     return (out, lse) if return_lse else out
+
+
+def _counters(kernel, device, n: int) -> torch.Tensor:
+    """The fused merge's ticket counters (int32, zero between calls: the merging program
+    re-arms its own), kept per kernel and device. One decode at a time per kernel and
+    device: two concurrent ones (two streams) would share the counters."""
+    key = ("decode-count", str(device))
+    if key not in kernel.tables or kernel.tables[key].numel() < n:
+        kernel.tables[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return kernel.tables[key]
 
 
 def supported(spec, heads: int, kv_heads: int) -> bool:

@@ -45,6 +45,30 @@ def _lse2(lse):
 
 
 @triton.jit
+def attn_bwd_delta(O, DO, DLSE, DELTA, stride_ob, stride_oh, stride_om, stride_dob,
+                   stride_doh, stride_dom, H, M, D, HEAD_DIM: tl.constexpr,
+                   BLOCK_M: tl.constexpr, HAS_DLSE: tl.constexpr):
+    """Delta = rowsum(dO·O) in fp32, minus dLSE when the returned LSE has a gradient:
+    fp32 [B, H, M], one read of O and dO."""
+    m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < M
+    mask = row_ok[:, None] & (offs_d < D)[None, :]
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * M + offs_m, mask=row_ok, other=0.0)
+    tl.store(DELTA + bh * M + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
 def _add_rows(ptrs, grad, mask, ACCUMULATE: tl.constexpr):
     """Stores a program's gradient rows: added to the fp32 buffer that earlier passes wrote
     (ACCUMULATE), or, by the first pass, stored in the buffer's dtype."""

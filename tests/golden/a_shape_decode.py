@@ -93,11 +93,12 @@ def _share(first, count, split_lo, split_hi):
 
 
 @triton.jit
-def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES,
+def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                stride_vb, stride_vh, stride_vn, stride_pb, H, HKV, M, SPLITS, sm_scale, D,
-                HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                PAGE: tl.constexpr, EVEN_D: tl.constexpr):
+                stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
+                H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
+                EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr):
     # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
     # ROWS = row blocks · BLOCK_R. Paged (PAGE > 0): stride_kb, stride_vb step one page.
     s = tl.program_id(0)
@@ -257,18 +258,28 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES,
         split_lo -= count_0_8
         split_hi -= count_0_8
     state = (s * tl.num_programs(1) + bhkv) * (tl.num_programs(2) * BLOCK_R) + offs_r
-    tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc)
-    tl.store(L + state, l_i)
-    tl.store(MX + state, m_i)
+    tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+    tl.store(L + state, l_i, mask=row_ok)
+    tl.store(MX + state, m_i, mask=row_ok)
+    if FUSED_MERGE:
+        # The last split to finish these rows merges them all (its ticket, an acq_rel
+        # atomic, makes the other splits' stores visible), then re-arms the counter.
+        slot = bhkv * tl.num_programs(2) + rb
+        ticket = tl.atomic_add(COUNT + slot, 1)
+        if ticket == SPLITS - 1:
+            _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
+                        tl.num_programs(1), tl.num_programs(2), H, HKV, M, SPLITS, D,
+                        HEAD_DIM, BLOCK_R)
+            tl.atomic_xchg(COUNT + slot, 0)
 
 
 @triton.jit
-def attn_decode_merge(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, H, HKV, M,
-                      SPLITS, D, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Exact log-sum-exp merge of the splits' states into OUT [B, H, M, D] (the query's
-    dtype) and LSE [B, H, M] (natural log); a row no split saw gives 0 and -inf."""
-    bhkv = tl.program_id(0)
-    rb = tl.program_id(1)
+def _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb, BHKV,
+                ROW_BLOCKS, H, HKV, M, SPLITS, D, HEAD_DIM: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """Exact log-sum-exp merge of the splits' states of one row block into OUT [B, H, M, D]
+    (the query's dtype) and LSE [B, H, M] (natural log); a row no split saw gives 0 and
+    -inf. Loads bypass L1 (.cg): the states were written by other programs."""
     b = bhkv // HKV
     hkv = bhkv % HKV
     G = H // HKV
@@ -277,22 +288,37 @@ def attn_decode_merge(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, H, 
     h = hkv * G + tl.minimum(offs_r // M, G - 1)
     i = offs_r % M
     offs_d = tl.arange(0, HEAD_DIM)
-    rows = tl.num_programs(1) * BLOCK_R
+    rows = ROW_BLOCKS * BLOCK_R
     m_all = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
     for sp in range(SPLITS):
-        m_all = tl.maximum(m_all, tl.load(MX + (sp * tl.num_programs(0) + bhkv) * rows + offs_r))
+        m_all = tl.maximum(m_all, tl.load(MX + (sp * BHKV + bhkv) * rows + offs_r,
+                                          mask=row_ok, other=float("-inf"),
+                                          cache_modifier=".cg"))
     m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
     acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
     for sp in range(SPLITS):
-        state = (sp * tl.num_programs(0) + bhkv) * rows + offs_r
-        w = tl.math.exp2(tl.load(MX + state) - m_safe)  # a split that saw nothing: 0
-        total += tl.load(L + state) * w
-        acc += tl.load(ACC + state[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
+        state = (sp * BHKV + bhkv) * rows + offs_r
+        # a split that saw nothing has m = -inf: weight 0
+        w = tl.math.exp2(tl.load(MX + state, mask=row_ok, other=float("-inf"),
+                                 cache_modifier=".cg") - m_safe)
+        total += tl.load(L + state, mask=row_ok, other=0.0, cache_modifier=".cg") * w
+        acc += tl.load(ACC + state[:, None] * HEAD_DIM + offs_d[None, :],
+                       mask=row_ok[:, None], other=0.0, cache_modifier=".cg") * w[:, None]
     empty = total == 0.0
     out = acc / tl.where(empty, 1.0, total)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_safe + tl.math.log2(total)) * 0.6931471805599453)  # ln 2
+    lse = tl.where(empty, float("-inf"),
+                   (m_safe + tl.math.log2(tl.where(empty, 1.0, total))) * 0.6931471805599453)  # ln 2
     tl.store(OUT + b * stride_ob + h[:, None] * stride_oh + i[:, None] * stride_om
              + offs_d[None, :], out.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
     tl.store(LSE + (b * H + h) * M + i, lse, mask=row_ok)
+
+
+@triton.jit
+def attn_decode_merge(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, H, HKV, M,
+                      SPLITS, D, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The merge as its own kernel: program (batch · kv head, row block)."""
+    _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, tl.program_id(0),
+                tl.program_id(1), tl.num_programs(0), tl.num_programs(1), H, HKV, M, SPLITS,
+                D, HEAD_DIM, BLOCK_R)
