@@ -248,6 +248,9 @@ def decode(patterns: list[str] | None = None, lengths: list[int] | None = None, 
                     if cfg:
                         row["config"] = dict(cfg.__dict__, splits=dec._splits(
                             q, B * HKV, -(-N // cfg.block_n), cfg.waves))
+                    row["tuning"] = next((t for key, t in dec.TIMINGS.items()
+                                          if key[0] == kern.key and key[-1] ==
+                                          (True if name == "attngen" else page)), None)
                 if name == "flex":
                     row["note"] = f"block mask built in {build_s:.3f} s"
                 rows.append(row)

@@ -33,6 +33,7 @@ GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfi
                DecodeConfig(32, 4, 4, 8, False)]
 
 _TUNED: dict = {}
+TIMINGS: dict = {}  # shape bucket → {config: ms} of its tuning (for the benchmark's report)
 
 
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -175,8 +176,10 @@ def _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max) -> 
                 ms = triton.testing.do_bench(lambda: _launch(
                     kernel, q, k_cache, v_cache, lengths, scale, False, splits, block_table,
                     cfg), warmup=5, rep=25)
-            except Exception:  # a configuration this device or compiler cannot build
+            except Exception as e:  # a configuration this device or compiler cannot build
+                TIMINGS.setdefault(bucket, {})[str(cfg)] = f"{type(e).__name__}: {e}"[:300]
                 continue
+            TIMINGS.setdefault(bucket, {})[str(cfg)] = ms
             if ms < best_ms:
                 best, best_ms = cfg, ms
         _TUNED[bucket] = best
