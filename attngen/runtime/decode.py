@@ -167,10 +167,7 @@ def _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max) -> 
         import triton.testing
 
         best, best_ms = GPU_CONFIGS[0], float("inf")
-        for cfg in GPU_CONFIGS:
-            if block_table is not None and k_cache.shape[2] % cfg.block_n and \
-                    cfg.block_n % k_cache.shape[2]:
-                continue
+        for cfg in GPU_CONFIGS:  # any page size works with any kv block
             splits = _splits(q, B * k_cache.shape[1], -(-n_max // cfg.block_n), cfg.waves)
             try:
                 ms = triton.testing.do_bench(lambda: _launch(
