@@ -10,6 +10,7 @@ and exits with status 2, never with a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -327,8 +328,38 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+    """`attngen bench --backward | --decode` (attngen.bench_serve)."""
+    from attngen import bench_serve
+
+    partial = Path(args.out + ".rows.jsonl")  # each row as it comes: survives a cut-off run
+    partial.unlink(missing_ok=True)
+
+    def log(row: dict) -> None:
+        print({k: v for k, v in row.items() if k not in ("times_ms", "tuning")}, flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    if args.backward:
+        result = bench_serve.backward(args.patterns, args.lengths, heads=args.heads,
+                                      head_dim=args.head_dim, repeats=args.repeats,
+                                      check=args.check, log=log)
+    else:
+        result = bench_serve.decode(args.patterns, args.lengths, batch=args.batch,
+                                    heads=args.heads, kv_heads=args.kv_heads,
+                                    head_dim=args.head_dim, queries=args.queries,
+                                    page=args.page, repeats=args.repeats, log=log)
+    bench_serve.save(result, args.out, args.md)
+    print(bench_serve.markdown(result))
+    print(f"wrote {args.out}" + (f" and {args.md}" if args.md else ""))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from attngen import bench
+
+    if args.backward or args.decode:
+        return _bench_serve(args)
 
     result = bench.bench(args.patterns, args.lengths, heads=args.heads, head_dim=args.head_dim,
                          repeats=args.repeats, check_max_n=args.check_max_n,
@@ -458,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "with a block mask built from the same pattern, and SDPA causal "
                           "(cuDNN, FlashAttention-2) in one process; median of --repeats runs. "
                           "Writes JSON and a markdown table."),
-        epilog="example:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md")
+        epilog="examples:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md\n"
+               "  attngen bench --backward --lengths 32768 --out bwd.json --md bwd.md\n"
+               "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md")
     ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
                      "local, A-shape, local+strided, dilated, strided, fixed, power, radial)")
     ben.add_argument("--lengths", nargs="+", type=int, default=None)
@@ -472,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "instead of tensor descriptors, and both")
     ben.add_argument("--out", default="bench.json")
     ben.add_argument("--md", default=None)
+    mode = ben.add_mutually_exclusive_group()
+    mode.add_argument("--backward", action="store_true", help="time forward + backward "
+                      "(default patterns: causal, local, A-shape, local+strided; length 32768)")
+    mode.add_argument("--decode", action="store_true", help="time decode against a KV cache, "
+                      "contiguous and paged (default: causal, window, A-shape, a kv-head "
+                      "mixture; cache 131072, B=8, 32 query heads, 8 kv heads); reports "
+                      "bandwidth on the bytes each pattern needs")
+    ben.add_argument("--check", nargs="+", default=None, help="--backward: patterns whose "
+                     "gradients are checked against fp32 (default: all)")
+    ben.add_argument("--batch", type=int, default=8, help="--decode: batch rows")
+    ben.add_argument("--kv-heads", type=int, default=8, help="--decode: kv heads")
+    ben.add_argument("--queries", type=int, default=1, help="--decode: queries per row")
+    ben.add_argument("--page", type=int, default=64, help="--decode: keys per cache page")
     ben.set_defaults(run=cmd_bench)
 
     cac = subs.add_parser(

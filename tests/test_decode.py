@@ -82,3 +82,76 @@ def test_split_kernel_covers_ranges_plans_with_one_group_per_kv_head():
     assert supported(spec("kv_heads { 0: local(8); *: causal }", 4, 2), 4, 2)
     assert not supported(spec("heads { 0: local(8); *: causal }", 4, 2), 4, 2)
     assert not supported(spec("causal & power(4)", 4, 2), 4, 2)
+
+
+def _paged(cache, lengths, page, seed=0):
+    """The rows of a contiguous cache [B, Hkv, N_max, D] scattered over shuffled pages of
+    `page` keys: (pages [P, Hkv, page, D], block_table [B, max_pages])."""
+    B, HKV, n_max, _ = cache.shape
+    per_row = -(-n_max // page)
+    order = torch.randperm(B * per_row + 3, generator=torch.Generator().manual_seed(seed))
+    pages = torch.full((B * per_row + 3, HKV, page, cache.shape[3]), float("nan"))
+    table = order[:B * per_row].reshape(B, per_row)
+    for b in range(B):
+        for p in range(-(-int(lengths[b]) // page)):
+            chunk = cache[b, :, p * page:(p + 1) * page]
+            pages[table[b, p], :, :chunk.shape[1]] = chunk
+    return pages, table.to(torch.int32)
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pattern, page, Hq, Hkv, M", [
+    ("causal & (sink(4) | local(20))", 16, 4, 1, 1),       # pages smaller than a kv block
+    ("causal", 64, 2, 2, 3),                                # a kv block inside one page
+    ("local(7)", 8, 8, 2, 2),
+    ("causal & power(4)", 16, 2, 1, 2),                     # table: gathered, then per row
+])
+def test_paged_cache_equals_contiguous(pattern, page, Hq, Hkv, M):
+    """A block table over shuffled pages (unused slots NaN) gives the contiguous result."""
+    q, k, v, lens = _case([70, 9, 33], Hq, Hkv, M)
+    want, want_lse = attngen.decode(q, k, v, lens, pattern, return_lse=True)
+    k_pages, table = _paged(k, lens, page)
+    v_pages, _ = _paged(v, lens, page)
+    got, got_lse = attngen.decode(q, k_pages, v_pages, lens, pattern, return_lse=True,
+                                  block_table=table)
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max() <= 1e-5
+    assert torch.equal(torch.isinf(got_lse), torch.isinf(want_lse))
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_many_rows_per_kv_head_use_several_row_blocks():
+    """G · M = 4 · 20 = 80 rows per kv head: more than one program's rows (64)."""
+    lengths = [45, 101]
+    q, k, v, lens = _case(lengths, 4, 1, 20)
+    out = attngen.decode(q, k, v, lens, "causal & (sink(4) | local(30))")
+    for b, n in enumerate(lengths):
+        full_q = torch.cat([torch.randn(1, 4, n - 20, D), q[b:b + 1]], dim=2)
+        want = reference(full_q, k[b:b + 1, :, :n], v[b:b + 1, :, :n],
+                         "causal & (sink(4) | local(30))")
+        assert (out[b] - want[0, :, -20:]).abs().max() <= 1e-4
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_splits_share_only_the_needed_blocks():
+    """More splits than a window has blocks: the splits share the window (and the sink),
+    every one of them merges exactly, whatever their number."""
+    q, k, v, lens = _case([300, 257], 2, 1, 1)
+    pattern = "causal & (sink(4) | local(40))"
+    outs = [attngen.decode(q, k, v, lens, pattern, splits=s) for s in (1, 2, 3, 5, 9)]
+    assert all((o - outs[0]).abs().max() <= 1e-5 for o in outs[1:])
+
+
+@pytest.mark.usefixtures("interpreter")
+def test_fused_merge_equals_the_merge_kernel_and_rearms_its_counters():
+    from attngen.runtime.decode import DecodeConfig, run
+
+    q, k, v, lens = _case([70, 45], 4, 2, 2)
+    kern = attngen.compile("causal & (sink(4) | local(30))", head_dim=D, dtype=q.dtype,
+                           heads=4, kv_heads=2, device="cpu")
+    fused = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, True))
+    counters = kern.tables["decode-count", "cpu"]
+    assert counters.abs().sum() == 0  # zero again: ready for the next call
+    again = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, True))
+    two = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, False))
+    assert torch.equal(fused, again) and (fused - two).abs().max() <= 1e-6

@@ -1,5 +1,6 @@
 """The launch of a compiled kernel's generated backward: dQ, dK, dV from the forward's O
-and LSE (the module comes from runtime.derived)."""
+and LSE (the module comes from runtime.derived). The dK/dV pass and the dQ pass are tuned
+apart: they hold different tiles (dK, dV per kv block; dQ per query block)."""
 from __future__ import annotations
 
 import math
@@ -8,44 +9,129 @@ from typing import TYPE_CHECKING
 import torch
 
 from attngen.runtime.derived import module
-from attngen.runtime.env import interpreting
+from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import transpose_csr
 
 if TYPE_CHECKING:
     from attngen.runtime.kernel import Config, Kernel
 
-# (BLOCK_M, BLOCK_N, warps, stages): the interpreter's small blocks; on the GPU a size that
-# keeps dK, dV, K, V and a Q/dO tile in registers at head_dim 128 (not tuned yet).
+# (BLOCK_M, BLOCK_N, warps, stages). The interpreter's small blocks; on the GPU a search
+# space per pass, the first entry used without $ATTNGEN_AUTOTUNE: the configurations that
+# won somewhere in the H100 sweep at head_dim 128 (docs/backward.md lists all it timed).
+# dK/dV keeps a BLOCK_N tile of K, V, dK, dV (fp32) and streams query blocks; dQ keeps
+# BLOCK_M rows of Q, dO, dQ and streams kv blocks. A BLOCK_N of 128 with 4 warps spills
+# (measured 3-6x slower): 8 warps there.
 INTERPRETER_CONFIG = (32, 32, 1, 1)
-GPU_CONFIG = (64, 64, 4, 2)
+DKDV_CONFIGS = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]
+DQ_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2)]
+_TUNED: dict = {}
+# (pass, config) → first and last lines of the error of a configuration that did not build or run
+FAILURES: dict = {}
+# (pattern text, pass, M, N) → {config: median ms}, and (pattern text, M, N) → the chosen
+# (dK/dV, dQ) configs: what the tuning saw, for the benchmark's report
+TIMINGS: dict = {}
+CHOSEN: dict = {}
 
 
-def config(q: torch.Tensor) -> Config:
+def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids) -> tuple[Config, Config]:
+    """(dK/dV config, dQ config) for this shape: timed once per shape bucket and process."""
     from attngen.runtime.kernel import Config
 
-    return Config(*(INTERPRETER_CONFIG if interpreting() or not q.is_cuda else GPU_CONFIG))
+    if interpreting() or not q.is_cuda:
+        return Config(*INTERPRETER_CONFIG), Config(*INTERPRETER_CONFIG)
+    if not autotune():
+        return Config(*DKDV_CONFIGS[0]), Config(*DQ_CONFIGS[0])
+    bucket = (kernel.key, q.shape[0], q.shape[2], k.shape[2])
+    if bucket not in _TUNED:
+        _TUNED[bucket] = tuple(_tune(kernel, phase, cands, q, k, v, out, lse, dout, doc_ids)
+                               for phase, cands in (("dkdv", DKDV_CONFIGS),
+                                                    ("dq", DQ_CONFIGS)))
+        CHOSEN[str(kernel.pattern), q.shape[2], k.shape[2]] = _TUNED[bucket]
+    return _TUNED[bucket]
 
 
-def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids):
+def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
+    import triton.testing
+
+    from attngen.runtime.kernel import Config
+
+    D = q.shape[3]
+    best, best_ms = None, float("inf")
+    for c in candidates:
+        cfg = Config(*c)
+        if max(cfg.block_m, cfg.block_n) * (1 << (D - 1).bit_length()) > 128 * 256:
+            continue
+        try:
+            bufs = _buffers(kernel, q, k, v, out, dout, None)
+            ms = triton.testing.do_bench(lambda: _phase(
+                kernel, phase, cfg, q, k, v, lse, dout, None, doc_ids, *bufs), warmup=3, rep=20)
+        except Exception as e:  # a configuration this device or compiler cannot build
+            lines = str(e).strip().splitlines() or [""]
+            FAILURES[phase, c] = (f"{type(e).__name__}: {lines[0][:300]}"
+                                  + (f" … {' / '.join(lines[-3:])[-400:]}" if len(lines) > 1
+                                     else ""))
+            continue
+        TIMINGS.setdefault((str(kernel.pattern), phase, q.shape[2], k.shape[2]), {})[c] = ms
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        raise RuntimeError(f"no backward {phase} configuration compiled for "
+                           f"`{kernel.pattern}`: {FAILURES}")
+    return best
+
+
+def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
+           config: tuple[Config, Config] | None = None):
     """(dq, dk, dv) in the inputs' dtypes. dlse: the gradient of the returned LSE or None;
     since d LSE_i / d S_ij = P_ij it only shifts Delta."""
-    mod = module(kernel, "backward")
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous()
                           for t in (q, k, v, out, dout))
+    cfg_kv, cfg_q = config or configs(kernel, q, k, v, out, lse, dout, doc_ids)
+    dq, dk, dv, delta = _buffers(kernel, q, k, v, out, dout, dlse)
+    _phase(kernel, "dkdv", cfg_kv, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
+    _phase(kernel, "dq", cfg_q, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _buffers(kernel, q, k, v, out, dout, dlse):
+    """Gradient buffers and Delta = rowsum(dO·O) (− dLSE). The first pass stores every row;
+    with later passes adding terms the buffers are fp32 (the result is rounded once), with
+    one pass they are the inputs' dtype. Under the interpreter they start as NaN, so a row
+    no pass wrote shows."""
+    B, H, M, D = q.shape
+    delta = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
+    dlse = delta if dlse is None else dlse.float().contiguous()
+    block = 32 if interpreting() else 64
+    module(kernel, "backward").attn_bwd_delta[(-(-M // block), B * H)](
+        out, dout, dlse, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0),
+        dout.stride(1), dout.stride(2), H, M, D, HEAD_DIM=1 << (D - 1).bit_length(),
+        BLOCK_M=block, HAS_DLSE=dlse is not delta)
+    several = _passes(kernel) > 1
+
+    def buffer(t):
+        dtype = torch.float32 if several else t.dtype
+        if interpreting():
+            return torch.full(t.shape, float("nan"), device=t.device, dtype=dtype)
+        return torch.empty(t.shape, device=t.device, dtype=dtype)
+
+    return buffer(q), buffer(k), buffer(v), delta
+
+
+def _passes(kernel) -> int:
+    return int(any(g.identity for g in kernel.spec.groups)) + len(kernel.spec.periods)
+
+
+def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta):
+    """Every launch of one pass ("dkdv" or "dq"): the identity-order part, then each class."""
+    mod = module(kernel, "backward")
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
-    cfg = config(q)
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = delta.contiguous()
-    # fp32 buffers: every pass adds its terms, the result is rounded once
-    dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-    dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
-    dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
-    head_group = torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device)
+    if str(q.device) not in kernel.tables:  # the head → group map, once per device
+        kernel.tables[str(q.device)] = torch.tensor(kernel.spec.head_group, dtype=torch.int32,
+                                                    device=q.device)
+    head_group = kernel.tables[str(q.device)]
     doc = (doc_ids.to(device=q.device, dtype=torch.int32) if doc_ids is not None
-           else torch.zeros(1, dtype=torch.int32, device=q.device))
+           else head_group[:1] * 0)
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
     QB, KB = -(-M // cfg.block_m), -(-N // cfg.block_n)
     tile_d = 1 << (D - 1).bit_length()
@@ -54,25 +140,37 @@ def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids):
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
                dout.stride(2))
-    kv_strides = strides + (dk.stride(0), dk.stride(1), dk.stride(2))
-    q_strides = strides + (dq.stride(0), dq.stride(1), dq.stride(2))
     common = (q, k, v, dout, lse, delta)
+    first = True  # the first launch stores, later ones add (ACCUMULATE)
+    if phase == "dkdv":
+        kv_strides = strides + (dk.stride(0), dk.stride(1), dk.stride(2))
+        if any(g.identity for g in kernel.spec.groups):
+            tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
+            tabt_off, tabt_idx = transpose_csr(tab_off, tab_idx, KB)
+            mod.attn_bwd_dkdv[(KB, B * HKV)](*common, dk, dv, head_group, tabt_off, tabt_idx,
+                                             doc, *kv_strides, H, HKV, M, N, KB, sm_scale, D,
+                                             ACCUMULATE=False, **shape)
+            first = False
+        for s in kernel.spec.periods:  # residue classes mod s: about M/s queries, N/s keys
+            getattr(mod, f"attn_bwd_dkdv_mod{s}")[
+                (s * _cdiv(_cdiv(N, s), cfg.block_n), B * HKV)](
+                *common, dk, dv, head_group, doc, *kv_strides, H, HKV, M, N, sm_scale, D,
+                ACCUMULATE=not first, **shape)
+            first = False
+        return
+    q_strides = strides + (dq.stride(0), dq.stride(1), dq.stride(2))
     if any(g.identity for g in kernel.spec.groups):
         tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
-        tabt_off, tabt_idx = transpose_csr(tab_off, tab_idx, KB)
-        mod.attn_bwd_dkdv[(KB, B * HKV)](*common, dk, dv, head_group, tabt_off, tabt_idx, doc,
-                                         *kv_strides, H, HKV, M, N, KB, sm_scale, D, **shape)
         mod.attn_bwd_dq[(QB, B * H)](*common, dq, head_group, tab_off, tab_idx, doc,
                                      *q_strides, H, HKV, M, N, QB, sm_scale, D,
-                                     EVEN_N=N % cfg.block_n == 0, **shape)
-    for s in kernel.spec.periods:  # residue classes mod s: about M/s queries, N/s keys
+                                     EVEN_N=N % cfg.block_n == 0, ACCUMULATE=False, **shape)
+        first = False
+    for s in kernel.spec.periods:
         even_n = N % s == 0 and (N // s) % cfg.block_n == 0
-        getattr(mod, f"attn_bwd_dkdv_mod{s}")[(s * _cdiv(_cdiv(N, s), cfg.block_n), B * HKV)](
-            *common, dk, dv, head_group, doc, *kv_strides, H, HKV, M, N, sm_scale, D, **shape)
         getattr(mod, f"attn_bwd_dq_mod{s}")[(s * _cdiv(_cdiv(M, s), cfg.block_m), B * H)](
             *common, dq, head_group, doc, *q_strides, H, HKV, M, N, sm_scale, D,
-            EVEN_N=even_n, **shape)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+            EVEN_N=even_n, ACCUMULATE=not first, **shape)
+        first = False
 
 
 def _cdiv(a: int, b: int) -> int:

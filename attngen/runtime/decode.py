@@ -1,61 +1,133 @@
-"""Decoding: a few queries per batch row against a KV cache with its own length per row,
-split over the keys (flash-decoding) and merged exactly by log-sum-exp."""
+"""Decoding: a few queries per batch row against a KV cache (contiguous or paged) with its own
+length per row, split over the kv blocks the pattern needs (flash-decoding) and merged
+exactly by log-sum-exp in a second kernel."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from attngen.ir.pattern import Pattern
 from attngen.runtime.derived import module
-from attngen.runtime.env import interpreting
+from attngen.runtime.env import autotune, interpreting
 
 INTERPRETER_BLOCK_N = 32
-GPU_BLOCK_N = 64
+MAX_BLOCK_R = 64  # rows (query heads of a kv head × queries) per program
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_n: int
+    warps: int
+    stages: int
+    waves: int  # splits are chosen to give about waves · SMs programs
+    fused: bool = True  # the last split merges (one launch), else a merge kernel
+
+
+INTERPRETER_CONFIG = DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0)
+# GPU search space (first one without $ATTNGEN_AUTOTUNE): a bandwidth-bound loop, so few
+# warps, deep pipelines, and enough splits to keep every SM streaming.
+GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfig(32, 4, 4, 8),
+               DecodeConfig(128, 4, 3, 4), DecodeConfig(64, 4, 3, 4, False),
+               DecodeConfig(32, 4, 4, 8, False)]
+
+_TUNED: dict = {}
+TIMINGS: dict = {}  # shape bucket → {config: ms} of its tuning (for the benchmark's report)
 
 
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
            lengths: torch.Tensor, pattern: Pattern | str, scale: float | None = None,
-           return_lse: bool = False, splits: int | None = None):
-    """Attention of q [B, Hq, M, D] (M small: the newest M positions of each row) against
-    caches k, v [B, Hkv, N_max, D] whose row b holds `lengths[b]` keys; the queries of row
-    b sit at positions lengths[b] − M … lengths[b] − 1. Equals the last M rows of a full
-    prefill with the same pattern. Reads only the kv blocks the pattern needs, each once
-    per kv head (the group's query heads share it), in `splits` parallel chunks."""
+           return_lse: bool = False, splits: int | None = None,
+           block_table: torch.Tensor | None = None):
+    """Attention of q [B, Hq, M, D] (M small: the newest M positions of each row) against a
+    KV cache whose row b holds `lengths[b]` keys; the queries of row b sit at positions
+    lengths[b] − M … lengths[b] − 1. Equals the last M rows of a full prefill with the same
+    pattern. Reads only the kv blocks the pattern needs, each once per kv head (the group's
+    query heads share it), in `splits` parallel chunks.
+
+    Caches: contiguous k, v [B, Hkv, N_max, D], or paged k, v [pages, Hkv, page, D] with
+    `block_table` [B, max_pages] (int; the page of keys p·page … of row b is
+    block_table[b, p], as in vLLM and FlashInfer)."""
     from attngen.runtime.api import compile
 
+    kernel = compile(pattern, head_dim=q.shape[3], dtype=q.dtype, heads=q.shape[1],
+                     kv_heads=k_cache.shape[1], device=q.device)
+    return run(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table)
+
+
+def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, splits=None,
+        block_table=None, config: DecodeConfig | None = None):
+    """`decode` with a compiled kernel (no compile lookup: the serving loop's call)."""
     B, H, M, D = q.shape
     HKV = k_cache.shape[1]
-    kernel = compile(pattern, head_dim=D, dtype=q.dtype, heads=H, kv_heads=HKV,
-                     device=q.device)
+    _check(q, k_cache, v_cache, lengths, block_table)
     lengths = lengths.to(device=q.device, dtype=torch.int32)
     if not supported(kernel.spec, H, HKV):
+        if block_table is not None:
+            k_cache, v_cache = _gather(k_cache, block_table), _gather(v_cache, block_table)
         return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous()
                            for t in (q, k_cache, v_cache))
-    G = H // HKV
-    block_r = max(16, 1 << (G * M - 1).bit_length())
-    block_n = INTERPRETER_BLOCK_N if interpreting() or not q.is_cuda else GPU_BLOCK_N
+    page = 0 if block_table is None else k_cache.shape[2]
+    n_max = k_cache.shape[2] if block_table is None else page * block_table.shape[1]
+    cfg = config or _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max)
     if splits is None:
-        splits = _splits(q, B * HKV, -(-k_cache.shape[2] // block_n))
+        splits = _splits(q, B * HKV, -(-n_max // cfg.block_n), cfg.waves)
+    return _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits,
+                   block_table, cfg)
+
+
+def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table, cfg):
+    B, H, M, D = q.shape
+    HKV = k_cache.shape[1]
+    G = H // HKV
+    block_r = min(MAX_BLOCK_R, max(16, 1 << (G * M - 1).bit_length()))
+    row_blocks = -(-G * M // block_r)
     tile_d = 1 << (D - 1).bit_length()
-    acc = torch.empty((splits, B, HKV, block_r, tile_d), device=q.device, dtype=torch.float32)
-    l_i = torch.empty((splits, B, HKV, block_r), device=q.device, dtype=torch.float32)
+    acc = torch.empty((splits, B * HKV, row_blocks * block_r, tile_d), device=q.device,
+                      dtype=torch.float32)
+    l_i = torch.empty((splits, B * HKV, row_blocks * block_r), device=q.device,
+                      dtype=torch.float32)
     m_i = torch.empty_like(l_i)
-    head_group = torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device)
-    doc = torch.zeros(1, dtype=torch.int32, device=q.device)
+    tabs = kernel.tables
+    if ("decode", str(q.device)) not in tabs:  # constant inputs, made once per device
+        tabs["decode", str(q.device)] = (
+            torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device),
+            torch.zeros(1, dtype=torch.int32, device=q.device))
+    head_group, zero = tabs["decode", str(q.device)]
+    if block_table is None:
+        pages, page, stride_pb = zero, 0, 0
+    else:
+        pages, page = block_table.to(device=q.device, dtype=torch.int32), k_cache.shape[2]
+        stride_pb = pages.stride(0)
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
-    module(kernel, "decode").attn_decode[(splits, B * HKV)](
-        q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, doc,
+    mod = module(kernel, "decode")
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
+    count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
+    mod.attn_decode[(splits, B * HKV, row_blocks)](
+        q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        H, HKV, M, splits, sm_scale, D, HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=block_n,
-        EVEN_D=D == tile_d)
-    out, lse = _merge(acc, l_i, m_i)
-    # rows r = head · M + query of each kv head → [B, H, M, D]
-    out = out[:, :, :G * M, :D].reshape(B, H, M, D).to(q.dtype)
-    lse = lse[:, :, :G * M].reshape(B, H, M)
+        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), stride_pb,
+        out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
+        HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
+        FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
+    if not cfg.fused:
+        mod.attn_decode_merge[(B * HKV, row_blocks)](
+            acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
+            splits, D, HEAD_DIM=tile_d, BLOCK_R=block_r, num_warps=4)
     return (out, lse) if return_lse else out
+
+
+def _counters(kernel, device, n: int) -> torch.Tensor:
+    """The fused merge's ticket counters (int32, zero between calls: the merging program
+    re-arms its own), kept per kernel and device. One decode at a time per kernel and
+    device: two concurrent ones (two streams) would share the counters."""
+    key = ("decode-count", str(device))
+    if key not in kernel.tables or kernel.tables[key].numel() < n:
+        kernel.tables[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return kernel.tables[key]
 
 
 def supported(spec, heads: int, kv_heads: int) -> bool:
@@ -66,24 +138,64 @@ def supported(spec, heads: int, kv_heads: int) -> bool:
     return same and all(p.strategy == "ranges" for g in spec.groups for p in g.parts)
 
 
-def _merge(acc, l_i, m_i):
-    """Exact log-sum-exp merge of the splits' unnormalised states (m_i in log2 units);
-    rows with no allowed key in any split give 0 and -inf."""
-    m_all = m_i.amax(0)
-    m_safe = torch.where(torch.isinf(m_all), 0.0, m_all)
-    w = torch.exp2(m_i - m_safe)  # a split that saw nothing has m = -inf: weight 0
-    total = (l_i * w).sum(0)
-    out = (acc * w[..., None]).sum(0) / torch.where(total == 0, 1.0, total)[..., None]
-    lse = torch.where(total == 0, -math.inf, (m_safe + torch.log2(total)) * math.log(2))
-    return out, lse
+def _check(q, k_cache, v_cache, lengths, block_table) -> None:
+    if k_cache.shape != v_cache.shape or k_cache.dim() != 4 or q.dim() != 4:
+        raise ValueError("q must be [B, Hq, M, D] and the caches equal-shaped 4-D tensors")
+    if q.shape[1] % k_cache.shape[1] or q.shape[3] != k_cache.shape[3]:
+        raise ValueError(f"q {list(q.shape)} does not fit the cache {list(k_cache.shape)}")
+    if lengths.shape != (q.shape[0],):
+        raise ValueError(f"lengths must hold one length per batch row ({q.shape[0]})")
+    if block_table is None:
+        if k_cache.shape[0] != q.shape[0]:
+            raise ValueError("a contiguous cache is [B, Hkv, N_max, D]; pass block_table "
+                             "with a paged cache [pages, Hkv, page, D]")
+    elif block_table.dim() != 2 or block_table.shape[0] != q.shape[0]:
+        raise ValueError("block_table must be [B, max_pages]")
 
 
-def _splits(q: torch.Tensor, programs: int, kv_blocks: int) -> int:
-    """Enough splits to give every SM about two programs, never more than the blocks."""
+def _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max) -> DecodeConfig:
+    """The interpreter's small blocks; on the GPU the fastest of GPU_CONFIGS for this shape
+    (timed once per shape bucket and process), or the first without $ATTNGEN_AUTOTUNE."""
+    if interpreting() or not q.is_cuda:
+        return INTERPRETER_CONFIG
+    if not autotune():
+        return GPU_CONFIGS[0]
+    B, H, M, D = q.shape
+    bucket = (kernel.key, B, k_cache.shape[1], M, 1 << (n_max - 1).bit_length(),
+              block_table is None or k_cache.shape[2])
+    if bucket not in _TUNED:
+        import triton.testing
+
+        best, best_ms = GPU_CONFIGS[0], float("inf")
+        for cfg in GPU_CONFIGS:  # any page size works with any kv block
+            splits = _splits(q, B * k_cache.shape[1], -(-n_max // cfg.block_n), cfg.waves)
+            try:
+                ms = triton.testing.do_bench(lambda: _launch(
+                    kernel, q, k_cache, v_cache, lengths, scale, False, splits, block_table,
+                    cfg), warmup=5, rep=25)
+            except Exception as e:  # a configuration this device or compiler cannot build
+                TIMINGS.setdefault(bucket, {})[str(cfg)] = f"{type(e).__name__}: {e}"[:300]
+                continue
+            TIMINGS.setdefault(bucket, {})[str(cfg)] = ms
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        _TUNED[bucket] = best
+    return _TUNED[bucket]
+
+
+def _splits(q: torch.Tensor, programs: int, kv_blocks: int, waves: int) -> int:
+    """About `waves` programs per SM, never more splits than cache blocks."""
     if interpreting() or not q.is_cuda:
         return min(3, kv_blocks)
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    return max(1, min(kv_blocks, -(-2 * sms // programs)))
+    return max(1, min(kv_blocks, -(-waves * sms // programs)))
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
+    """A paged cache [pages, Hkv, page, D] as contiguous rows [B, Hkv, max_pages·page, D]."""
+    pages = cache[block_table.long()]  # [B, max_pages, Hkv, page, D]
+    B, P, HKV, S, D = pages.shape
+    return pages.permute(0, 2, 1, 3, 4).reshape(B, HKV, P * S, D)
 
 
 def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse):

@@ -45,9 +45,44 @@ def _lse2(lse):
 
 
 @triton.jit
-def _add_rows(ptrs, grad, mask):
-    """Adds a program's gradient rows to the fp32 buffer (earlier passes' terms)."""
-    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + grad, mask=mask)
+def attn_bwd_delta(O, DO, DLSE, DELTA, stride_ob, stride_oh, stride_om, stride_dob,
+                   stride_doh, stride_dom, H, M, D, HEAD_DIM: tl.constexpr,
+                   BLOCK_M: tl.constexpr, HAS_DLSE: tl.constexpr):
+    """Delta = rowsum(dO·O) in fp32, minus dLSE when the returned LSE has a gradient:
+    fp32 [B, H, M], one read of O and dO."""
+    m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < M
+    mask = row_ok[:, None] & (offs_d < D)[None, :]
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
+                + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * M + offs_m, mask=row_ok, other=0.0)
+    tl.store(DELTA + bh * M + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _add_rows(ptrs, grad, mask, ACCUMULATE: tl.constexpr):
+    """Stores a program's gradient rows: added to the fp32 buffer that earlier passes wrote
+    (ACCUMULATE), or, by the first pass, stored in the buffer's dtype."""
+    if ACCUMULATE:
+        grad = grad + tl.load(ptrs, mask=mask, other=0.0)
+    tl.store(ptrs, grad.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _mask_t(qkT, q_pos, offs_n, k_ok, N, M, DOC, res, PRED: tl.constexpr):
+    """_mask for transposed scores [keys, queries]: disallowed and out-of-range keys -inf."""
+    if PRED == 0:
+        allowed = _allowed_0(q_pos[None, :], offs_n[:, None], N, M, DOC, res)
+    return tl.where(allowed & k_ok[:, None], qkT, float("-inf"))
 
 
 @triton.jit
@@ -59,7 +94,9 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
     """Adds the terms of query blocks start..stop-1 (or TABLE[start..stop-1]) to one kv
     block's dK, dV. Query rows are numbered 0..n_queries-1 along stride_qm (a residue class
     in permuted passes) at positions row + q_off. MASKED as in the forward's _attn_inner.
-    Keys past the end need no mask: their rows of dK, dV are never stored."""
+    Scores are computed transposed (Sᵀ = K·Qᵀ, keys × queries, as Triton's fused-attention
+    tutorial does), so Pᵀ and dSᵀ feed the dV and dK products without a layout change of
+    a computed tile. Keys past the end need no mask: their rows of dK, dV are never stored."""
     for i in range(start, stop):
         if FROM_TABLE:
             mb = tl.load(TABLE_ptr + i)
@@ -67,23 +104,22 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
             mb = i
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
-        io_mask = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q_ptr + offs_m[:, None] * stride_qm + offs_d[None, :], mask=io_mask,
-                    other=0.0)
-        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :], mask=io_mask,
-                     other=0.0)
+        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
+                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
         delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k))
+        qkT = tl.dot(k, qT)
         if MASKED == 1:
-            qk = _mask(qk, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
+            qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
         elif MASKED == 2:
             if (mb < full_lo) | (mb > full_hi):
-                qk = _mask(qk, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-        dv += tl.dot(tl.trans(p).to(do.dtype), do)
-        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+                qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
+        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+        dv += tl.dot(pT.to(do.dtype), do)
+        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     return dk, dv
 
 
@@ -127,8 +163,9 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
                   DOC, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                   stride_gb, stride_gh, stride_gn, H, HKV, M, N, KB, sm_scale, D,
-                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # DK and DV: fp32 [B, HKV, N, D] buffers sharing strides stride_g*
+                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  ACCUMULATE: tl.constexpr):
+    # DK and DV: [B, HKV, N, D] buffers sharing strides stride_g* (fp32 when ACCUMULATE)
     n = tl.program_id(0)
     bhkv = tl.program_id(1)
     b = bhkv // HKV
@@ -237,8 +274,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
                 BLOCK_M=BLOCK_M)
 
     g_off = b * stride_gb + hkv * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
-    _add_rows(DK + g_off, dk * sm_scale, kv_mask)
-    _add_rows(DV + g_off, dv, kv_mask)
+    _add_rows(DK + g_off, dk * sm_scale, kv_mask, ACCUMULATE)
+    _add_rows(DV + g_off, dv, kv_mask, ACCUMULATE)
 
 
 @triton.jit
@@ -247,8 +284,8 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, HEAD_GROUP, TAB_OFFSETS, TAB_INDICE
                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
                 stride_gb, stride_gh, stride_gm, H, HKV, M, N, QB, sm_scale, D,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                EVEN_N: tl.constexpr):
-    # DQ: an fp32 [B, H, M, D] buffer with strides stride_g*
+                EVEN_N: tl.constexpr, ACCUMULATE: tl.constexpr):
+    # DQ: a [B, H, M, D] buffer with strides stride_g* (fp32 when ACCUMULATE)
     m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -343,4 +380,4 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, HEAD_GROUP, TAB_OFFSETS, TAB_INDICE
             FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N)
 
     _add_rows(DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm
-              + offs_d[None, :], dq * sm_scale, io_mask)
+              + offs_d[None, :], dq * sm_scale, io_mask, ACCUMULATE)

@@ -38,75 +38,77 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 
 
 @triton.jit
-def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-                start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
-                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
-                EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
-    """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
-    the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
-    USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
-    engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
-    numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
-    predicate sees them through res (the class) and the original N and M."""
-    for i in range(start, stop):
-        if FROM_TABLE:
-            jb = tl.load(TABLE_ptr + i)
-        else:
-            jb = i
+def _decode_inner(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn, stride_vp,
+                  stride_vn, offs_d, d_ok, q_pos, start, stop, full_lo, full_hi, N, M, DOC,
+                  qk_scale, PRED: tl.constexpr, MASKED: tl.constexpr, PAGE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """The forward's online softmax (_attn_inner) over kv blocks start..stop-1, with key rows
+    addressed through the page table when PAGE > 0. MASKED as in _attn_inner."""
+    for jb in range(start, stop):
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_bounds = offs_n < n_keys
-        if USE_TMA:
-            k = K_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-            v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-            qk = tl.dot(q, k.T)
+        in_bounds = offs_n < N
+        if PAGE == 0:
+            k_rows = offs_n * stride_kn
+            v_rows = offs_n * stride_vn
+        elif PAGE % BLOCK_N == 0:  # the block lies inside one page
+            page = tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE).to(tl.int64)
+            k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
+            v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
         else:
-            if EVEN_N and EVEN_D:
-                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
-                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
-            else:  # a ragged tail of keys, or a head_dim padded up to a power of two
-                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
-                            mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
-                            mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
-            qk = tl.dot(q, k)
+            page = tl.load(PAGES_ptr + offs_n // PAGE, mask=in_bounds, other=0).to(tl.int64)
+            k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
+            v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
+        k = tl.load(K_ptr + k_rows[None, :] + offs_d[:, None],
+                    mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(V_ptr + v_rows[:, None] + offs_d[None, :],
+                    mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
+        qk = tl.dot(q, k)
         if MASKED == 1:
-            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
+            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
         elif MASKED == 2:
             if (jb < full_lo) | (jb > full_hi):
-                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-            elif not EVEN_N:
+                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
+            else:
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
-        elif not EVEN_N:
+        else:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        if MASKED != 0 or not EVEN_N:
-            # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_sub = m_new
+        # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(qk * qk_scale - m_sub[:, None])  # one FMA per score
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])  # accumulate inside the MMA
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.jit
-def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC,
+def _share(first, count, split_lo, split_hi):
+    """Blocks of a segment [first, first + count) whose place in the concatenation of all
+    segments (its first block at 0 here) falls in [split_lo, split_hi)."""
+    lo = tl.minimum(tl.maximum(split_lo, 0), count)
+    hi = tl.minimum(tl.maximum(split_hi, 0), count)
+    return first + lo, first + hi
+
+
+@triton.jit
+def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                stride_vb, stride_vh, stride_vn, H, HKV, M, SPLITS, sm_scale, D,
-                HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                EVEN_D: tl.constexpr):
-    # ACC: fp32 [SPLITS, B, HKV, BLOCK_R, HEAD_DIM]; L, MX: fp32 [SPLITS, B, HKV, BLOCK_R]
+                stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
+                H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
+                EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr):
+    # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
+    # ROWS = row blocks · BLOCK_R. Paged (PAGE > 0): stride_kb, stride_vb step one page.
     s = tl.program_id(0)
     bhkv = tl.program_id(1)
+    rb = tl.program_id(2)
     b = bhkv // HKV
     hkv = bhkv % HKV
     G = H // HKV
     N = tl.load(LENS + b)
-    offs_r = tl.arange(0, BLOCK_R)
+    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < G * M
     h = hkv * G + tl.minimum(offs_r // M, G - 1)
     i = offs_r % M
@@ -115,8 +117,13 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC,
     q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm
                 + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q_pos = i + (N - M)  # bottom-right alignment to this row's cache
-    K_ptr = K + b * stride_kb + hkv * stride_kh
-    V_ptr = V + b * stride_vb + hkv * stride_vh
+    if PAGE == 0:
+        K_ptr = K + b.to(tl.int64) * stride_kb + hkv * stride_kh
+        V_ptr = V + b.to(tl.int64) * stride_vb + hkv * stride_vh
+    else:
+        K_ptr = K + hkv * stride_kh
+        V_ptr = V + hkv * stride_vh
+    PAGES_ptr = PAGES + b * stride_pb
     qk_scale = sm_scale * 1.44269504  # 1/ln 2
     m_i = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -125,11 +132,6 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC,
     q_first = N - M
     q_last = N - 1
     n_blocks = tl.cdiv(N, BLOCK_N)
-    n_keys = N
-    res = 0
-    per_split = tl.cdiv(n_blocks, SPLITS)
-    split_lo = s * per_split
-    split_hi = split_lo + per_split
     group = tl.load(HEAD_GROUP + hkv * G)  # every head of a kv group has one group here
     if group == 0:  # causal & (local(4096) | sink(128))
         # ranges: causal & (local(4096) | sink(128))
@@ -142,70 +144,181 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC,
         hi_1 = tl.where(((q_last - tl.maximum(0, q_first)) >= 0), _floordiv(tl.minimum(tl.minimum(127, q_last), (N - 1)), BLOCK_N), -1)
         full_lo_1 = 0
         full_hi_1 = tl.where((((q_first - tl.maximum(0, q_first)) == 0) & ((q_last - tl.maximum(0, q_first)) >= 0)), tl.where(((N - tl.minimum(tl.minimum(127, q_first), (N - 1)) - 1) <= 0), (n_blocks - 1), (_floordiv((tl.minimum(tl.minimum(127, q_first), (N - 1)) + 1), BLOCK_N) - 1)), -1)
-        # atom 0: partial blocks before, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(lo_0, split_lo), tl.minimum((tl.minimum(hi_0, (full_lo_0 - 1)) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 0: full blocks, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(full_lo_0, lo_0), split_lo), tl.minimum((tl.minimum(full_hi_0, hi_0) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 0: partial blocks after, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), split_lo), tl.minimum((hi_0 + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: partial blocks before, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(lo_1, split_lo), tl.minimum((tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: full blocks, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(full_lo_1, lo_1), split_lo), tl.minimum((tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: partial blocks after, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), split_lo), tl.minimum((tl.minimum(hi_1, (lo_0 - 1)) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: partial blocks before, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(lo_1, (hi_0 + 1)), split_lo), tl.minimum((tl.minimum(hi_1, (full_lo_1 - 1)) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: full blocks, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), split_lo), tl.minimum((tl.minimum(full_hi_1, hi_1) + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=0, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-        # atom 1 outside atoms 0..0: partial blocks after, inside this split
-        acc, l_i, m_i = _attn_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
-            tl.maximum(tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), split_lo), tl.minimum((hi_1 + 1), split_hi),
-            0, -1, DOC, n_keys, N, M, DOC, res, qk_scale, b,
-            hkv, PRED=0, MASKED=1, FROM_TABLE=False,
-            EVEN_N=False, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
-    state = (s * tl.num_programs(1) + bhkv) * BLOCK_R + offs_r
-    tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc)
-    tl.store(L + state, l_i)
-    tl.store(MX + state, m_i)
+        # atom 0: partial blocks before
+        first_0_0 = lo_0
+        count_0_0 = tl.maximum((tl.minimum(hi_0, (full_lo_0 - 1)) + 1) - first_0_0, 0)
+        # atom 0: full blocks
+        first_0_1 = tl.maximum(full_lo_0, lo_0)
+        count_0_1 = tl.maximum((tl.minimum(full_hi_0, hi_0) + 1) - first_0_1, 0)
+        # atom 0: partial blocks after
+        first_0_2 = tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1))
+        count_0_2 = tl.maximum((hi_0 + 1) - first_0_2, 0)
+        # atom 1 outside atoms 0..0: partial blocks before
+        first_0_3 = lo_1
+        count_0_3 = tl.maximum((tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1) - first_0_3, 0)
+        # atom 1 outside atoms 0..0: full blocks
+        first_0_4 = tl.maximum(full_lo_1, lo_1)
+        count_0_4 = tl.maximum((tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1) - first_0_4, 0)
+        # atom 1 outside atoms 0..0: partial blocks after
+        first_0_5 = tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1))
+        count_0_5 = tl.maximum((tl.minimum(hi_1, (lo_0 - 1)) + 1) - first_0_5, 0)
+        # atom 1 outside atoms 0..0: partial blocks before
+        first_0_6 = tl.maximum(lo_1, (hi_0 + 1))
+        count_0_6 = tl.maximum((tl.minimum(hi_1, (full_lo_1 - 1)) + 1) - first_0_6, 0)
+        # atom 1 outside atoms 0..0: full blocks
+        first_0_7 = tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1))
+        count_0_7 = tl.maximum((tl.minimum(full_hi_1, hi_1) + 1) - first_0_7, 0)
+        # atom 1 outside atoms 0..0: partial blocks after
+        first_0_8 = tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1))
+        count_0_8 = tl.maximum((hi_1 + 1) - first_0_8, 0)
+        # this split's share of the blocks of every segment above, in order
+        total = 0
+        total += count_0_0
+        total += count_0_1
+        total += count_0_2
+        total += count_0_3
+        total += count_0_4
+        total += count_0_5
+        total += count_0_6
+        total += count_0_7
+        total += count_0_8
+        per_split = tl.cdiv(total, SPLITS)
+        split_lo = s * per_split
+        split_hi = split_lo + per_split
+        start, stop = _share(first_0_0, count_0_0, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_0
+        split_hi -= count_0_0
+        start, stop = _share(first_0_1, count_0_1, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_1
+        split_hi -= count_0_1
+        start, stop = _share(first_0_2, count_0_2, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_2
+        split_hi -= count_0_2
+        start, stop = _share(first_0_3, count_0_3, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_3
+        split_hi -= count_0_3
+        start, stop = _share(first_0_4, count_0_4, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_4
+        split_hi -= count_0_4
+        start, stop = _share(first_0_5, count_0_5, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_5
+        split_hi -= count_0_5
+        start, stop = _share(first_0_6, count_0_6, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_6
+        split_hi -= count_0_6
+        start, stop = _share(first_0_7, count_0_7, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_7
+        split_hi -= count_0_7
+        start, stop = _share(first_0_8, count_0_8, split_lo, split_hi)
+        acc, l_i, m_i = _decode_inner(
+            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
+            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
+            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= count_0_8
+        split_hi -= count_0_8
+    state = (s * tl.num_programs(1) + bhkv) * (tl.num_programs(2) * BLOCK_R) + offs_r
+    tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+    tl.store(L + state, l_i, mask=row_ok)
+    tl.store(MX + state, m_i, mask=row_ok)
+    if FUSED_MERGE:
+        # The last split to finish these rows merges them all (its ticket, an acq_rel
+        # atomic, makes the other splits' stores visible), then re-arms the counter.
+        slot = bhkv * tl.num_programs(2) + rb
+        ticket = tl.atomic_add(COUNT + slot, 1)
+        if ticket == SPLITS - 1:
+            _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
+                        tl.num_programs(1), tl.num_programs(2), H, HKV, M, SPLITS, D,
+                        HEAD_DIM, BLOCK_R)
+            tl.atomic_xchg(COUNT + slot, 0)
+
+
+@triton.jit
+def _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb, BHKV,
+                ROW_BLOCKS, H, HKV, M, SPLITS, D, HEAD_DIM: tl.constexpr,
+                BLOCK_R: tl.constexpr):
+    """Exact log-sum-exp merge of the splits' states of one row block into OUT [B, H, M, D]
+    (the query's dtype) and LSE [B, H, M] (natural log); a row no split saw gives 0 and
+    -inf. Loads bypass L1 (.cg): the states were written by other programs."""
+    b = bhkv // HKV
+    hkv = bhkv % HKV
+    G = H // HKV
+    offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = offs_r < G * M
+    h = hkv * G + tl.minimum(offs_r // M, G - 1)
+    i = offs_r % M
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = ROW_BLOCKS * BLOCK_R
+    m_all = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    for sp in range(SPLITS):
+        m_all = tl.maximum(m_all, tl.load(MX + (sp * BHKV + bhkv) * rows + offs_r,
+                                          mask=row_ok, other=float("-inf"),
+                                          cache_modifier=".cg"))
+    m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
+    total = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    for sp in range(SPLITS):
+        state = (sp * BHKV + bhkv) * rows + offs_r
+        # a split that saw nothing has m = -inf: weight 0
+        w = tl.math.exp2(tl.load(MX + state, mask=row_ok, other=float("-inf"),
+                                 cache_modifier=".cg") - m_safe)
+        total += tl.load(L + state, mask=row_ok, other=0.0, cache_modifier=".cg") * w
+        acc += tl.load(ACC + state[:, None] * HEAD_DIM + offs_d[None, :],
+                       mask=row_ok[:, None], other=0.0, cache_modifier=".cg") * w[:, None]
+    empty = total == 0.0
+    out = acc / tl.where(empty, 1.0, total)[:, None]
+    lse = tl.where(empty, float("-inf"),
+                   (m_safe + tl.math.log2(tl.where(empty, 1.0, total))) * 0.6931471805599453)  # ln 2
+    tl.store(OUT + b * stride_ob + h[:, None] * stride_oh + i[:, None] * stride_om
+             + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d < D)[None, :])
+    tl.store(LSE + (b * H + h) * M + i, lse, mask=row_ok)
+
+
+@triton.jit
+def attn_decode_merge(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, H, HKV, M,
+                      SPLITS, D, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The merge as its own kernel: program (batch · kv head, row block)."""
+    _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, tl.program_id(0),
+                tl.program_id(1), tl.num_programs(0), tl.num_programs(1), H, HKV, M, SPLITS,
+                D, HEAD_DIM, BLOCK_R)
