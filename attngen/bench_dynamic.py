@@ -27,6 +27,28 @@ from attngen.runtime.tables import device_layout
 FLEX_BLOCK = 128
 
 
+def structured(q: torch.Tensor, k: torch.Tensor, g: torch.Generator, sinks: int = 4
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLM-like q, k from standard normal ones: each head's q and k share a direction
+    (weight 1 against noise 0.5) and are rotary-embedded (base 10000), so q_i · k_j peaks
+    near i = j and decays with |i − j|; the first `sinks` keys also align with the mean
+    query (attention sinks)."""
+    B, H, N, D = q.shape
+    shared = torch.randn(1, H, 1, D, device=q.device, generator=g, dtype=torch.float32)
+    qf, kf = shared + 0.5 * q.float(), shared + 0.5 * k.float()
+    freq = 10000.0 ** (-torch.arange(0, D, 2, device=q.device, dtype=torch.float32) / D)
+    angle = torch.arange(N, device=q.device, dtype=torch.float32)[:, None] * freq[None, :]
+    cos, sin = angle.cos(), angle.sin()
+
+    def rotate(x):
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+
+    qf, kf = rotate(qf), rotate(kf)
+    kf[:, :, :sinks] += 2 * qf.mean(2, keepdim=True)
+    return qf.to(q.dtype), kf.to(k.dtype)
+
+
 def _dense(csr: tuple[torch.Tensor, torch.Tensor], rows: int, KB: int) -> torch.Tensor:
     offsets, indices = csr
     counts = offsets.diff().long()

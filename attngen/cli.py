@@ -363,7 +363,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench.bench(args.patterns, args.lengths, heads=args.heads, head_dim=args.head_dim,
                          repeats=args.repeats, check_max_n=args.check_max_n,
-                         variants={"attngen": {}, **({
+                         inputs=args.inputs, variants={"attngen": {}, **({
                              "attngen-split-loops": {"fused_loops": False},
                              "attngen-pointers": {"tma": False},
                              "attngen-split-pointers": {"fused_loops": False, "tma": False}}
@@ -503,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--variants", action="store_true", help="also time the non-default "
                      "variants: three loops per block run instead of one, pointer loads "
                      "instead of tensor descriptors, and both")
+    ben.add_argument("--inputs", choices=("random", "structured"), default="random",
+                     help="q, k values: standard normal, or rotary-embedded around a shared "
+                     "direction with sink keys (LLM-like; matters for dynamic patterns)")
     ben.add_argument("--out", default="bench.json")
     ben.add_argument("--md", default=None)
     mode = ben.add_mutually_exclusive_group()

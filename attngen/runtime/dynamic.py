@@ -61,20 +61,23 @@ def vertical_slash_sets(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale:
     N = k.shape[1]
     L = min(VS_LAST_Q, M)
     voters = torch.arange(N - L, N, device=q.device)
-    causal = torch.arange(N, device=q.device)[None, :] <= voters[:, None]
+    tail = min(L, N)  # only the last L keys can lie after a voter
+    after = torch.arange(N - tail, N, device=q.device)[None, :] > voters[:, None]
+    width = N + L
     keys, offsets = [], []
-    for r0 in range(0, R, _rows_per_chunk(2 * L * (N + L))):
-        r1 = min(R, r0 + _rows_per_chunk(2 * L * (N + L)))
-        scores = torch.matmul(q[r0:r1, M - L:].float(), k[r0:r1].float().transpose(1, 2))
-        probs = torch.softmax((scores * scale).masked_fill(~causal, -math.inf), dim=-1)
-        probs = probs.nan_to_num(0.0)  # a voter at a negative position (M > N) sees no key
+    for r0 in range(0, R, _rows_per_chunk(2 * L * width)):
+        r1 = min(R, r0 + _rows_per_chunk(2 * L * width))
+        scores = torch.matmul(q[r0:r1, M - L:].float() * scale, k[r0:r1].float().transpose(1, 2))
+        scores[..., N - tail:].masked_fill_(after, -math.inf)
+        probs = torch.softmax(scores, dim=-1)
+        if L > N:  # voters at negative positions (M > N) see no key: their row is NaN
+            probs = probs.nan_to_num(0.0)
         vertical = probs.sum(1)
-        # skew: row i of `flipped` holds keys N-1 … 0; offset d of voter i (position
-        # N-L+i) sits at column d + L-1-i, so rows shifted by L-1-i align the diagonals
-        flipped = torch.nn.functional.pad(probs.flip(-1), (0, L))  # [c, L, N + L]
-        width = N + L
-        skewed = flipped.as_strided((r1 - r0, L, N), (L * width, width - 1, 1), L - 1)
-        slash = skewed.sum(1)
+        # skew: left-padded by L, voter i (position N-L+i) finds offset d = N-1-e at
+        # column e+1+i, so a row stride of width+1 lines the diagonals up as columns e
+        padded = torch.nn.functional.pad(probs, (L, 0))  # [c, L, N + L]
+        skewed = padded.as_strided((r1 - r0, L, N), (L * width, width + 1, 1), 1)
+        slash = skewed.sum(1).flip(-1)
         vertical[:, :min(VS_FORCED_COLUMNS, v)] = math.inf
         slash[:, :min(VS_FORCED_OFFSETS, s)] = math.inf
         keys.append(vertical.topk(min(v, N), dim=-1).indices.sort(-1).values)
@@ -91,14 +94,14 @@ def _pooled(x: torch.Tensor, first: int, g: int, blocks: int) -> torch.Tensor:
     R, L, D = x.shape
     lead, pad_lo = divmod(first, g)
     length = (blocks - lead) * g
-    padded = torch.zeros(R, length, D, device=x.device)
-    padded[:, pad_lo:pad_lo + L] = x.float()
-    counts = torch.zeros(length, device=x.device)
-    counts[pad_lo:pad_lo + L] = 1
-    sums = padded.view(R, -1, g, D).sum(2)
-    per = counts.view(-1, g).sum(1).clamp(min=1)
+    if pad_lo or L != length:  # ragged ends: pad in x's own dtype
+        x = torch.nn.functional.pad(x, (0, 0, pad_lo, length - pad_lo - L))
+    sums = x.view(R, -1, g, D).sum(2, dtype=torch.float32)
+    per = torch.full((blocks - lead,), float(g), device=x.device)
+    per[0] -= pad_lo
+    per[-1] -= length - pad_lo - L
     out = torch.zeros(R, blocks, D, device=x.device)
-    out[:, lead:] = sums / per[None, :, None]
+    out[:, lead:] = sums / per.clamp(min=1)[None, :, None]
     return out
 
 
