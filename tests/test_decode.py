@@ -155,3 +155,25 @@ def test_fused_merge_equals_the_merge_kernel_and_rearms_its_counters():
     again = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, True))
     two = run(kern, q, k, v, lens, config=DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0, False))
     assert torch.equal(fused, again) and (fused - two).abs().max() <= 1e-6
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pattern", ["vertical_slash(6, 9)", "sink(4) | vertical_slash(5, 12)"])
+def test_dynamic_decode_is_estimated_from_its_own_queries(pattern):
+    """A dynamic pattern is re-estimated per decode call (DESIGN §5 on the call's queries).
+    With 64 queries per row they are exactly vertical_slash's voters in a full prefill, so
+    the decode equals the prefill's last rows; with fewer it is the prefill kernel on the
+    call's rows (the same estimate a prefill of those rows makes)."""
+    lengths = [150, 97]
+    q, k, v, lens = _case(lengths, 2, 1, 64)
+    out = attngen.decode(q, k, v, lens, pattern)
+    g = torch.Generator().manual_seed(1)
+    for b, n in enumerate(lengths):
+        full_q = torch.cat([torch.randn(1, 2, n - 64, D, generator=g), q[b:b + 1]], dim=2)
+        want = attngen.attention(full_q, k[b:b + 1, :, :n], v[b:b + 1, :, :n], pattern)
+        assert (out[b:b + 1] - want[:, :, -64:]).abs().max() <= 1e-4, (pattern, b)
+    few = attngen.decode(q[:, :, -3:], k, v, lens, pattern)
+    for b, n in enumerate(lengths):
+        want = attngen.attention(q[b:b + 1, :, -3:], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
+                                 pattern)
+        assert torch.equal(few[b:b + 1], want)
