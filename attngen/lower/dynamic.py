@@ -71,6 +71,6 @@ def split(node: Node, disjuncts: list[Node]) -> tuple[Node | None, DynamicTerm]:
             f"`{inner.text}` inside `{term.text}`: a dynamic term can be united with static "
             "terms or intersected with them, not negated or combined with another dynamic "
             "term")
-    static = [d for d in disjuncts if not d.is_dynamic]
-    return (S.union(*static) if static else None,
-            DynamicTerm(term, prim, within, S.union(*static) if static else None))
+    others = [d for d in disjuncts if not d.is_dynamic]
+    static = S.union(*others) if others else None
+    return static, DynamicTerm(term, prim, within, static)
