@@ -32,7 +32,8 @@ TEMPLATE = "attention_fwd.py.j2"
 BACKWARD_TEMPLATE = "attention_bwd.py.j2"
 DECODE_TEMPLATE = "attention_decode.py.j2"
 TEMPLATES = {"forward": TEMPLATE, "backward": BACKWARD_TEMPLATE, "decode": DECODE_TEMPLATE}
-SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2", "_dynamic.py.j2")  # included
+SHARED_TEMPLATES = ("_predicates.py.j2", "_attn_inner.py.j2", "_dynamic.py.j2",
+                    "_estimate.py.j2")  # included by the others
 
 _KERNEL_NAMES = {q: "q_pos", k: "k_pos", N: "N", M: "M", m_sym: "m", BM_SYM: "BLOCK_M",
                  BN_SYM: "BLOCK_N", Q_FIRST: "q_first", Q_LAST: "q_last", N_BLOCKS: "n_blocks"}
@@ -206,4 +207,5 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
     return _ENV.get_template(TEMPLATES[kind]).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
         predicates=predicates, groups=groups, dynamic=bool(spec.dynamic),
+        estimate=any(p.dynamic.kind == "vertical_slash" for _, p in spec.dynamic),
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

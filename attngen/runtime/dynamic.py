@@ -35,6 +35,7 @@ from attngen.runtime.tables import csr_of
 VS_LAST_Q = 64  # queries that vote (MInference's last_q)
 VS_FORCED_COLUMNS = 30  # first keys always in V
 VS_FORCED_OFFSETS = 100  # nearest diagonals always in S
+ESTIMATE_BLOCK = 64  # keys per step of the estimation kernels
 CHUNK_ELEMENTS = 1 << 26  # bound on the largest temporary (elements) while estimating
 
 
@@ -53,10 +54,15 @@ def _rows_per_chunk(per_row: int) -> int:
 
 
 # -- estimation --------------------------------------------------------------------------
-def vertical_slash_sets(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def vertical_slash_sets(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale: float,
+                        module=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, S) for q [R, M, D], k [R, N, D]: the picked keys and picked offsets q − k as
-    index tensors [R, min(v, N)] and [R, min(s, N)], each sorted ascending."""
+    index tensors [R, min(v, N)] and [R, min(s, N)], each sorted ascending. The sums come
+    from the generated module's estimation kernels when `module` has them, else from
+    PyTorch (the same numbers up to summation order)."""
+    if module is not None and hasattr(module, "vs_sums"):
+        vertical, slash = _vs_sums_kernel(module, q, k, scale)
+        return _top(vertical, slash, v, s)
     R, M, _ = q.shape
     N = k.shape[1]
     L = min(VS_LAST_Q, M)
@@ -78,11 +84,38 @@ def vertical_slash_sets(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale:
         padded = torch.nn.functional.pad(probs, (L, 0))  # [c, L, N + L]
         skewed = padded.as_strided((r1 - r0, L, N), (L * width, width + 1, 1), 1)
         slash = skewed.sum(1).flip(-1)
-        vertical[:, :min(VS_FORCED_COLUMNS, v)] = math.inf
-        slash[:, :min(VS_FORCED_OFFSETS, s)] = math.inf
-        keys.append(vertical.topk(min(v, N), dim=-1).indices.sort(-1).values)
-        offsets.append(slash.topk(min(s, N), dim=-1).indices.sort(-1).values)
+        chunk_keys, chunk_offsets = _top(vertical, slash, v, s)
+        keys.append(chunk_keys)
+        offsets.append(chunk_offsets)
     return torch.cat(keys), torch.cat(offsets)
+
+
+def _top(vertical: torch.Tensor, slash: torch.Tensor, v: int, s: int
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top v keys and top s offsets by their sums, the forced ones first (set to +inf)."""
+    N = vertical.shape[-1]
+    vertical[:, :min(VS_FORCED_COLUMNS, v)] = math.inf
+    slash[:, :min(VS_FORCED_OFFSETS, s)] = math.inf
+    return (vertical.topk(min(v, N), dim=-1).indices.sort(-1).values,
+            slash.topk(min(s, N), dim=-1).indices.sort(-1).values)
+
+
+def _vs_sums_kernel(module, q: torch.Tensor, k: torch.Tensor, scale: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column and diagonal sums [R, N] of the voters' probabilities by vs_lse + vs_sums."""
+    R, M, D = q.shape
+    N = k.shape[1]
+    L = min(VS_LAST_Q, M)
+    q, k = q.contiguous(), k.contiguous()
+    lse = torch.empty(R, VS_LAST_Q, dtype=torch.float32, device=q.device)
+    vertical = torch.empty(R, N, dtype=torch.float32, device=q.device)
+    slash = torch.zeros(R, N, dtype=torch.float32, device=q.device)
+    args = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), M, N, L, D,
+            scale * 1.4426950408889634)
+    shape = dict(D_TILE=1 << (D - 1).bit_length(), VOTERS=VS_LAST_Q, BLOCK=ESTIMATE_BLOCK)
+    module.vs_lse[(R,)](q, k, lse, *args, **shape)
+    module.vs_sums[(R, -(-N // ESTIMATE_BLOCK))](q, k, lse, vertical, slash, *args, **shape)
+    return vertical, slash
 
 
 def _pooled(x: torch.Tensor, first: int, g: int, blocks: int) -> torch.Tensor:
@@ -250,9 +283,10 @@ class Indices:
 
 
 def estimate(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,
-             scale: float, grid: Grid) -> Indices:
+             scale: float, grid: Grid, module=None) -> Indices:
     """The indices of every dynamic part: `parts` pairs each with the query heads it runs
-    for; q [B, H, M, D], k [B, Hkv, N, D]."""
+    for; q [B, H, M, D], k [B, Hkv, N, D]; `module`: the generated kernel module, whose
+    estimation kernels compute vertical_slash's sums when it has them."""
     B, H, M, _ = q.shape
     Hkv, N = k.shape[1], k.shape[2]
     device = q.device
@@ -268,7 +302,7 @@ def estimate(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torc
         kh = k[:, hs // (H // Hkv)].flatten(0, 1)
         params = parameters(part.dynamic.prim, M, N)
         if part.dynamic.kind == "vertical_slash":
-            keys, offsets = vertical_slash_sets(qh, kh, params[0], params[1], scale)
+            keys, offsets = vertical_slash_sets(qh, kh, params[0], params[1], scale, module)
             p, f = slash_blocks(offsets, grid)
             sets.append((rows, keys, offsets, p | f))
             n_cols = max(n_cols, keys.shape[1])

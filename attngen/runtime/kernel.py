@@ -163,7 +163,7 @@ class Kernel:
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
         sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
         dyn = (dynamic.estimate(self.spec.dynamic, q, k, sm_scale,
-                                Grid(M, N, cfg.block_m, cfg.block_n))
+                                Grid(M, N, cfg.block_m, cfg.block_n), self.module)
                if self.spec.dynamic else None)
         use_tma = self.tma and q.is_cuda and dyn is None  # dynamic loops gather by pointer
         if use_tma:

@@ -185,6 +185,55 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
 
 
 @triton.jit
+def vs_lse(Q, K, LSE, stride_qr, stride_qm, stride_kr, stride_kn, M, N, L, D, qk_scale,
+           D_TILE: tl.constexpr, VOTERS: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    rows = tl.arange(0, VOTERS)
+    row_ok = rows < L
+    offs_d = tl.arange(0, D_TILE)
+    d_ok = offs_d < D
+    q = tl.load(Q + r * stride_qr + (M - L + rows)[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    pos = N - L + rows  # absolute positions of the voters
+    m_i = tl.full([VOTERS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([VOTERS], dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        keys = start + tl.arange(0, BLOCK)
+        k = tl.load(K + r * stride_kr + keys[None, :] * stride_kn + offs_d[:, None],
+                    mask=(keys < N)[None, :] & d_ok[:, None], other=0.0)
+        s = tl.dot(q, k) * qk_scale
+        s = tl.where((keys[None, :] <= pos[:, None]) & (keys < N)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.math.exp2(m_i - m_sub) + tl.sum(tl.math.exp2(s - m_sub[:, None]), 1)
+        m_i = m_new
+    lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+    tl.store(LSE + r * VOTERS + rows, lse)  # log2 units; +inf: a voter that sees no key
+
+
+@triton.jit
+def vs_sums(Q, K, LSE, VERTICAL, SLASH, stride_qr, stride_qm, stride_kr, stride_kn, M, N, L,
+            D, qk_scale, D_TILE: tl.constexpr, VOTERS: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    keys = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.arange(0, VOTERS)
+    row_ok = rows < L
+    offs_d = tl.arange(0, D_TILE)
+    d_ok = offs_d < D
+    q = tl.load(Q + r * stride_qr + (M - L + rows)[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k = tl.load(K + r * stride_kr + keys[None, :] * stride_kn + offs_d[:, None],
+                mask=(keys < N)[None, :] & d_ok[:, None], other=0.0)
+    pos = N - L + rows
+    lse = tl.load(LSE + r * VOTERS + rows)
+    seen = (keys[None, :] <= pos[:, None]) & (keys < N)[None, :] & row_ok[:, None]
+    p = tl.where(seen, tl.math.exp2(tl.dot(q, k) * qk_scale - lse[:, None]), 0.0)
+    tl.store(VERTICAL + r * N + keys, tl.sum(p, 0), mask=keys < N)
+    offset = pos[:, None] - keys[None, :]
+    tl.atomic_add(SLASH + r * N + offset, p, mask=seen)
+
+
+@triton.jit
 def _merge_previous(acc, l_i, m_i, o_prev, lse_prev):
     """Adds an earlier pass's normalised output and natural-log LSE for the same rows (a
     disjoint part of the pattern) to the running state, exactly: weights exp(lse)."""
