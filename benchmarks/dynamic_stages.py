@@ -34,12 +34,16 @@ for N in map(int, sys.argv[1:]):
     crossed = dynamic.slash_blocks(sets[1], grid)
     either = crossed[0] | crossed[1]
     part = KernelSpec.build(attngen.parse("vertical_slash(1000, 6096)"), 32).dynamic[0]
+    module = attngen.compile("vertical_slash(1000, 6096)", heads=32).load().module
     stages = {
-        "vertical_slash_sets": lambda: dynamic.vertical_slash_sets(qh, kh, 1000, 6096,
-                                                                   128 ** -0.5),
+        "vertical_slash_sets (PyTorch)": lambda: dynamic.vertical_slash_sets(
+            qh, kh, 1000, 6096, 128 ** -0.5),
+        "vertical_slash_sets (estimation kernels)": lambda: dynamic.vertical_slash_sets(
+            qh, kh, 1000, 6096, 128 ** -0.5, module),
         "slash_blocks": lambda: dynamic.slash_blocks(sets[1], grid),
         "vertical_columns": lambda: dynamic.vertical_columns(sets[0], either, grid),
-        "estimate (all)": lambda: dynamic.estimate([part], q, k, 128 ** -0.5, grid),
+        "estimate (all, kernels)": lambda: dynamic.estimate([part], q, k, 128 ** -0.5, grid,
+                                                            module),
         "block_picks topk(64, 64)": lambda: dynamic.block_picks(qh, kh, "block_topk",
                                                                 [64, 64], 128 ** -0.5),
     }
