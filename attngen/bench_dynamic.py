@@ -148,7 +148,8 @@ def rows(p: attngen.Pattern, q, k, v, N: int, repeats: int, timer, make_row, fle
     term = parts[0][1].dynamic
     static = term.static
 
-    flex_est = dynamic.estimate(parts, q, k, scale, Grid(N, N, FLEX_BLOCK, FLEX_BLOCK))
+    flex_est = dynamic.estimate(parts, q, k, scale, Grid(N, N, FLEX_BLOCK, FLEX_BLOCK),
+                                kern.module)
     pairs = allowed_pairs(term, static, flex_est, N)
     flops = None if pairs is None else 4 * pairs * head_dim
     t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def rows(p: attngen.Pattern, q, k, v, N: int, repeats: int, timer, make_row, fle
                         f"{cfg.warps} warps, {cfg.stages} stages{density}"))
     log(out[-1])
     grid = Grid(N, N, cfg.block_m, cfg.block_n)
-    times = timer(lambda: dynamic.estimate(parts, q, k, scale, grid), repeats)
+    times = timer(lambda: dynamic.estimate(parts, q, k, scale, grid, kern.module), repeats)
     ms = statistics.median(times)
     out.append(make_row(str(p), N, "attngen-estimate", ms, None, ms / flex_ms, None, times,
                         "estimation and index conversion alone"))
