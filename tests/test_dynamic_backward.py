@@ -171,3 +171,40 @@ def test_op_with_a_dynamic_pattern_passes_opcheck(interpreter):
                           (q, k, v, "sink(2) | vertical_slash(4, 8)", 0.25, None),
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
+
+
+def test_picked_columns_beyond_the_forced_ones(interpreter):
+    """v > 30: the planted column is picked on top of the forced sinks and, far from the
+    diagonal, gathered, so a gathered column outside the sinks' block reaches dQ and
+    dK/dV."""
+    M = N = 150
+    text = "vertical_slash(33, 12)"
+    q, k, _ = planted(1, 2, 1, M, N, 16, 0, columns=(N // 2,), offsets=(N // 5,))
+    parts = list(KernelSpec.build(attngen.parse(text), 2, 1).dynamic)
+    est = dynamic.pick(parts, q, k, 0.25)
+    assert est.vert[:, N // 2].all()
+    ind = dynamic.indices(parts, est, 1, 2, M, Grid(M, N, 32, 32))
+    assert (ind.columns == N // 2).any()  # a gathered column besides the sinks
+    check_dynamic_grads(text, 1, 2, 1, M, N)
+
+
+def test_compiled_model_with_a_dynamic_pattern(interpreter):
+    """torch.compile(fullgraph=True): the fake returns the estimate's shapes; one forward
+    and one backward node, and the eager gradients."""
+    from tests.test_backward import _recording_backend
+
+    torch._dynamo.reset()
+    p = attngen.parse("sink(4) | vertical_slash(5, 8)")
+
+    def model(q, k, v):
+        return attngen.attention(q, k, v, p, backend="triton").square().sum()
+
+    q, k, v = (t.requires_grad_() for t in planted(1, 2, 1, 24, 40, 16, 0))
+    seen = {}
+    compiled = torch.compile(model, backend=_recording_backend(seen), fullgraph=True)
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    ops = torch.ops.attngen
+    assert seen["forward"].count(ops.attention.default) == 1, seen["forward"]
+    assert seen["backward"].count(ops.attention_backward.default) == 1, seen["backward"]
+    want = torch.autograd.grad(model(q, k, v), (q, k, v))
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
