@@ -208,3 +208,25 @@ def test_compiled_model_with_a_dynamic_pattern(interpreter):
     assert seen["backward"].count(ops.attention_backward.default) == 1, seen["backward"]
     want = torch.autograd.grad(model(q, k, v), (q, k, v))
     assert all(torch.allclose(a, b) for a, b in zip(got, want))
+
+
+def test_nan_padding_past_the_lengths_is_never_read(interpreter):
+    """q, k, v and dO are views into buffers padded with NaN past M and N: the gradients
+    stay finite and equal those of the unpadded tensors."""
+    text = "heads { 0: sink(4) | vertical_slash(6, 9); *: block_topk(2, 16) }"
+    q, k, v = planted(1, 2, 1, 37, 45, 16, 0, columns=(22,), offsets=(9,))
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
+
+    def padded(t):
+        big = torch.full(t.shape[:2] + (t.shape[2] + 40, t.shape[3]), float("nan"))
+        big[:, :, :t.shape[2]] = t
+        return big.requires_grad_()
+
+    want = _grads(lambda *t: attngen.attention(*t, text, return_lse=True, backend="triton"),
+                  q, k, v, dout)
+    big = [padded(t) for t in (q, k, v)]
+    out = attngen.attention(*(b[:, :, :n] for b, n in zip(big, (37, 45, 45))), text,
+                            backend="triton")
+    out.backward(padded(dout).detach()[:, :, :37])
+    got = [out] + [b.grad[:, :, :n] for b, n in zip(big, (37, 45, 45))]
+    assert all(torch.isfinite(g).all() and torch.equal(g, w) for g, w in zip(got, want))
