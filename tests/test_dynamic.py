@@ -230,14 +230,6 @@ def test_unsupported_dynamic_forms_say_why(text, words):
         KernelSpec.build(attngen.parse(text), 1)
 
 
-def test_dynamic_backward_is_refused_clearly(interpreter):
-    q, k, v = planted(1, 1, 1, 20, 20, 16, 0)
-    q.requires_grad_(True)
-    out = attngen.attention(q, k, v, "vertical_slash(4, 8)", backend="triton")
-    with pytest.raises(PatternError, match="backward of input-dependent"):
-        out.sum().backward()
-
-
 # -- attngen show ------------------------------------------------------------------------
 def test_show_draws_the_estimate_of_given_inputs(tmp_path, capsys):
     from attngen.cli import main

@@ -153,9 +153,9 @@ def _dynamic_loop(part: Part, predicate, printer: Printer) -> dict:
 def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> str:
     """The source of the `kind` module ("forward", "backward" or "decode") for spec."""
     backward = kind == "backward"
-    if spec.dynamic and kind != "forward":
-        raise PatternError(f"`{spec.pattern}`: the {kind} of input-dependent patterns is not "
-                           "generated yet; only their forward is")
+    if spec.dynamic and kind == "decode":
+        raise PatternError(f"`{spec.pattern}`: the decode of input-dependent patterns is not "
+                           "generated yet; only their forward and backward are")
     printer = Printer({**_KERNEL_NAMES, _RES: "res"}, "tl", {doc: "tl.load(DOC + {})"})
     predicates: list[dict] = []
 
@@ -206,6 +206,6 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
                        + f": {p.node.text}" for p in g.parts]
     return _ENV.get_template(TEMPLATES[kind]).render(
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
-        predicates=predicates, groups=groups, dynamic=bool(spec.dynamic),
+        predicates=predicates, groups=groups, dynamic=bool(spec.dynamic), backward=backward,
         estimate=any(p.dynamic.kind == "vertical_slash" for _, p in spec.dynamic),
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

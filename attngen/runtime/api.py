@@ -92,5 +92,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
         raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
     text = pattern if isinstance(pattern, str) else str(pattern)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = op.attention_op(q, k, v, text, scale, doc_ids)
+    out, lse, *_ = op.attention_op(q, k, v, text, scale, doc_ids)  # and the estimate
     return (out, lse) if return_lse else out

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from attngen.lower.grid import Grid
+from attngen.runtime import dynamic
 from attngen.runtime.derived import module
 from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import transpose_csr
@@ -33,7 +35,8 @@ TIMINGS: dict = {}
 CHOSEN: dict = {}
 
 
-def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids) -> tuple[Config, Config]:
+def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids, estimate=None
+            ) -> tuple[Config, Config]:
     """(dK/dV config, dQ config) for this shape: timed once per shape bucket and process."""
     from attngen.runtime.kernel import Config
 
@@ -43,14 +46,15 @@ def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids) -> tuple[Config, C
         return Config(*DKDV_CONFIGS[0]), Config(*DQ_CONFIGS[0])
     bucket = (kernel.key, q.shape[0], q.shape[2], k.shape[2])
     if bucket not in _TUNED:
-        _TUNED[bucket] = tuple(_tune(kernel, phase, cands, q, k, v, out, lse, dout, doc_ids)
+        _TUNED[bucket] = tuple(_tune(kernel, phase, cands, q, k, v, out, lse, dout, doc_ids,
+                                     estimate)
                                for phase, cands in (("dkdv", DKDV_CONFIGS),
                                                     ("dq", DQ_CONFIGS)))
         CHOSEN[str(kernel.pattern), q.shape[2], k.shape[2]] = _TUNED[bucket]
     return _TUNED[bucket]
 
 
-def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
+def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids, estimate):
     import triton.testing
 
     from attngen.runtime.kernel import Config
@@ -64,7 +68,8 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
         try:
             bufs = _buffers(kernel, q, k, v, out, dout, None)
             ms = triton.testing.do_bench(lambda: _phase(
-                kernel, phase, cfg, q, k, v, lse, dout, None, doc_ids, *bufs), warmup=3, rep=20)
+                kernel, phase, cfg, q, k, v, lse, dout, None, doc_ids, *bufs, estimate),
+                warmup=3, rep=20)
         except Exception as e:  # a configuration this device or compiler cannot build
             lines = str(e).strip().splitlines() or [""]
             FAILURES[phase, c] = (f"{type(e).__name__}: {lines[0][:300]}"
@@ -81,15 +86,19 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids):
 
 
 def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
-           config: tuple[Config, Config] | None = None):
+           config: tuple[Config, Config] | None = None, estimate=None):
     """(dq, dk, dv) in the inputs' dtypes. dlse: the gradient of the returned LSE or None;
-    since d LSE_i / d S_ij = P_ij it only shifts Delta."""
+    since d LSE_i / d S_ij = P_ij it only shifts Delta. estimate: the forward's
+    (runtime.dynamic.Estimate) for dynamic patterns; each pass builds its block lists from
+    it for its own block sizes (runtime.dynamic.indices / transposed), never re-estimating."""
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous()
                           for t in (q, k, v, out, dout))
-    cfg_kv, cfg_q = config or configs(kernel, q, k, v, out, lse, dout, doc_ids)
+    cfg_kv, cfg_q = config or configs(kernel, q, k, v, out, lse, dout, doc_ids, estimate)
     dq, dk, dv, delta = _buffers(kernel, q, k, v, out, dout, dlse)
-    _phase(kernel, "dkdv", cfg_kv, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
-    _phase(kernel, "dq", cfg_q, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta)
+    _phase(kernel, "dkdv", cfg_kv, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
+           estimate)
+    _phase(kernel, "dq", cfg_q, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
+           estimate)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -121,7 +130,8 @@ def _passes(kernel) -> int:
     return int(any(g.identity for g in kernel.spec.groups)) + len(kernel.spec.periods)
 
 
-def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta):
+def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
+           estimate=None):
     """Every launch of one pass ("dkdv" or "dq"): the identity-order part, then each class."""
     mod = module(kernel, "backward")
     B, H, M, D = q.shape
@@ -141,14 +151,20 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1),
                dout.stride(2))
     common = (q, k, v, dout, lse, delta)
+    parts = kernel.spec.dynamic
+    grid = Grid(M, N, cfg.block_m, cfg.block_n)
     first = True  # the first launch stores, later ones add (ACCUMULATE)
     if phase == "dkdv":
         kv_strides = strides + (dk.stride(0), dk.stride(1), dk.stride(2))
         if any(g.identity for g in kernel.spec.groups):
             tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
             tabt_off, tabt_idx = transpose_csr(tab_off, tab_idx, KB)
+            dyn = ()
+            if parts:  # per (bh, kv block): tested query blocks, full query blocks
+                tested, full = dynamic.transposed(parts, estimate, B, H, M, grid)
+                dyn = (*tested, *full, *estimate.flag_args())
             mod.attn_bwd_dkdv[(KB, B * HKV)](*common, dk, dv, head_group, tabt_off, tabt_idx,
-                                             doc, *kv_strides, H, HKV, M, N, KB, sm_scale, D,
+                                             *dyn, doc, *kv_strides, H, HKV, M, N, KB, sm_scale, D,
                                              ACCUMULATE=False, **shape)
             first = False
         for s in kernel.spec.periods:  # residue classes mod s: about M/s queries, N/s keys
@@ -161,7 +177,9 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
     q_strides = strides + (dq.stride(0), dq.stride(1), dq.stride(2))
     if any(g.identity for g in kernel.spec.groups):
         tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
-        mod.attn_bwd_dq[(QB, B * H)](*common, dq, head_group, tab_off, tab_idx, doc,
+        dyn = (dynamic.indices(parts, estimate, B, H, M, grid).kernel_args() if parts
+               else ())
+        mod.attn_bwd_dq[(QB, B * H)](*common, dq, head_group, tab_off, tab_idx, doc, *dyn,
                                      *q_strides, H, HKV, M, N, QB, sm_scale, D,
                                      EVEN_N=N % cfg.block_n == 0, ACCUMULATE=False, **shape)
         first = False

@@ -282,54 +282,154 @@ class Indices:
         return (blocks + chunks).T
 
 
-def estimate(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,
-             scale: float, grid: Grid, module=None) -> Indices:
-    """The indices of every dynamic part: `parts` pairs each with the query heads it runs
-    for; q [B, H, M, D], k [B, Hkv, N, D]; `module`: the generated kernel module, whose
-    estimation kernels compute vertical_slash's sums when it has them."""
+@dataclass
+class Estimate:
+    """What one call estimated, as flags of static shape (so the torch.library op can
+    return them and autograd can save them for the backward): for every (batch, head) row
+    bh = b·H + h, the picked offsets q − k `diag` and picked keys `vert` (int8 [BH, N];
+    [1, 1] when no head has vertical_slash) and the picked g-blocks `pick` (int8
+    [BH, P·P], P the largest G; [1, 1] when no head has a block kind). Rows of heads
+    without a term of that kind are 0. Every element test of the kernels reads only these
+    flags, so indices built from them for any block sizes allow exactly the same pairs."""
+
+    diag: torch.Tensor
+    vert: torch.Tensor
+    pick: torch.Tensor
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.diag, self.vert, self.pick
+
+    @property
+    def pick_row(self) -> int:
+        return math.isqrt(self.pick.shape[-1])
+
+    def flag_args(self) -> tuple:
+        """The flags as kernels read them: diag as bits (32 to an int32 word), vert, pick,
+        pick's row length and the words per diag row."""
+        bits = _bits(self.diag)
+        return bits, self.vert, self.pick, self.pick_row, bits.shape[-1]
+
+
+def flag_shapes(parts, B: int, H: int, M: int, N: int) -> tuple[tuple[int, int], ...]:
+    """The shapes of Estimate's diag, vert and pick for these parts and sizes."""
+    slash = any(p.dynamic.kind == "vertical_slash" for _, p in parts)
+    rows = max([-(-N // int(parameters(p.dynamic.prim, M, N)[1])) for _, p in parts
+                if p.dynamic.kind != "vertical_slash"], default=0)
+    line = (B * H, N) if slash else (1, 1)
+    return line, line, ((B * H, rows * rows) if rows else (1, 1))
+
+
+def _rows(heads, B: int, H: int, device) -> torch.Tensor:
+    hs = torch.tensor(heads, device=device)
+    return (torch.arange(B, device=device)[:, None] * H + hs[None, :]).flatten()
+
+
+def pick(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,
+         scale: float, module=None) -> Estimate:
+    """The input-dependent step: V and S (vertical_slash) or the picked g-blocks of every
+    dynamic part, for q [B, H, M, D], k [B, Hkv, N, D]. The backward reuses the result.
+    `module`: the generated kernel module, whose estimation kernels compute
+    vertical_slash's sums when it has them (else PyTorch does)."""
     B, H, M, _ = q.shape
     Hkv, N = k.shape[1], k.shape[2]
     device = q.device
-    BH, QB, KB = B * H, grid.QB, grid.KB
-    partial = torch.zeros(BH, QB, KB, dtype=torch.bool, device=device)
-    full = torch.zeros_like(partial)
-    n_cols, pick_row = 1, 1
-    sets, picks = [], []
+    shapes = flag_shapes(parts, B, H, M, N)
+    diag, vert, picks = (torch.zeros(s, dtype=torch.int8, device=device) for s in shapes)
+    P = math.isqrt(shapes[2][1])
     for heads, part in parts:
         hs = torch.tensor(heads, device=device)
-        rows = (torch.arange(B, device=device)[:, None] * H + hs[None, :]).flatten()
+        rows = _rows(heads, B, H, device)
         qh = q[:, hs].flatten(0, 1)
         kh = k[:, hs // (H // Hkv)].flatten(0, 1)
         params = parameters(part.dynamic.prim, M, N)
         if part.dynamic.kind == "vertical_slash":
             keys, offsets = vertical_slash_sets(qh, kh, params[0], params[1], scale, module)
-            p, f = slash_blocks(offsets, grid)
-            sets.append((rows, keys, offsets, p | f))
-            n_cols = max(n_cols, keys.shape[1])
+            diag[rows] = torch.zeros_like(diag[rows]).scatter_(1, offsets, 1)
+            vert[rows] = torch.zeros_like(vert[rows]).scatter_(1, keys, 1)
         else:
             picked = block_picks(qh, kh, part.dynamic.kind, params, scale)
-            p, f = pick_blocks(picked, int(params[1]), grid)
-            picks.append((rows, picked))
-            pick_row = max(pick_row, picked.shape[-1])
+            G = picked.shape[-1]
+            square = torch.zeros(len(rows), P, P, dtype=torch.int8, device=device)
+            square[:, :G, :G] = picked
+            picks[rows] = square.flatten(1)
+    return Estimate(diag, vert, picks)
+
+
+def _ascending(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """The positions of the `count` set flags of each row [R, N], ascending [R, count]
+    (every row holds exactly `count`: they came from a top-k)."""
+    at = torch.arange(flags.shape[1], device=flags.device)
+    return torch.where(flags != 0, at, flags.shape[1]).sort(-1).values[:, :count]
+
+
+def _blocks(parts, est: Estimate, B: int, H: int, M: int, grid: Grid):
+    """Block classes (partial, full bool [BH, QB, KB]) and gathered columns (int32
+    [BH, QB, C], counts [BH, QB]) of the estimate on `grid`."""
+    device, N = est.diag.device, grid.N
+    BH, QB, KB = B * H, grid.QB, grid.KB
+    partial = torch.zeros(BH, QB, KB, dtype=torch.bool, device=device)
+    full = torch.zeros_like(partial)
+    n_cols, sets = 1, []
+    for heads, part in parts:
+        rows = _rows(heads, B, H, device)
+        params = parameters(part.dynamic.prim, M, N)
+        if part.dynamic.kind == "vertical_slash":
+            keys = _ascending(est.vert[rows], min(params[0], N))
+            offsets = _ascending(est.diag[rows], min(params[1], N))
+            p, f = slash_blocks(offsets, grid)
+            sets.append((rows, keys, p | f))
+            n_cols = max(n_cols, keys.shape[1])
+        else:
+            g = int(params[1])
+            G = -(-N // g)
+            P = est.pick_row
+            picked = est.pick[rows].view(-1, P, P)[:, :G, :G] != 0
+            p, f = pick_blocks(picked, g, grid)
         partial[rows], full[rows] = p, f
     columns = torch.zeros(BH, QB, n_cols, dtype=torch.int32, device=device)
     counts = torch.zeros(BH, QB, dtype=torch.int32, device=device)
-    diag = torch.zeros(BH if sets else 1, N if sets else 1, dtype=torch.int8, device=device)
-    vert = torch.zeros_like(diag)
-    for rows, keys, offsets, crossed in sets:
+    for rows, keys, crossed in sets:
         cols, cnt = vertical_columns(keys, crossed, grid)
         columns[rows, :, :cols.shape[-1]], counts[rows] = cols, cnt
-        diag[rows] = torch.zeros_like(diag[rows]).scatter_(1, offsets, 1)
-        vert[rows] = torch.zeros_like(vert[rows]).scatter_(1, keys, 1)
-    pick = torch.zeros(BH if picks else 1, pick_row * pick_row, dtype=torch.int8,
-                       device=device)
-    for rows, picked in picks:
-        G = picked.shape[-1]
-        square = torch.zeros(len(rows), pick_row, pick_row, dtype=torch.int8, device=device)
-        square[:, :G, :G] = picked
-        pick[rows] = square.flatten(1)
+    return partial, full, columns, counts
+
+
+def indices(parts, est: Estimate, B: int, H: int, M: int, grid: Grid) -> Indices:
+    """What the forward and the backward's dQ pass read on `grid`: per (bh, query block)
+    the partial and full kv blocks and the gathered columns of the estimate."""
+    partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
+    BH, QB, KB = B * H, grid.QB, grid.KB
     return Indices(csr_of(partial.view(BH * QB, KB)), csr_of(full.view(BH * QB, KB)),
-                   columns, counts, diag, vert, pick, pick_row)
+                   columns, counts, est.diag, est.vert, est.pick, est.pick_row)
+
+
+def transposed(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """What the backward's dK/dV pass reads on `grid`: per (bh, kv block) row bh·KB + n,
+    CSRs of the query blocks whose elements are tested (the partial blocks, and the blocks
+    (m, n) holding a column that query block m gathers) and of the full blocks. A block
+    holding a gathered column is not visited as a block in the forward, so no picked
+    diagonal crosses it and the element test `_dyn_allowed` there is causal & vert[k]:
+    exactly the pairs the forward's gather computed, now in kv-block order (every dK, dV
+    row owned by one program: deterministic, no atomics)."""
+    partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
+    BH, QB, KB = B * H, grid.QB, grid.KB
+    C = columns.shape[-1]
+    slot = torch.arange(C, device=columns.device)
+    used = slot[None, None, :] < counts[:, :, None]
+    gathered = torch.zeros(BH, QB, KB + 1, dtype=torch.bool, device=columns.device)
+    gathered.scatter_(2, torch.where(used, columns.long() // grid.BN, KB), True)
+    tested = partial | gathered[..., :KB]
+    return (csr_of(tested.transpose(1, 2).reshape(BH * KB, QB)),
+            csr_of(full.transpose(1, 2).reshape(BH * KB, QB)))
+
+
+def estimate(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,
+             scale: float, grid: Grid, module=None) -> Indices:
+    """The indices of every dynamic part on `grid`: `pick`, then `indices`; `parts` pairs
+    each with the query heads it runs for; q [B, H, M, D], k [B, Hkv, N, D]."""
+    return indices(parts, pick(parts, q, k, scale, module), q.shape[0], q.shape[1],
+                   q.shape[2], grid)
 
 
 def token_mask(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,

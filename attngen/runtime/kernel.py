@@ -137,15 +137,23 @@ class Kernel:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  scale: float | None = None, return_lse: bool = False,
                  doc_ids: torch.Tensor | None = None):
+        out, lse, _ = self.forward(q, k, v, scale, doc_ids)
+        return (out, lse) if return_lse else out
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float | None = None, doc_ids: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, dynamic.Estimate | None]:
+        """(out, lse, estimate): `estimate` is what a dynamic pattern picked for these
+        inputs (None for static patterns); pass it to `backward`, which never estimates."""
         _check(q, k, v, self.head_dim, len(self.spec.head_group))
         if self.spec.uses_doc and doc_ids is None:
             raise ValueError(f"`{self.pattern}` needs doc_ids: one int per key position")
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         cfg = self.config(q, k, v, doc_ids)
-        out, lse = self.launch(q, k, v, cfg, scale, doc_ids)
-        return (out, lse) if return_lse else out
+        return self.launch(q, k, v, cfg, scale, doc_ids)
 
     def launch(self, q, k, v, cfg: Config, scale, doc_ids):
+        """(out, lse, estimate) with configuration cfg."""
         self.load()
         B, H, M, D = q.shape
         HKV, N = k.shape[1], k.shape[2]
@@ -162,9 +170,11 @@ class Kernel:
         grid = (QB, B * H)
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
         sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
-        dyn = (dynamic.estimate(self.spec.dynamic, q, k, sm_scale,
-                                Grid(M, N, cfg.block_m, cfg.block_n), self.module)
+        est = (dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
                if self.spec.dynamic else None)
+        dyn = (dynamic.indices(self.spec.dynamic, est, B, H, M,
+                               Grid(M, N, cfg.block_m, cfg.block_n))
+               if est is not None else None)
         use_tma = self.tma and q.is_cuda and dyn is None  # dynamic loops gather by pointer
         if use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
@@ -201,16 +211,22 @@ class Kernel:
                 scratch.stride(0), scratch.stride(1), scratch.stride(2), H, HKV, M, N,
                 qb_class, sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
                 MERGE=i > 0, **shape)
-        return out, lse
+        return out, lse, est
 
     def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                  lse: torch.Tensor, dout: torch.Tensor, dlse: torch.Tensor | None = None,
-                 scale: float | None = None, doc_ids: torch.Tensor | None = None):
+                 scale: float | None = None, doc_ids: torch.Tensor | None = None,
+                 estimate: dynamic.Estimate | None = None):
         """(dq, dk, dv) of this kernel's attention, from its forward's out and lse and the
-        gradients of both (dlse may be None); runs the generated backward module."""
+        gradients of both (dlse may be None); runs the generated backward module. A dynamic
+        pattern needs its forward's `estimate` (from `forward`): the backward reuses it."""
         from attngen.runtime import backward
 
-        return backward.launch(self, q, k, v, out, lse, dout, dlse, scale, doc_ids)
+        if self.spec.dynamic and estimate is None:
+            raise ValueError(f"`{self.pattern}` is input-dependent: its backward needs the "
+                             "estimate of its forward (kernel.forward returns it)")
+        return backward.launch(self, q, k, v, out, lse, dout, dlse, scale, doc_ids,
+                               estimate=estimate)
 
     # -- tuning --------------------------------------------------------------------------
     def config(self, q, k, v, doc_ids) -> Config:

@@ -128,7 +128,9 @@ def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK,
         on_vertical = tl.load(VERT + offs_n, mask=valid, other=0) != 0
         return causal & (on_slash | on_vertical[None, :])
     else:
-        cell = (q_pos[:, None] // G) * pick_row + offs_n[None, :] // G
+        # rows past the end (q_pos >= N, never stored) stay inside the picked square
+        row = tl.minimum(q_pos // G, pick_row - 1)
+        cell = row[:, None] * pick_row + offs_n[None, :] // G
         return causal & (tl.load(PICK + cell, mask=causal, other=0) != 0)
 
 
