@@ -238,10 +238,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result: dict, json_path: str, md_path: str | None = None) -> None:
+def save(result: dict, json_path: str, md_path: str | None = None, table=None) -> None:
+    """The result as JSON, and as the markdown `table(result)` (default: markdown)."""
     with open(json_path, "w") as f:
         json.dump(result, f, indent=2)
     if md_path:
         with open(md_path, "w") as f:
-            f.write(markdown(result))
+            f.write((table or markdown)(result))
 

@@ -19,7 +19,6 @@ time (TESTING.md); the JSON and markdown go to docs/benchmarks/.
 """
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -27,6 +26,7 @@ import time
 import torch
 
 import attngen
+from attngen import bench
 from attngen.bench import _flex, _flex_fn, _time
 from attngen.codegen.torch_predicate import mask_mod, predicate_fn
 
@@ -344,8 +344,4 @@ def markdown(result: dict) -> str:
 
 
 def save(result: dict, json_path: str, md_path: str | None = None) -> None:
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
-    if md_path:
-        with open(md_path, "w") as f:
-            f.write(markdown(result))
+    bench.save(result, json_path, md_path, markdown)
