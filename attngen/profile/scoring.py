@@ -37,25 +37,38 @@ from attngen.ir.pattern import Pattern
 from attngen.profile.candidates import Candidate
 from attngen.profile.data import Sample
 
+ROW_SETS = ("spread", "answer")  # last axis of the per-row-set scores
+PER_ROW_SET = ("loss", "loss_sq", "recall", "influence")
+
 
 @dataclass
 class Scores:
-    """Per (length, layer, query head, candidate), averaged over the samples."""
+    """Per (length, layer, query head, candidate), averaged over the samples. The loss and
+    recall keep the two row sets apart (last axis: spread rows, answer rows) so a search
+    can weigh them without scoring again (`mixed`)."""
 
     lengths: list[int]
     candidates: tuple[Candidate, ...]
-    loss: np.ndarray  # [L, layers, heads, C] output error (see the module doc)
-    recall: np.ndarray  # [L, layers, heads, C] attention mass kept
+    loss: np.ndarray  # [L, layers, heads, C, 2] output error (see the module doc)
+    loss_sq: np.ndarray  # [L, layers, heads, C, 2] its square, averaged over rows
+    recall: np.ndarray  # [L, layers, heads, C, 2] attention mass kept
+    influence: np.ndarray  # [L, layers, heads, C, 2] first-order loss change (0: not run)
     density: np.ndarray  # [L, layers, heads, C] allowed ÷ causal pairs
+
+    def mixed(self, name: str, answer_weight: float) -> np.ndarray:
+        """`name` ("loss", "loss_sq", "recall", "influence") as (1 - w)·spread + w·answer rows."""
+        values = getattr(self, name)
+        return (1 - answer_weight) * values[..., 0] + answer_weight * values[..., 1]
 
 
 class HeadScorer:
     def __init__(self, model, candidates: tuple[Candidate, ...], spread_rows: int = 128,
-                 answer_rows: int = 16, answer_weight: float = 0.5):
+                 answer_rows: int = 16, influence: bool = False):
         self.model = model
         self.candidates = candidates
+        self.influence = influence
+        self._grads: dict[int, torch.Tensor] = {}
         self.spread_rows, self.answer_rows = spread_rows, answer_rows
-        self.answer_weight = answer_weight
         self.modules = hf.attention_modules(model)
         self.masks = MaskCache()
         self._residual: dict[int, torch.Tensor] = {}
@@ -66,7 +79,8 @@ class HeadScorer:
         lengths = sorted(samples)
         layers, heads = len(self.modules), self.model.config.num_attention_heads
         shape = (len(lengths), layers, heads, len(self.candidates))
-        out = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        out = {name: np.zeros(shape + (len(ROW_SETS),)) for name in PER_ROW_SET}
+        out["density"] = np.zeros(shape)
         total = sum(len(v) for v in samples.values())
         bar = tqdm(total=total, desc="calibrating", unit="sample", disable=not progress)
         for li, length in enumerate(lengths):
@@ -87,7 +101,10 @@ class HeadScorer:
         self._weights = self._row_weights(spread, answer)
         layers, heads = len(self.modules), self.model.config.num_attention_heads
         shape = (layers, heads, len(self.candidates))
-        self._acc = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        self._acc = {name: np.zeros(shape + (len(ROW_SETS),)) for name in PER_ROW_SET}
+        self._acc["density"] = np.zeros(shape)
+        if self.influence:
+            self._grads = self._loss_gradients(ids, len(answer))
         hooks = [self._layer_of(m).register_forward_pre_hook(self._residual_hook(i),
                                                              with_kwargs=True)
                  for i, m in self.modules.items()]
@@ -101,11 +118,51 @@ class HeadScorer:
         return self._acc
 
     def _row_weights(self, spread: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-        """Weights over self._rows: the spread mean and the answer mean, mixed."""
-        w = torch.zeros(len(self._rows), dtype=torch.float64)
-        w[torch.isin(self._rows, spread)] += (1 - self.answer_weight) / len(spread)
-        w[torch.isin(self._rows, answer)] += self.answer_weight / len(answer)
+        """[R, 2]: the weights of the spread mean and of the answer mean over self._rows."""
+        w = torch.zeros(len(self._rows), len(ROW_SETS), dtype=torch.float64)
+        w[torch.isin(self._rows, spread), 0] = 1 / len(spread)
+        w[torch.isin(self._rows, answer), 1] = 1 / len(answer)
         return w
+
+    def _loss_gradients(self, ids: list[int], answer: int) -> dict[int, torch.Tensor]:
+        """Layer → [2, H, R, D]: gradients, at the rows R, of each head's attention output
+        (the input of o_proj) for two losses: the mean next-token loss over the sequence,
+        and over its last `answer` tokens. One forward and backward pass with the model's
+        own attention (MoA's gradient influence, per output row instead of per
+        attention-matrix entry: o_c - o is the whole change a candidate makes to a row).
+
+        `_influence_weights` [R, 2] turn row sums into estimates over the whole sequence:
+        spread rows stand for L / len(spread) rows each."""
+        L, rows = len(ids), self._rows
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [m.o_proj.register_forward_pre_hook(
+                 lambda mod, args, i=i: inputs.__setitem__(i, args[0]))
+                 for i, m in self.modules.items()]
+        try:
+            with torch.enable_grad():
+                logits = self.model(torch.tensor([ids]), use_cache=False).logits[0, :-1]
+                nll = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.tensor(ids[1:]), reduction="none")
+                order = sorted(inputs)
+                losses = (nll.mean(), nll[-answer:].mean())
+                grads = [torch.autograd.grad(loss, [inputs[i] for i in order],
+                                             retain_graph=k == 0)
+                         for k, loss in enumerate(losses)]
+        finally:
+            for h in hooks:
+                h.remove()
+        heads = self.model.config.num_attention_heads
+        weights = self._weights.clone()  # means over the spread and the answer rows
+        spread, is_answer = weights[:, 0] > 0, weights[:, 1] > 0
+        weights[:, 0] *= L  # sums over all L rows: a spread row stands for L / n rows
+        others = int((spread & ~is_answer).sum())  # the answer loss: answer rows once each
+        weights[:, 1] = torch.where(is_answer, 1.0, spread * (L - answer) / max(1, others))
+        self._influence_weights = weights.float()
+        out = {}
+        for position, layer in enumerate(order):
+            out[layer] = torch.stack([grads[k][position][0, rows].view(len(rows), heads, -1)
+                                      .transpose(0, 1) for k in range(2)])
+        return out
 
     def _layer_of(self, attention_module):
         """The decoder layer holding an attention module (its input is the residual)."""
@@ -143,7 +200,13 @@ class HeadScorer:
             out = (kept @ v) / mass.clamp(min=1e-30)[..., None]
             shift = torch.einsum("hrd,ehd->hre", out - dense_out, w_o).norm(dim=-1)  # [H, R]
             self._acc["loss"][layer, :, c] = (shift @ weights / residual).numpy()
+            self._acc["loss_sq"][layer, :, c] = (shift.square() @ weights
+                                                 / residual.square()).numpy()
             self._acc["recall"][layer, :, c] = (mass @ weights).numpy()
+            if self.influence:  # [2, H, R]: each loss's gradient · the output change
+                change = torch.einsum("hrd,shrd->shr", out - dense_out, self._grads[layer])
+                self._acc["influence"][layer, :, c] = (change @ self._influence_weights
+                                                       ).diagonal(dim1=0, dim2=2).numpy()
             if cand.dynamic:
                 count = mask.sum(-1).double()  # [H, R]
                 self._acc["density"][layer, :, c] = (count.sum(-1) / causal_count.sum()).numpy()

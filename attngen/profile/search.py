@@ -67,17 +67,18 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     haystack = haystack or Haystack.documentation("calibration", tokenizer)
     cands = candidates(options.families)
     samples = calibration_samples(haystack, options.lengths, options.samples, options.seed)
-    scores = HeadScorer(model, cands, answer_weight=options.answer_weight).run(samples,
-                                                                               progress)
-    choice = select(scores, options.density, options.per, model.config.num_key_value_heads)
+    scores = HeadScorer(model, cands).run(samples, progress)
+    choice = select(scores, options, model.config.num_key_value_heads)
     plan = build_plan(scores, choice, options, model_name)
     validation = validate(model, haystack, plan, options, progress)
     return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
 
 
-def select(scores: Scores, density: float, per: str, kv_heads: int) -> np.ndarray:
+def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
     """Candidate index per (layer, query head)."""
-    loss, cost = scores.loss.mean(0), scores.density.mean(0)  # [layers, heads, C]
+    density, per = options.density, options.per
+    loss = scores.mixed("loss", options.answer_weight).mean(0)  # [layers, heads, C]
+    cost = scores.density.mean(0)
     layers, heads, C = loss.shape
     if per == "head":
         picked = choose(loss.reshape(-1, C), cost.reshape(-1, C), density * layers * heads)
@@ -113,7 +114,9 @@ def _ranges(heads: list[int]) -> list[str]:
 def build_plan(scores: Scores, choice: np.ndarray, options: SearchOptions,
                model_name: str) -> ModelPlan:
     cands = scores.candidates
-    loss, recall, cost = (a.mean(0) for a in (scores.loss, scores.recall, scores.density))
+    loss = scores.mixed("loss", options.answer_weight).mean(0)
+    recall = scores.mixed("recall", options.answer_weight).mean(0)
+    cost = scores.density.mean(0)
     layers, rows = {}, {}
     for layer, picks in enumerate(choice):
         texts = [cands[c].text for c in picks]
