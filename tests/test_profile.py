@@ -19,7 +19,15 @@ from attngen.profile.evaluate import matched_width
 from attngen.profile.knapsack import Infeasible, choose
 from attngen.profile.plan import ModelPlan, plan_to_dict, read_plan, write_plan
 from attngen.profile.scoring import HeadScorer, Scores, static_density
-from attngen.profile.search import SearchOptions, build_plan, layer_pattern, plan_density, select
+from attngen.profile.search import (
+    TIE_BREAK,
+    SearchOptions,
+    build_plan,
+    layer_pattern,
+    objective,
+    plan_density,
+    select,
+)
 
 
 # -- knapsack ------------------------------------------------------------------------------
@@ -239,6 +247,39 @@ def test_influence_is_the_first_order_change_of_the_loss(tiny_model):
         actual = mean_loss({"layers": [{"layer": layer, "pattern": pattern}]}) - dense
         predicted = acc["influence"][layer, head, c, 0]
         assert actual == pytest.approx(predicted, rel=0.2, abs=1e-6), (layer, head, c)
+
+
+def test_saved_scores_are_reused_only_for_the_same_calibration(tmp_path):
+    from attngen.profile.scoring import load_scores, save_scores
+
+    cands = candidates(("dense", "a_shape"))
+    shape = (2, 3, 4, len(cands))
+    rng = np.random.default_rng(1)
+    scores = Scores([256, 512], cands, *(rng.random(shape + (2,)) for _ in range(4)),
+                    rng.random(shape))
+    key = {"model": "tiny", "lengths": [256, 512], "candidates": [c.text for c in cands]}
+    save_scores(scores, tmp_path / "s.npz", key)
+    again = load_scores(tmp_path / "s.npz", cands, key)
+    for name in ("loss", "loss_sq", "recall", "influence", "density"):
+        assert np.array_equal(getattr(again, name), getattr(scores, name))
+    assert again.lengths == [256, 512]
+    assert load_scores(tmp_path / "s.npz", cands, {**key, "model": "other"}) is None
+    assert load_scores(tmp_path / "missing.npz", cands, key) is None
+
+
+def test_objectives_output_error_and_clipped_influence():
+    cands = candidates(("dense", "a_shape"))
+    shape = (1, 1, 2, len(cands))
+    loss = np.full(shape + (2,), 0.5)
+    loss[..., 1] = 1.0  # answer rows
+    influence = np.full(shape + (2,), -2.0)
+    scores = Scores([256], cands, loss, loss ** 2, loss, influence, np.ones(shape))
+    error = objective(scores, SearchOptions(answer_weight=0.25))
+    assert np.allclose(error, 0.75 * 0.5 + 0.25 * 1.0)
+    clipped = objective(scores, SearchOptions(objective="influence"))
+    assert np.allclose(clipped, TIE_BREAK * 0.75)  # below zero counts as no increase
+    with pytest.raises(ValueError, match="objective"):
+        objective(scores, SearchOptions(objective="recall"))
 
 
 def test_selection_stays_within_the_budget_and_builds_a_plan():

@@ -230,3 +230,27 @@ class HeadScorer:
 def static_density(pattern: Pattern, M: int, N: int) -> float:
     """Allowed ÷ causal pairs, exact, from the layout (cached: every layer asks)."""
     return pattern.density(M, N)
+
+
+def save_scores(scores: Scores, path, key: dict) -> None:
+    """Write `scores` to `path` (.npz) with `key`: what they were computed from (model,
+    calibration lengths, samples, seed, candidates), so a later search with other budgets
+    or objectives can reuse them (`load_scores`)."""
+    import json
+
+    arrays = {name: getattr(scores, name) for name in (*PER_ROW_SET, "density")}
+    np.savez_compressed(path, key=json.dumps(key, sort_keys=True), **arrays)
+
+
+def load_scores(path, candidates: tuple[Candidate, ...], key: dict) -> Scores | None:
+    """The scores saved at `path` if they were computed from exactly `key`, else None."""
+    import json
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return None
+    with np.load(path) as saved:
+        if str(saved["key"]) != json.dumps(key, sort_keys=True):
+            return None
+        arrays = {name: saved[name] for name in (*PER_ROW_SET, "density")}
+    return Scores(list(key["lengths"]), candidates, **arrays)
