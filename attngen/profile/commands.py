@@ -178,7 +178,7 @@ def add_parsers(subs, fmt) -> None:
     se.add_argument("--objective", choices=["output_error", "influence"],
                     default="output_error", help="what the knapsack minimises: the heads' "
                     "output error, or MoA's gradient estimate of the loss increase")
-    se.add_argument("--answer-weight", type=float, default=0.5,
+    se.add_argument("--answer-weight", type=float, default=0.2,
                     help="weight of the answer rows against the whole sequence")
     se.add_argument("--scores", default=None, metavar="NPZ", help="save the per-head "
                     "scores here, and reuse them when calibration would be the same")

@@ -40,7 +40,7 @@ class SearchOptions:
     samples: int = 2  # calibration samples per length, passkey and kv alternating
     per: str = "head"  # "head" (query heads) or "kv_head" (a group shares its pattern)
     families: tuple[str, ...] | None = None  # candidate families (default all)
-    answer_weight: float = 0.5  # weight of the answer rows (answer loss) in the objective
+    answer_weight: float = 0.2  # weight of the answer rows against the spread rows
     objective: str = "output_error"  # or "influence" (gradient, MoA; see profiler.md)
     seed: int = 0
 
