@@ -1,7 +1,8 @@
 """Per-head scores of every candidate, measured on the model's own queries and keys.
 
     scores = HeadScorer(model, candidates).run(samples_by_length)
-    scores.loss[l, layer, head, c], scores.recall[...], scores.density[...]
+    scores.loss[l, layer, head, c, rows], scores.recall[...], scores.density[l, layer, head, c]
+    scores.mixed("loss", answer_weight)    # the two row sets weighed: [l, layer, head, c]
 
 A dense forward pass runs through the HF integration with a recorder that sees every
 layer's post-RoPE queries, keys and values. For a set of query rows R of each sample it
@@ -14,12 +15,16 @@ computes the dense attention probabilities P once, and for each candidate mask m
   output o, pushed through that head's slice of the output projection and divided by the
   norm of the residual stream entering the layer: ‖W_o,h (o_c − o)‖ / ‖x‖. That is the
   perturbation the head's choice adds to the model's hidden state, comparable across
-  layers and additive over heads (the knapsack's objective).
+  layers and additive over heads (the knapsack's objective);
+- with `influence=True`, MoA's gradient influence: the gradient of the loss at each
+  head's output, dotted with o_c − o (the first-order change of the loss; see
+  `_loss_gradients`). Measured on SmolLM2 it is too noisy to choose by (profiler.md).
 
 R is a spread of rows over the whole sequence (perplexity) plus the last rows of the
-sample, where the question and the answer sit (retrieval); `answer_weight` balances the
-two means. Densities of static candidates are exact (from the layout); dynamic candidates
-are measured on R: allowed ÷ causal pairs of their estimated masks.
+sample, where the question and the answer sit (retrieval); the two means are kept apart
+(last axis `rows`: spread, answer) and weighed at selection. Densities of static
+candidates are exact (from the layout); dynamic candidates are measured on R: allowed ÷
+causal pairs of their estimated masks.
 """
 from __future__ import annotations
 
