@@ -12,13 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import attngen
+from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache, block_topk_mask, vertical_slash_mask
 from attngen.profile.candidates import Candidate, candidates
 from attngen.profile.evaluate import matched_width
 from attngen.profile.knapsack import Infeasible, choose
 from attngen.profile.plan import ModelPlan, plan_to_dict, read_plan, write_plan
 from attngen.profile.scoring import HeadScorer, Scores, static_density
-from attngen.profile.search import SearchOptions, build_plan, layer_pattern, plan_density, select
+from attngen.profile.search import (
+    TIE_BREAK,
+    SearchOptions,
+    build_plan,
+    layer_pattern,
+    objective,
+    plan_density,
+    select,
+)
 
 
 # -- knapsack ------------------------------------------------------------------------------
@@ -190,9 +199,12 @@ def test_scores_dense_is_free_and_recall_counts_kept_mass(tiny_model):
     scorer = HeadScorer(tiny_model, cands, spread_rows=32, answer_rows=4)
     ids = torch.randint(0, 101, (96,), generator=torch.Generator().manual_seed(3)).tolist()
     acc = scorer.score_sample(ids)
-    assert np.allclose(acc["loss"][..., [0, 2]], 0, atol=1e-6)
-    assert np.allclose(acc["recall"][..., [0, 2]], 1, atol=1e-6)
-    assert (acc["loss"][..., 1] > 0).all() and (acc["recall"][..., 1] < 1).all()
+    assert acc["loss"].shape == acc["recall"].shape == (2, 4, 4, 2)  # ..., spread/answer
+    assert np.allclose(acc["loss"][:, :, [0, 2]], 0, atol=1e-6)
+    assert np.allclose(acc["loss_sq"][:, :, [0, 2]], 0, atol=1e-9)
+    assert np.allclose(acc["recall"][:, :, [0, 2]], 1, atol=1e-6)
+    assert (acc["loss"][:, :, 1] > 0).all() and (acc["recall"][:, :, 1] < 1).all()
+    assert (acc["loss_sq"][:, :, 1] >= acc["loss"][:, :, 1] ** 2 - 1e-9).all()  # Jensen
     assert np.allclose(acc["density"][..., 1], brute_density(attngen.parse("local(8)"), 96))
     assert ((acc["density"][..., 3] > 0) & (acc["density"][..., 3] <= 1)).all()
     assert tiny_model.config._attn_implementation != "attngen"  # scorer cleaned up
@@ -206,6 +218,68 @@ def test_scores_dense_is_free_and_recall_counts_kept_mass(tiny_model):
         mask = attngen.parse("local(8)").mask(96, 96)[0]
         attention[layer] = (probs[0][:, rows] * mask[rows]).sum(-1) @ scorer._weights.float()
         assert np.allclose(acc["recall"][layer, :, 1], attention[layer].numpy(), atol=1e-5)
+    spread = torch.isin(rows, torch.linspace(0, 95, 32).round().long())
+    assert spread.sum() == 32 and torch.isin(rows, torch.arange(92, 96)).sum() == 4
+
+
+def test_influence_is_the_first_order_change_of_the_loss(tiny_model):
+    """Every row scored: the influence of a candidate on one head predicts the change of the
+    mean next-token loss when that head alone runs the candidate."""
+    cands = (Candidate("dense", attngen.parse("causal")),
+             Candidate("wide", attngen.parse("local(80)")),
+             Candidate("local", attngen.parse("local(8)")))
+    ids = torch.randint(0, 101, (96,), generator=torch.Generator().manual_seed(3)).tolist()
+    scorer = HeadScorer(tiny_model, cands, spread_rows=96, answer_rows=4, influence=True)
+    acc = scorer.score_sample(ids)
+    assert np.allclose(acc["influence"][:, :, 0], 0, atol=1e-7)
+
+    def mean_loss(plan) -> float:
+        hf.apply(tiny_model, plan)
+        try:
+            with torch.no_grad():
+                return tiny_model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+        finally:
+            hf.remove(tiny_model)
+
+    dense = mean_loss({})
+    for layer, head, c in ((0, 1, 1), (1, 2, 1), (1, 0, 2)):
+        pattern = f"heads {{ {head}: {cands[c].text}; *: causal }}"
+        actual = mean_loss({"layers": [{"layer": layer, "pattern": pattern}]}) - dense
+        predicted = acc["influence"][layer, head, c, 0]
+        assert actual == pytest.approx(predicted, rel=0.2, abs=1e-6), (layer, head, c)
+
+
+def test_saved_scores_are_reused_only_for_the_same_calibration(tmp_path):
+    from attngen.profile.scoring import load_scores, save_scores
+
+    cands = candidates(("dense", "a_shape"))
+    shape = (2, 3, 4, len(cands))
+    rng = np.random.default_rng(1)
+    scores = Scores([256, 512], cands, *(rng.random(shape + (2,)) for _ in range(4)),
+                    rng.random(shape))
+    key = {"model": "tiny", "lengths": [256, 512], "candidates": [c.text for c in cands]}
+    save_scores(scores, tmp_path / "s.npz", key)
+    again = load_scores(tmp_path / "s.npz", cands, key)
+    for name in ("loss", "loss_sq", "recall", "influence", "density"):
+        assert np.array_equal(getattr(again, name), getattr(scores, name))
+    assert again.lengths == [256, 512]
+    assert load_scores(tmp_path / "s.npz", cands, {**key, "model": "other"}) is None
+    assert load_scores(tmp_path / "missing.npz", cands, key) is None
+
+
+def test_objectives_output_error_and_clipped_influence():
+    cands = candidates(("dense", "a_shape"))
+    shape = (1, 1, 2, len(cands))
+    loss = np.full(shape + (2,), 0.5)
+    loss[..., 1] = 1.0  # answer rows
+    influence = np.full(shape + (2,), -2.0)
+    scores = Scores([256], cands, loss, loss ** 2, loss, influence, np.ones(shape))
+    error = objective(scores, SearchOptions(answer_weight=0.25))
+    assert np.allclose(error, 0.75 * 0.5 + 0.25 * 1.0)
+    clipped = objective(scores, SearchOptions(objective="influence", answer_weight=0.25))
+    assert np.allclose(clipped, TIE_BREAK * 0.625)  # below zero counts as no increase
+    with pytest.raises(ValueError, match="objective"):
+        objective(scores, SearchOptions(objective="recall"))
 
 
 def test_selection_stays_within_the_budget_and_builds_a_plan():
@@ -213,11 +287,12 @@ def test_selection_stays_within_the_budget_and_builds_a_plan():
     cands = candidates(("dense", "a_shape"))
     shape = (2, 3, 4, len(cands))  # lengths, layers, heads, candidates
     density = np.broadcast_to([static_density(c.pattern, 512, 512) for c in cands], shape)
-    scores = Scores([256, 512], cands, rng.random(shape) * (1 - density), rng.random(shape),
-                    density.copy())
-    options = SearchOptions(density=0.6, lengths=(256, 512))
+    loss = rng.random(shape + (2,)) * (1 - density)[..., None]
+    scores = Scores([256, 512], cands, loss, loss ** 2, rng.random(shape + (2,)),
+                    np.zeros(shape + (2,)), density.copy())
     for per in ("head", "kv_head"):
-        choice = select(scores, 0.6, per, kv_heads=2)
+        options = SearchOptions(density=0.6, lengths=(256, 512), per=per)
+        choice = select(scores, options, kv_heads=2)
         plan = build_plan(scores, choice, options, "tiny")
         assert plan.meta["density"] <= 0.6 + 1e-9
         assert plan_density(plan, 512) == pytest.approx(plan.meta["density"], abs=1e-4)

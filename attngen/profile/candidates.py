@@ -19,7 +19,7 @@ from attngen.ir.pattern import Pattern
 
 @dataclass(frozen=True)
 class Candidate:
-    family: str  # dense, a_shape, local, moa, vertical_slash, block_topk, strided
+    family: str  # dense, a_shape, tri_shape, local, moa, vertical_slash, block_topk, …
     pattern: Pattern
 
     @property
@@ -37,15 +37,19 @@ def library_call(stem: str, call: str) -> Pattern:
     return load_text(path.read_text() + "\n" + call, file=str(path))
 
 
-# (family, library file, calls): the grids, sized for 1K-8K-token contexts.
+# (family, library file, calls): the grids, sized for 1K-8K-token contexts. tri_shape is
+# A-shape whose last 64 query rows (the question, and every decoding step) see all keys
+# (MInference's Tri-shape).
 GRID = [
     ("dense", "duo", ["duo_retrieval()"]),
-    ("a_shape", "streaming", [f"a_shape(64, {w})" for w in (64, 128, 256, 512, 1024)]),
+    ("a_shape", "streaming", [f"a_shape(64, {w})" for w in (64, 128, 256, 512, 1024, 1536)]),
+    ("tri_shape", "streaming", [f"tri_shape(64, {w}, 64)" for w in (128, 256, 512, 1024)]),
     ("local", "sparse_transformer", [f"strided_local({w})" for w in (256, 1024)]),
     ("moa", "moa", [f"moa({a}, {b}, 0)" for a, b in
-                    ((0, 0.125), (0, 0.25), (0, 0.5), (256, 0.125), (256, 0.25))]),
+                    ((0, 0.125), (0, 0.25), (0, 0.5), (0, 0.75), (256, 0.125), (256, 0.25))]),
     ("vertical_slash", "minference",
-     [f"vertical_and_slash({v}, {s})" for v, s in ((32, 128), (64, 256), (128, 512))]),
+     [f"vertical_and_slash({v}, {s})" for v, s in ((32, 128), (64, 256), (128, 512),
+                                                   (128, 1024))]),
     ("block_topk", "minference", [f"block_sparse({t}, 64)" for t in (4, 8, 16)]),
     ("strided", "sparse_transformer", [f"strided_pattern({n})" for n in (64, 128)]),
 ]

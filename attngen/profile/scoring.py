@@ -1,7 +1,8 @@
 """Per-head scores of every candidate, measured on the model's own queries and keys.
 
     scores = HeadScorer(model, candidates).run(samples_by_length)
-    scores.loss[l, layer, head, c], scores.recall[...], scores.density[...]
+    scores.loss[l, layer, head, c, rows], scores.recall[...], scores.density[l, layer, head, c]
+    scores.mixed("loss", answer_weight)    # the two row sets weighed: [l, layer, head, c]
 
 A dense forward pass runs through the HF integration with a recorder that sees every
 layer's post-RoPE queries, keys and values. For a set of query rows R of each sample it
@@ -14,12 +15,16 @@ computes the dense attention probabilities P once, and for each candidate mask m
   output o, pushed through that head's slice of the output projection and divided by the
   norm of the residual stream entering the layer: ‖W_o,h (o_c − o)‖ / ‖x‖. That is the
   perturbation the head's choice adds to the model's hidden state, comparable across
-  layers and additive over heads (the knapsack's objective).
+  layers and additive over heads (the knapsack's objective);
+- with `influence=True`, MoA's gradient influence: the gradient of the loss at each
+  head's output, dotted with o_c − o (the first-order change of the loss; see
+  `_loss_gradients`). Measured on SmolLM2 it is too noisy to choose by (profiler.md).
 
 R is a spread of rows over the whole sequence (perplexity) plus the last rows of the
-sample, where the question and the answer sit (retrieval); `answer_weight` balances the
-two means. Densities of static candidates are exact (from the layout); dynamic candidates
-are measured on R: allowed ÷ causal pairs of their estimated masks.
+sample, where the question and the answer sit (retrieval); the two means are kept apart
+(last axis `rows`: spread, answer) and weighed at selection. Densities of static
+candidates are exact (from the layout); dynamic candidates are measured on R: allowed ÷
+causal pairs of their estimated masks.
 """
 from __future__ import annotations
 
@@ -37,25 +42,38 @@ from attngen.ir.pattern import Pattern
 from attngen.profile.candidates import Candidate
 from attngen.profile.data import Sample
 
+ROW_SETS = ("spread", "answer")  # last axis of the per-row-set scores
+PER_ROW_SET = ("loss", "loss_sq", "recall", "influence")
+
 
 @dataclass
 class Scores:
-    """Per (length, layer, query head, candidate), averaged over the samples."""
+    """Per (length, layer, query head, candidate), averaged over the samples. The loss and
+    recall keep the two row sets apart (last axis: spread rows, answer rows) so a search
+    can weigh them without scoring again (`mixed`)."""
 
     lengths: list[int]
     candidates: tuple[Candidate, ...]
-    loss: np.ndarray  # [L, layers, heads, C] output error (see the module doc)
-    recall: np.ndarray  # [L, layers, heads, C] attention mass kept
+    loss: np.ndarray  # [L, layers, heads, C, 2] output error (see the module doc)
+    loss_sq: np.ndarray  # [L, layers, heads, C, 2] its square, averaged over rows
+    recall: np.ndarray  # [L, layers, heads, C, 2] attention mass kept
+    influence: np.ndarray  # [L, layers, heads, C, 2] first-order loss change (0: not run)
     density: np.ndarray  # [L, layers, heads, C] allowed ÷ causal pairs
+
+    def mixed(self, name: str, answer_weight: float) -> np.ndarray:
+        """`name` ("loss", "loss_sq", "recall", "influence") as (1 - w)·spread + w·answer rows."""
+        values = getattr(self, name)
+        return (1 - answer_weight) * values[..., 0] + answer_weight * values[..., 1]
 
 
 class HeadScorer:
     def __init__(self, model, candidates: tuple[Candidate, ...], spread_rows: int = 128,
-                 answer_rows: int = 16, answer_weight: float = 0.5):
+                 answer_rows: int = 16, influence: bool = False):
         self.model = model
         self.candidates = candidates
+        self.influence = influence
+        self._grads: dict[int, torch.Tensor] = {}
         self.spread_rows, self.answer_rows = spread_rows, answer_rows
-        self.answer_weight = answer_weight
         self.modules = hf.attention_modules(model)
         self.masks = MaskCache()
         self._residual: dict[int, torch.Tensor] = {}
@@ -66,7 +84,8 @@ class HeadScorer:
         lengths = sorted(samples)
         layers, heads = len(self.modules), self.model.config.num_attention_heads
         shape = (len(lengths), layers, heads, len(self.candidates))
-        out = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        out = {name: np.zeros(shape + (len(ROW_SETS),)) for name in PER_ROW_SET}
+        out["density"] = np.zeros(shape)
         total = sum(len(v) for v in samples.values())
         bar = tqdm(total=total, desc="calibrating", unit="sample", disable=not progress)
         for li, length in enumerate(lengths):
@@ -87,7 +106,10 @@ class HeadScorer:
         self._weights = self._row_weights(spread, answer)
         layers, heads = len(self.modules), self.model.config.num_attention_heads
         shape = (layers, heads, len(self.candidates))
-        self._acc = {name: np.zeros(shape) for name in ("loss", "recall", "density")}
+        self._acc = {name: np.zeros(shape + (len(ROW_SETS),)) for name in PER_ROW_SET}
+        self._acc["density"] = np.zeros(shape)
+        if self.influence:
+            self._grads = self._loss_gradients(ids, len(answer))
         hooks = [self._layer_of(m).register_forward_pre_hook(self._residual_hook(i),
                                                              with_kwargs=True)
                  for i, m in self.modules.items()]
@@ -101,11 +123,51 @@ class HeadScorer:
         return self._acc
 
     def _row_weights(self, spread: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-        """Weights over self._rows: the spread mean and the answer mean, mixed."""
-        w = torch.zeros(len(self._rows), dtype=torch.float64)
-        w[torch.isin(self._rows, spread)] += (1 - self.answer_weight) / len(spread)
-        w[torch.isin(self._rows, answer)] += self.answer_weight / len(answer)
+        """[R, 2]: the weights of the spread mean and of the answer mean over self._rows."""
+        w = torch.zeros(len(self._rows), len(ROW_SETS), dtype=torch.float64)
+        w[torch.isin(self._rows, spread), 0] = 1 / len(spread)
+        w[torch.isin(self._rows, answer), 1] = 1 / len(answer)
         return w
+
+    def _loss_gradients(self, ids: list[int], answer: int) -> dict[int, torch.Tensor]:
+        """Layer → [2, H, R, D]: gradients, at the rows R, of each head's attention output
+        (the input of o_proj) for two losses: the mean next-token loss over the sequence,
+        and over its last `answer` tokens. One forward and backward pass with the model's
+        own attention (MoA's gradient influence, per output row instead of per
+        attention-matrix entry: o_c - o is the whole change a candidate makes to a row).
+
+        `_influence_weights` [R, 2] turn row sums into estimates over the whole sequence:
+        spread rows stand for L / len(spread) rows each."""
+        L, rows = len(ids), self._rows
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [m.o_proj.register_forward_pre_hook(
+                 lambda mod, args, i=i: inputs.__setitem__(i, args[0]))
+                 for i, m in self.modules.items()]
+        try:
+            with torch.enable_grad():
+                logits = self.model(torch.tensor([ids]), use_cache=False).logits[0, :-1]
+                nll = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.tensor(ids[1:]), reduction="none")
+                order = sorted(inputs)
+                losses = (nll.mean(), nll[-answer:].mean())
+                grads = [torch.autograd.grad(loss, [inputs[i] for i in order],
+                                             retain_graph=k == 0)
+                         for k, loss in enumerate(losses)]
+        finally:
+            for h in hooks:
+                h.remove()
+        heads = self.model.config.num_attention_heads
+        weights = self._weights.clone()  # means over the spread and the answer rows
+        spread, is_answer = weights[:, 0] > 0, weights[:, 1] > 0
+        weights[:, 0] *= L  # sums over all L rows: a spread row stands for L / n rows
+        others = int((spread & ~is_answer).sum())  # the answer loss: answer rows once each
+        weights[:, 1] = torch.where(is_answer, 1.0, spread * (L - answer) / max(1, others))
+        self._influence_weights = weights.float()
+        out = {}
+        for position, layer in enumerate(order):
+            out[layer] = torch.stack([grads[k][position][0, rows].view(len(rows), heads, -1)
+                                      .transpose(0, 1) for k in range(2)])
+        return out
 
     def _layer_of(self, attention_module):
         """The decoder layer holding an attention module (its input is the residual)."""
@@ -143,7 +205,13 @@ class HeadScorer:
             out = (kept @ v) / mass.clamp(min=1e-30)[..., None]
             shift = torch.einsum("hrd,ehd->hre", out - dense_out, w_o).norm(dim=-1)  # [H, R]
             self._acc["loss"][layer, :, c] = (shift @ weights / residual).numpy()
+            self._acc["loss_sq"][layer, :, c] = (shift.square() @ weights
+                                                 / residual.square()).numpy()
             self._acc["recall"][layer, :, c] = (mass @ weights).numpy()
+            if self.influence:  # [2, H, R]: each loss's gradient · the output change
+                change = torch.einsum("hrd,shrd->shr", out - dense_out, self._grads[layer])
+                self._acc["influence"][layer, :, c] = (change @ self._influence_weights
+                                                       ).diagonal(dim1=0, dim2=2).numpy()
             if cand.dynamic:
                 count = mask.sum(-1).double()  # [H, R]
                 self._acc["density"][layer, :, c] = (count.sum(-1) / causal_count.sum()).numpy()
@@ -167,3 +235,27 @@ class HeadScorer:
 def static_density(pattern: Pattern, M: int, N: int) -> float:
     """Allowed ÷ causal pairs, exact, from the layout (cached: every layer asks)."""
     return pattern.density(M, N)
+
+
+def save_scores(scores: Scores, path, key: dict) -> None:
+    """Write `scores` to `path` (.npz) with `key`: what they were computed from (model,
+    calibration lengths, samples, seed, candidates), so a later search with other budgets
+    or objectives can reuse them (`load_scores`)."""
+    import json
+
+    arrays = {name: getattr(scores, name) for name in (*PER_ROW_SET, "density")}
+    np.savez_compressed(path, key=json.dumps(key, sort_keys=True), **arrays)
+
+
+def load_scores(path, candidates: tuple[Candidate, ...], key: dict) -> Scores | None:
+    """The scores saved at `path` if they were computed from exactly `key`, else None."""
+    import json
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return None
+    with np.load(path) as saved:
+        if str(saved["key"]) != json.dumps(key, sort_keys=True):
+            return None
+        arrays = {name: saved[name] for name in (*PER_ROW_SET, "density")}
+    return Scores(list(key["lengths"]), candidates, **arrays)

@@ -29,7 +29,7 @@ from attngen.profile.candidates import candidates
 from attngen.profile.data import Haystack, Sample
 from attngen.profile.knapsack import choose, grouped
 from attngen.profile.plan import ModelPlan
-from attngen.profile.scoring import HeadScorer, Scores, static_density
+from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores, static_density
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class SearchOptions:
     samples: int = 2  # calibration samples per length, passkey and kv alternating
     per: str = "head"  # "head" (query heads) or "kv_head" (a group shares its pattern)
     families: tuple[str, ...] | None = None  # candidate families (default all)
-    answer_weight: float = 0.5  # weight of the answer rows in the output error
+    answer_weight: float = 0.2  # weight of the answer rows against the spread rows
+    objective: str = "output_error"  # or "influence" (gradient, MoA; see profiler.md)
     seed: int = 0
 
     def validation_length(self) -> int:
@@ -59,7 +60,10 @@ def calibration_samples(haystack: Haystack, lengths, count: int, seed: int
 
 
 def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None = None,
-           model_name: str = "", progress: bool = True) -> ModelPlan:
+           model_name: str = "", progress: bool = True, scores_path=None) -> ModelPlan:
+    """scores_path: an .npz the per-head scores are saved to, and read from when they were
+    computed with the same model, data, lengths, samples, seed and candidates (a search at
+    another budget or objective then skips calibration)."""
     if options.per not in ("head", "kv_head"):
         raise ValueError(f"per must be 'head' or 'kv_head', got {options.per!r}")
     if options.validation_length() in options.lengths:
@@ -67,17 +71,26 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     haystack = haystack or Haystack.documentation("calibration", tokenizer)
     cands = candidates(options.families)
     samples = calibration_samples(haystack, options.lengths, options.samples, options.seed)
-    scores = HeadScorer(model, cands, answer_weight=options.answer_weight).run(samples,
-                                                                               progress)
-    choice = select(scores, options.density, options.per, model.config.num_key_value_heads)
+    influence = options.objective == "influence"
+    key = {"model": model_name, "lengths": list(options.lengths), "samples": options.samples,
+           "seed": options.seed, "data": haystack.fingerprint(), "influence": influence,
+           "candidates": [c.text for c in cands]}
+    scores = load_scores(scores_path, cands, key) if scores_path else None
+    if scores is None:
+        scores = HeadScorer(model, cands, influence=influence).run(samples, progress)
+        if scores_path:
+            save_scores(scores, scores_path, key)
+    choice = select(scores, options, model.config.num_key_value_heads)
     plan = build_plan(scores, choice, options, model_name)
     validation = validate(model, haystack, plan, options, progress)
     return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
 
 
-def select(scores: Scores, density: float, per: str, kv_heads: int) -> np.ndarray:
+def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
     """Candidate index per (layer, query head)."""
-    loss, cost = scores.loss.mean(0), scores.density.mean(0)  # [layers, heads, C]
+    density, per = options.density, options.per
+    loss = objective(scores, options)  # [layers, heads, C]
+    cost = scores.density.mean(0)
     layers, heads, C = loss.shape
     if per == "head":
         picked = choose(loss.reshape(-1, C), cost.reshape(-1, C), density * layers * heads)
@@ -86,6 +99,26 @@ def select(scores: Scores, density: float, per: str, kv_heads: int) -> np.ndarra
     picked = choose(grouped(loss.reshape(-1, C), layers * kv_heads),
                     grouped(cost.reshape(-1, C), layers * kv_heads), density * layers * heads)
     return np.repeat(picked.reshape(layers, kv_heads), group, axis=1)
+
+
+def objective(scores: Scores, options: SearchOptions) -> np.ndarray:
+    """[layers, heads, C]: what the knapsack minimises, averaged over the lengths.
+
+    "influence": the first-order increase of the loss (mean next-token loss over the
+    sequence, and over the answer rows, mixed by answer_weight); an estimate below zero
+    counts as no increase, and the output error breaks ties among those.
+    "output_error": the relative output error of the head (module doc of scoring.py)."""
+    error = scores.mixed("loss", options.answer_weight).mean(0)
+    if options.objective == "output_error":
+        return error
+    if options.objective != "influence":
+        raise ValueError(f"objective must be 'influence' or 'output_error', got "
+                         f"{options.objective!r}")
+    influence = scores.mixed("influence", options.answer_weight).mean(0)
+    return np.maximum(influence, 0) + TIE_BREAK * error
+
+
+TIE_BREAK = 1e-3  # weight of the output error next to the influence
 
 
 def layer_pattern(texts: list[str]) -> str:
@@ -113,7 +146,9 @@ def _ranges(heads: list[int]) -> list[str]:
 def build_plan(scores: Scores, choice: np.ndarray, options: SearchOptions,
                model_name: str) -> ModelPlan:
     cands = scores.candidates
-    loss, recall, cost = (a.mean(0) for a in (scores.loss, scores.recall, scores.density))
+    loss = objective(scores, options)
+    recall = scores.mixed("recall", options.answer_weight).mean(0)
+    cost = scores.density.mean(0)
     layers, rows = {}, {}
     for layer, picks in enumerate(choice):
         texts = [cands[c].text for c in picks]
