@@ -7,22 +7,14 @@ import sys
 import torch
 
 import attngen
+from attngen.bench import _time
 from attngen.codegen.render import KernelSpec
 from attngen.lower.grid import Grid
 from attngen.runtime import dynamic
 
 
 def timed(fn, repeats=10):
-    fn()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return statistics.median(_time(fn, repeats, warmup=1))
 
 
 result = {}
