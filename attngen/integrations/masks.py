@@ -106,6 +106,7 @@ def vertical_slash_mask(q: torch.Tensor, k: torch.Tensor, v: int, s: int, scale:
     causal = cols[None, :] <= voters[:, None]
     scores = torch.einsum("bmd,bnd->bmn", q[:, M - last:].float(), k.float()) * scale
     probs = torch.softmax(scores.masked_fill(~causal, -math.inf), dim=-1)  # [B, last, N]
+    probs = probs.nan_to_num(0.0)  # a voter at a negative position (M > N) sees no key
 
     vertical = probs.sum(1)  # [B, N]
     vertical[:, :min(VS_FORCED_COLUMNS, v)] = math.inf
@@ -132,7 +133,8 @@ def _columns_or_diagonals(keys: torch.Tensor, diags: torch.Tensor,
     B, N = keys.shape
     ext = torch.cat([diags.flip(1), torch.zeros_like(diags)], dim=1)  # [B, 2N]
     windows = ext.as_strided((B, N, N), (2 * N, 1, 1))  # row j: offsets N-1-j, N-2-j, …
-    on_slash = windows[:, N - 1 - positions]  # row for position q starts at offset q
+    # row for position q starts at offset q; a negative position (M > N) sees no key
+    on_slash = windows[:, N - 1 - positions.clamp(min=0)] & (positions >= 0)[None, :, None]
     causal = torch.arange(N, device=keys.device)[None, :] <= positions[:, None]
     return on_slash | (keys[:, None, :] & causal)
 
