@@ -171,16 +171,20 @@ def bench(patterns: list[str] | None = None, lengths: list[int] | None = None, h
                 log(rows[-1])
         q = k = v = None  # free this length's inputs before the next
         torch.cuda.empty_cache()
+    meta = {**run_meta("forward", B=1, H=heads, D=head_dim, dtype=str(dtype)),
+            "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups",
+            "inputs": inputs, "variants": variants or {"attngen": {}}}
+    return {"meta": meta, "rows": [asdict(r) for r in rows]}
+
+
+def run_meta(kind: str, **shape) -> dict:
+    """Where and how a benchmark ran: device, versions, date, its shape."""
     import triton
 
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    return {"bench": kind, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "attngen": attngen.__version__,
             "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "shape": {"B": 1, "H": heads, "D": head_dim, "dtype": str(dtype)},
-            "repeats": repeats, "statistic": "median of CUDA-event timings after 3 warm-ups",
-            "inputs": inputs,
-            "variants": variants or {"attngen": {}}}
-    return {"meta": meta, "rows": [asdict(r) for r in rows]}
+            "shape": shape, "statistic": "median of CUDA-event timings after warm-up"}
 
 
 def _row(pattern: str, N: int, system: str, ms: float, flops: int | None, vs_flex: float,

@@ -49,34 +49,17 @@ def structured(q: torch.Tensor, k: torch.Tensor, g: torch.Generator, sinks: int 
     return qf.to(q.dtype), kf.to(k.dtype)
 
 
-def _dense(csr: tuple[torch.Tensor, torch.Tensor], rows: int, KB: int) -> torch.Tensor:
-    offsets, indices = csr
-    counts = offsets.diff().long()
-    which = torch.repeat_interleave(torch.arange(rows, device=indices.device), counts)
-    dense = torch.zeros(rows, KB, dtype=torch.bool, device=indices.device)
-    dense[which, indices.long()] = True
-    return dense
-
-
 def _ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flex's (num_blocks, indices) of a bool [..., QB, KB]: picked blocks first, ascending."""
     order = torch.argsort((~dense).to(torch.int8), dim=-1, stable=True)
     return dense.sum(-1, dtype=torch.int32), order.to(torch.int32)
 
 
-def flex_block_mask(term, static, est: dynamic.Indices, heads: int, N: int):
+def flex_block_mask(term, static, parts, est: dynamic.Estimate, heads: int, N: int):
     """A FlexAttention BlockMask for one (non-mixture) dynamic pattern and its estimate."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    grid = Grid(N, N, FLEX_BLOCK, FLEX_BLOCK)
-    QB, KB, rows = grid.QB, grid.KB, heads * grid.QB
-    some = _dense(est.partial, rows, KB).view(heads, QB, KB)
-    full = _dense(est.full, rows, KB).view(heads, QB, KB)
-    width = est.columns.shape[-1]
-    used = torch.arange(width, device=some.device) < est.column_counts[..., None].long()
-    col_blocks = torch.zeros(heads, QB, KB + 1, dtype=torch.bool, device=some.device)
-    col_blocks.scatter_(2, torch.where(used, est.columns.long() // FLEX_BLOCK, KB), True)
-    some |= col_blocks[..., :KB]
+    some, full = dynamic.visited(parts, est, 1, heads, N, Grid(N, N, FLEX_BLOCK, FLEX_BLOCK))
     if static is not None:
         classes = device_layout(attngen.Pattern(static), N, N, block=FLEX_BLOCK,
                                 device=some.device).classes().to(some.device)
@@ -111,7 +94,7 @@ def flex_block_mask(term, static, est: dynamic.Indices, heads: int, N: int):
                                     seq_lengths=(N, N))
 
 
-def allowed_pairs(term, static, est: dynamic.Indices, N: int) -> int | None:
+def allowed_pairs(term, static, est: dynamic.Estimate, N: int) -> int | None:
     """Exact allowed (q, k) pairs summed over heads (M = N), or None with static terms."""
     if static is not None or term.within is not None:
         return None
@@ -148,12 +131,11 @@ def rows(p: attngen.Pattern, q, k, v, N: int, repeats: int, timer, make_row, fle
     term = parts[0][1].dynamic
     static = term.static
 
-    flex_est = dynamic.estimate(parts, q, k, scale, Grid(N, N, FLEX_BLOCK, FLEX_BLOCK),
-                                kern.module)
-    pairs = allowed_pairs(term, static, flex_est, N)
+    est = dynamic.pick(parts, q, k, scale, kern.module)
+    pairs = allowed_pairs(term, static, est, N)
     flops = None if pairs is None else 4 * pairs * head_dim
     t0 = time.perf_counter()
-    bm = flex_block_mask(term, static, flex_est, heads, N)
+    bm = flex_block_mask(term, static, parts, est, heads, N)
     build_s = time.perf_counter() - t0
     flex = flex_fn()
     flex(q, k, v, block_mask=bm)

@@ -19,7 +19,6 @@ time (TESTING.md); the JSON and markdown go to docs/benchmarks/.
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -34,15 +33,6 @@ BACKWARD_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096)
                      "causal & (local(1024) | strided(128))"]
 DECODE_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))",
                    "kv_heads { 0, 1, 2, 3: causal; *: causal & (sink(128) | local(4096)) }"]
-
-
-def _meta(kind: str, **shape) -> dict:
-    import triton
-
-    return {"bench": kind, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__, "attngen": attngen.__version__,
-            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version(),
-            "shape": shape, "statistic": "median of CUDA-event timings after warm-up"}
 
 
 # -- backward ---------------------------------------------------------------------------------
@@ -117,7 +107,7 @@ def backward(patterns: list[str] | None = None, lengths: list[int] | None = None
                 log(row)
         q = k = v = do = None
         torch.cuda.empty_cache()
-    meta = _meta("backward", B=1, H=heads, D=head_dim, dtype=str(dtype))
+    meta = bench.run_meta("backward", B=1, H=heads, D=head_dim, dtype=str(dtype))
     meta.update(repeats=repeats, failed_configs={f"{ph} {list(c)}": msg for (ph, c), msg
                                                  in bwd.FAILURES.items()})
     return {"meta": meta, "rows": rows}
@@ -259,7 +249,7 @@ def decode(patterns: list[str] | None = None, lengths: list[int] | None = None, 
         torch.cuda.empty_cache()
     import triton.testing
 
-    meta = _meta("decode", B=B, Hq=H, Hkv=HKV, D=D, M=M, page=page, dtype=str(dtype))
+    meta = bench.run_meta("decode", B=B, Hq=H, Hkv=HKV, D=D, M=M, page=page, dtype=str(dtype))
     meta.update(repeats=repeats, rate="bytes ÷ min(eager, graph) time",
                 note="SDPA only where the pattern is dense (no mask)")
     try:  # a plain copy of 2 GiB: what this device's memory delivers

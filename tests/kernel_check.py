@@ -34,3 +34,11 @@ def check(pattern, B=1, Hq=2, Hkv=1, M=37, N=53, D=16, doc_ids=None, seed=0):
     assert torch.equal(out.transpose(1, 2)[empty.transpose(1, 2)],
                        torch.zeros_like(out.transpose(1, 2)[empty.transpose(1, 2)]))
     return out, lse
+
+
+def nan_padded(t: torch.Tensor, extra: int = 40) -> torch.Tensor:
+    """A leaf buffer holding t [B, H, L, D] followed by `extra` rows of NaN along L: a view
+    of its first L rows tests that kernels never read past the length."""
+    big = torch.full(t.shape[:2] + (t.shape[2] + extra, t.shape[3]), float("nan"))
+    big[:, :, :t.shape[2]] = t
+    return big.requires_grad_()

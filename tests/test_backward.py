@@ -15,7 +15,7 @@ from attngen.lower.atoms import Atom, block_ranges, transpose
 from attngen.lower.decompose import decompose
 from attngen.reference import attention as reference
 from attngen.runtime.tables import transpose_csr
-from tests.kernel_check import inputs
+from tests.kernel_check import inputs, nan_padded
 from tests.test_strategies import mixed_patterns
 
 GRAD_TOL = 1e-3  # max abs error ÷ the reference gradient's max abs value
@@ -199,18 +199,13 @@ def test_nan_padding_past_the_lengths_is_never_read():
     q, k, v = inputs(1, 4, 2, 37, 45, 16)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
 
-    def padded(t):
-        big = torch.full(t.shape[:2] + (t.shape[2] + 40, t.shape[3]), float("nan"))
-        big[:, :, :t.shape[2]] = t
-        return big.requires_grad_()
-
     want = _grads(lambda *t: attngen.attention(*t, p, return_lse=True, backend="triton"),
                   q, k, v, dout)
-    big = [padded(t) for t in (q, k, v)]
+    big = [nan_padded(t) for t in (q, k, v)]
     views = [b[:, :, :n] for b, n in zip(big, (37, 45, 45))]
     assert views[1].stride(2) == 16 and not views[1].is_contiguous()
     out = attngen.attention(*views, p, backend="triton")
-    out.backward(padded(dout).detach()[:, :, :37])
+    out.backward(nan_padded(dout).detach()[:, :, :37])
     got = [out] + [b.grad[:, :, :n] for b, n in zip(big, (37, 45, 45))]
     assert all(torch.isfinite(g).all() and torch.equal(g, w) for g, w in zip(got, want))
 

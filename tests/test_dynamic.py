@@ -272,15 +272,14 @@ def test_bench_counts_pairs_and_builds_flex_mask_from_the_estimate(text):
     p = attngen.parse(text)
     parts = list(KernelSpec.build(p, H).dynamic)
     term = parts[0][1].dynamic
-    grid = Grid(N, N, bench_dynamic.FLEX_BLOCK, bench_dynamic.FLEX_BLOCK)
-    est = dynamic.estimate(parts, q, k, 0.25, grid)
+    est = dynamic.pick(parts, q, k, 0.25)
     mask = dynamic.allowed(p, q, k, 0.25)
     pairs = bench_dynamic.allowed_pairs(term, term.static, est, N)
     assert pairs is None if (term.static or term.within) else pairs == mask.sum().item()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = flex_attention(q, k, v, block_mask=bench_dynamic.flex_block_mask(
-            term, term.static, est, H, N))
+            term, term.static, parts, est, H, N))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert (out - ref).abs().max().item() <= TOL
 

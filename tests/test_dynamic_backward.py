@@ -13,19 +13,9 @@ from attngen.errors import PatternError
 from attngen.lower.grid import Grid
 from attngen.reference import attention as reference
 from attngen.runtime import dynamic
-from tests.kernel_check import TOL
-from tests.test_backward import GRAD_TOL
+from tests.kernel_check import TOL, nan_padded
+from tests.test_backward import GRAD_TOL, _grads
 from tests.test_dynamic import DYNAMIC, MIXTURE, expected_mask, part_of, planted
-
-
-def _grads(fn, q, k, v, dout, dlse=None):
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out, lse = fn(q, k, v)
-    loss = (out * dout).sum()
-    if dlse is not None:
-        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum()
-    loss.backward()
-    return out, q.grad, k.grad, v.grad
 
 
 def check_dynamic_grads(text, B=1, Hq=2, Hkv=1, M=37, N=53, D=16, seed=0, with_lse=False):
@@ -217,16 +207,11 @@ def test_nan_padding_past_the_lengths_is_never_read(interpreter):
     q, k, v = planted(1, 2, 1, 37, 45, 16, 0, columns=(22,), offsets=(9,))
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
 
-    def padded(t):
-        big = torch.full(t.shape[:2] + (t.shape[2] + 40, t.shape[3]), float("nan"))
-        big[:, :, :t.shape[2]] = t
-        return big.requires_grad_()
-
     want = _grads(lambda *t: attngen.attention(*t, text, return_lse=True, backend="triton"),
                   q, k, v, dout)
-    big = [padded(t) for t in (q, k, v)]
+    big = [nan_padded(t) for t in (q, k, v)]
     out = attngen.attention(*(b[:, :, :n] for b, n in zip(big, (37, 45, 45))), text,
                             backend="triton")
-    out.backward(padded(dout).detach()[:, :, :37])
+    out.backward(nan_padded(dout).detach()[:, :, :37])
     got = [out] + [b.grad[:, :, :n] for b, n in zip(big, (37, 45, 45))]
     assert all(torch.isfinite(g).all() and torch.equal(g, w) for g, w in zip(got, want))

@@ -403,23 +403,29 @@ def indices(parts, est: Estimate, B: int, H: int, M: int, grid: Grid) -> Indices
                    columns, counts, est.diag, est.vert, est.pick, est.pick_row)
 
 
+def visited(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks a kernel visits for the estimate on `grid`, bool [BH, QB, KB]: (tested,
+    full). Tested blocks are the partial blocks and the blocks (m, n) holding a column that
+    query block m gathers; a block holding a gathered column is not visited as a block in
+    the forward, so no picked diagonal crosses it and the element test `_dyn_allowed` there
+    is causal & vert[k]: exactly the pairs the forward's gather computed."""
+    partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
+    BH, QB, KB = B * H, grid.QB, grid.KB
+    used = torch.arange(columns.shape[-1], device=columns.device) < counts[..., None]
+    gathered = torch.zeros(BH, QB, KB + 1, dtype=torch.bool, device=columns.device)
+    gathered.scatter_(2, torch.where(used, columns.long() // grid.BN, KB), True)
+    return partial | gathered[..., :KB], full
+
+
 def transposed(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """What the backward's dK/dV pass reads on `grid`: per (bh, kv block) row bh·KB + n,
-    CSRs of the query blocks whose elements are tested (the partial blocks, and the blocks
-    (m, n) holding a column that query block m gathers) and of the full blocks. A block
-    holding a gathered column is not visited as a block in the forward, so no picked
-    diagonal crosses it and the element test `_dyn_allowed` there is causal & vert[k]:
-    exactly the pairs the forward's gather computed, now in kv-block order (every dK, dV
-    row owned by one program: deterministic, no atomics)."""
-    partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
+    CSRs of the query blocks whose elements are tested and of the full blocks (`visited`),
+    now in kv-block order (every dK, dV row owned by one program: deterministic, no
+    atomics)."""
+    tested, full = visited(parts, est, B, H, M, grid)
     BH, QB, KB = B * H, grid.QB, grid.KB
-    C = columns.shape[-1]
-    slot = torch.arange(C, device=columns.device)
-    used = slot[None, None, :] < counts[:, :, None]
-    gathered = torch.zeros(BH, QB, KB + 1, dtype=torch.bool, device=columns.device)
-    gathered.scatter_(2, torch.where(used, columns.long() // grid.BN, KB), True)
-    tested = partial | gathered[..., :KB]
     return (csr_of(tested.transpose(1, 2).reshape(BH * KB, QB)),
             csr_of(full.transpose(1, 2).reshape(BH * KB, QB)))
 
