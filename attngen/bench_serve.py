@@ -25,9 +25,10 @@ import time
 import torch
 
 import attngen
-from attngen import bench
+from attngen import bench, bench_dynamic
 from attngen.bench import _flex, _flex_fn, _time
 from attngen.codegen.torch_predicate import mask_mod, predicate_fn
+from attngen.runtime import dynamic
 
 BACKWARD_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))",
                      "causal & (local(1024) | strided(128))"]
@@ -39,9 +40,12 @@ DECODE_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))"
 def backward(patterns: list[str] | None = None, lengths: list[int] | None = None,
              heads: int = 32, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
              repeats: int = 10, check_n: int = 1024, check: list[str] | None = None,
-             log=print) -> dict:
+             inputs: str = "random", log=print) -> dict:
     """check: the patterns whose gradients are compared with an fp32 reference (default:
-    every pattern timed)."""
+    every static pattern timed; a dynamic one's fp32 reference would estimate anew).
+    inputs: "random" or "structured" q, k (bench_dynamic.structured). Flex gets a dynamic
+    pattern's estimate on these inputs as its block mask (bench_dynamic.flex_block_mask);
+    attngen estimates inside each timed forward, as training would."""
     import importlib
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -52,7 +56,9 @@ def backward(patterns: list[str] | None = None, lengths: list[int] | None = None
     device = torch.device("cuda")
     patterns = patterns or BACKWARD_PATTERNS
     rows: list[dict] = []
-    for text in check or patterns:  # accuracy first, at a size where the fp32 reference fits
+    if check is None:
+        check = [t for t in patterns if not _dynamic(attngen.parse(t), heads)]
+    for text in check:  # accuracy first, at a size where the fp32 reference fits
         rows.append({"pattern": text, "N": check_n, "check": "max |grad - fp32 grad| over "
                      "dq, dk, dv", **_grad_errors(attngen.parse(text), check_n, head_dim,
                                                    dtype)})
@@ -61,10 +67,12 @@ def backward(patterns: list[str] | None = None, lengths: list[int] | None = None
         g = torch.Generator(device=device).manual_seed(N)
         q, k, v, do = (torch.randn(1, heads, N, head_dim, device=device, dtype=dtype,
                                    generator=g) for _ in range(4))
+        if inputs == "structured":
+            q, k = bench_dynamic.structured(q, k, g)
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         for text in patterns:
             p = attngen.parse(text)
-            bm, build_s = _flex(p, N, heads, device)
+            bm, build_s = _flex_mask(p, q.detach(), k.detach(), heads, N)
             systems = {"attngen": lambda a, b, c: attngen.attention(a, b, c, p),
                        "flex": lambda a, b, c: _flex_fn()(a, b, c, block_mask=bm)}
             if text == "causal":
@@ -111,6 +119,26 @@ def backward(patterns: list[str] | None = None, lengths: list[int] | None = None
     meta.update(repeats=repeats, failed_configs={f"{ph} {list(c)}": msg for (ph, c), msg
                                                  in bwd.FAILURES.items()})
     return {"meta": meta, "rows": rows}
+
+
+def _dynamic(p, heads: int) -> tuple:
+    from attngen.runtime.op import _dynamic_parts
+
+    return _dynamic_parts(str(p), heads, heads)
+
+
+def _flex_mask(p, q, k, heads: int, N: int):
+    """(Flex block mask, seconds to build): from the pattern, or for a dynamic one from
+    attngen's estimate on these inputs."""
+    parts = list(_dynamic(p, heads))
+    if not parts:
+        return _flex(p, N, heads, q.device)
+    kern = attngen.compile(p, head_dim=q.shape[-1], dtype=q.dtype, heads=heads)
+    est = dynamic.pick(parts, q, k, 1.0 / q.shape[-1] ** 0.5, kern.load().module)
+    t0 = time.perf_counter()
+    term = parts[0][1].dynamic
+    bm = bench_dynamic.flex_block_mask(term, term.static, parts, est, heads, N)
+    return bm, time.perf_counter() - t0
 
 
 def _step(fn, q, k, v, do):

@@ -343,7 +343,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
     if args.backward:
         result = bench_serve.backward(args.patterns, args.lengths, heads=args.heads,
                                       head_dim=args.head_dim, repeats=args.repeats,
-                                      check=args.check, log=log)
+                                      check=args.check, inputs=args.inputs, log=log)
     else:
         result = bench_serve.decode(args.patterns, args.lengths, batch=args.batch,
                                     heads=args.heads, kv_heads=args.kv_heads,

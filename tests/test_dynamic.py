@@ -284,6 +284,29 @@ def test_bench_counts_pairs_and_builds_flex_mask_from_the_estimate(text):
     assert (out - ref).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("text", ["vertical_slash(40, 60)", "local(100) & block_cover(0.8, 64)"])
+def test_backward_bench_gives_flex_the_kernels_estimate(interpreter, text):
+    """`attngen bench --backward` hands Flex the block mask of the estimate attngen's own
+    kernel makes on the same inputs: Flex then computes the dense-mask attention."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attngen import bench_dynamic, bench_serve
+
+    N, H = 2 * bench_dynamic.FLEX_BLOCK + 57, 2
+    q, k, v = planted(1, H, H, N, N, 16, 1, columns=(N // 2,), offsets=(N // 3,))
+    p = attngen.parse(text)
+    assert bench_serve._dynamic(p, H)
+    block_mask, _ = bench_serve._flex_mask(p, q, k, H, N)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = flex_attention(q, k, v, block_mask=block_mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=dynamic.allowed(p, q, k, 0.25))
+    assert (out - ref).abs().max().item() <= TOL
+
+
 @pytest.mark.parametrize("call", ["block_sparse(3, 16)", "vertical_and_slash(7, 11)"])
 def test_bundled_minference_patterns_run(interpreter, call):
     """The library's MInference definitions, called with small budgets, run as kernels."""
