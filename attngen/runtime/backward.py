@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 # BLOCK_M rows of Q, dO, dQ and streams kv blocks. A BLOCK_N of 128 with 4 warps spills
 # (measured 3-6x slower): 8 warps there.
 INTERPRETER_CONFIG = (32, 32, 1, 1)
-DKDV_CONFIGS = [(64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2)]
-DQ_CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 2)]
+DKDV_CONFIGS = [(64, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 3)]
+DQ_CONFIGS = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 2)]
 _TUNED: dict = {}
 # (pass, config) → first and last lines of the error of a configuration that did not build or run
 FAILURES: dict = {}
@@ -157,8 +157,7 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
     if phase == "dkdv":
         kv_strides = strides + (dk.stride(0), dk.stride(1), dk.stride(2))
         if any(g.identity for g in kernel.spec.groups):
-            tab_off, tab_idx = kernel._tables(M, N, cfg, q.device, doc_ids)
-            tabt_off, tabt_idx = transpose_csr(tab_off, tab_idx, KB)
+            tabt_off, tabt_idx = _transposed_tables(kernel, M, N, cfg, q.device, doc_ids)
             dyn = ()
             if parts:  # per (bh, kv block): tested query blocks, full query blocks
                 tested, full = dynamic.transposed(parts, estimate, B, H, M, grid)
@@ -189,6 +188,20 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
             *common, dq, head_group, doc, *q_strides, H, HKV, M, N, sm_scale, D,
             EVEN_N=even_n, ACCUMULATE=not first, **shape)
         first = False
+
+
+def _transposed_tables(kernel, M, N, cfg, device, doc_ids):
+    """The dK/dV pass's CSR (per kv block, the query blocks of each table group), made once
+    per shape like the forward's tables; plans without table groups pass the forward's
+    placeholder."""
+    tab_off, tab_idx = kernel._tables(M, N, cfg, device, doc_ids)
+    if not any(g.table_slot >= 0 for g in kernel.spec.groups):
+        return tab_off, tab_idx
+    doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
+    key = ("transposed", M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
+    if key not in kernel.tables:
+        kernel.tables[key] = transpose_csr(tab_off, tab_idx, _cdiv(N, cfg.block_n))
+    return kernel.tables[key]
 
 
 def _cdiv(a: int, b: int) -> int:
