@@ -123,8 +123,18 @@ def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK,
         on_vertical = tl.load(VERT + offs_n, mask=valid, other=0) != 0
         return causal & (on_slash | on_vertical[None, :])
     else:
-        # rows past the end (q_pos >= N, never stored) stay inside the picked square
-        row = tl.minimum(q_pos // G, pick_row - 1)
+        # rows past the end (q_pos >= N, never stored) stay inside the picked square;
+        # rows before the start (M > N) are not causal anyway
+        row = tl.maximum(tl.minimum(q_pos // G, pick_row - 1), 0)
+        if G >= BLOCK_N:
+            # the block's keys lie in at most two g-blocks: two flags per row, selected
+            # per element, instead of one load per element
+            c0 = k_first // G
+            c1 = tl.minimum((k_first + BLOCK_N - 1) // G, pick_row - 1)
+            f0 = tl.load(PICK + row * pick_row + c0) != 0
+            f1 = tl.load(PICK + row * pick_row + c1) != 0
+            first = (offs_n // G == c0)[None, :]
+            return causal & tl.where(first, f0[:, None], f1[:, None])
         cell = row[:, None] * pick_row + offs_n[None, :] // G
         return causal & (tl.load(PICK + cell, mask=causal, other=0) != 0)
 
