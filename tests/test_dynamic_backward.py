@@ -125,16 +125,27 @@ def test_kernel_backward_needs_the_estimate(interpreter):
 
 @pytest.mark.parametrize("M, N", [(37, 53), (64, 64), (1, 40), (50, 33)])
 def test_transposed_lists_cover_exactly_the_estimate(M, N):
-    """dK/dV's lists per kv block: every allowed pair lies in exactly one listed (query
-    block, kv block) — tested or full — and full blocks are entirely allowed."""
+    """dK/dV's work: every allowed pair lies in exactly one listed (query block, kv block)
+    — tested or full — or is one of the column kernel's pairs (a picked key of the kv
+    group, causal, in a block no picked diagonal crosses); full blocks and column pairs
+    are entirely allowed."""
     q, k, _ = planted(1, 3, 1, M, N, 16, 0, columns=(5, N // 2), offsets=(3,))
     grid = Grid(M, N, 16, 8)
     parts = [((0,), part_of("vertical_slash(6, 9)")), ((1,), part_of("block_topk(2, 8)")),
              ((2,), part_of("block_cover(0.6, 12)"))]
     est = dynamic.pick(parts, q, k, 0.25)
     allowed = dynamic.token_mask(parts, q, k, 0.25)[0]
-    (t_off, t_idx), (f_off, f_idx) = dynamic.transposed(parts, est, 1, 3, M, grid)
+    (t_off, t_idx), (f_off, f_idx), (keys, counts, crossed) = dynamic.transposed(
+        parts, est, 1, 3, 1, M, grid)
     seen = torch.zeros(3, M, N, dtype=torch.int64)
+    rows = torch.arange(M) + (N - M)
+    for key in keys[0, :counts[0]].tolist():
+        for h in range(3):
+            if est.vert[h, key]:
+                uncrossed = crossed[h, torch.arange(M) // grid.BM, key // grid.BN] == 0
+                gathered = (key <= rows) & uncrossed
+                assert allowed[h, gathered, key].all()
+                seen[h, gathered, key] += 1
     for h in range(3):
         for n in range(grid.KB):
             row = h * grid.KB + n

@@ -208,4 +208,6 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
         pattern=str(spec.pattern), key=key, version=version, plan_lines=plan_lines,
         predicates=predicates, groups=groups, dynamic=bool(spec.dynamic), backward=backward,
         estimate=any(p.dynamic.kind == "vertical_slash" for _, p in spec.dynamic),
+        column_groups=[{"index": g["index"], "name": loop["name"], "pred": loop["pred"]}
+                       for g in groups for loop in g["loops"] if loop.get("gather")],
         periods=[{"period": s, "groups": periods[s]} for s in spec.periods], helpers=helpers)

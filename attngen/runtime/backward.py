@@ -127,7 +127,11 @@ def _buffers(kernel, q, k, v, out, dout, dlse):
 
 
 def _passes(kernel) -> int:
-    return int(any(g.identity for g in kernel.spec.groups)) + len(kernel.spec.periods)
+    """Launches per gradient that write it: the identity-order pass, one per residue class
+    period, and (dK, dV) the gathered columns' pass of vertical_slash heads."""
+    columns = any(p.dynamic.kind == "vertical_slash" for _, p in kernel.spec.dynamic)
+    return (int(any(g.identity for g in kernel.spec.groups)) + len(kernel.spec.periods)
+            + columns)
 
 
 def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
@@ -159,13 +163,19 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
         if any(g.identity for g in kernel.spec.groups):
             tabt_off, tabt_idx = _transposed_tables(kernel, M, N, cfg, q.device, doc_ids)
             dyn = ()
+            columns = None
             if parts:  # per (bh, kv block): tested query blocks, full query blocks
-                tested, full = dynamic.transposed(parts, estimate, B, H, M, grid)
+                tested, full, columns = dynamic.transposed(parts, estimate, B, H, HKV, M, grid)
                 dyn = (*tested, *full, *estimate.flag_args())
             mod.attn_bwd_dkdv[(KB, B * HKV)](*common, dk, dv, head_group, tabt_off, tabt_idx,
                                              *dyn, doc, *kv_strides, H, HKV, M, N, KB, sm_scale, D,
                                              ACCUMULATE=False, **shape)
             first = False
+            if columns is not None:  # vertical_slash: the gathered columns' terms
+                keys, counts, crossed = columns
+                mod.attn_bwd_dkdv_cols[(_cdiv(keys.shape[1], cfg.block_n), B * HKV)](
+                    *common, dk, dv, head_group, keys, counts, crossed, estimate.vert, doc,
+                    *kv_strides, keys.shape[1], H, HKV, M, N, QB, KB, sm_scale, D, **shape)
         for s in kernel.spec.periods:  # residue classes mod s: about M/s queries, N/s keys
             getattr(mod, f"attn_bwd_dkdv_mod{s}")[
                 (s * _cdiv(_cdiv(N, s), cfg.block_n), B * HKV)](

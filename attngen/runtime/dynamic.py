@@ -409,7 +409,8 @@ def visited(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
     full). Tested blocks are the partial blocks and the blocks (m, n) holding a column that
     query block m gathers; a block holding a gathered column is not visited as a block in
     the forward, so no picked diagonal crosses it and the element test `_dyn_allowed` there
-    is causal & vert[k]: exactly the pairs the forward's gather computed."""
+    is causal & vert[k]: exactly the pairs the forward's gather computed. (What Flex's
+    block mask needs; the backward's dK/dV pass does the columns apart, see `transposed`.)"""
     partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
     BH, QB, KB = B * H, grid.QB, grid.KB
     used = torch.arange(columns.shape[-1], device=columns.device) < counts[..., None]
@@ -418,16 +419,27 @@ def visited(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
     return partial | gathered[..., :KB], full
 
 
-def transposed(parts, est: Estimate, B: int, H: int, M: int, grid: Grid
-               ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """What the backward's dK/dV pass reads on `grid`: per (bh, kv block) row bh·KB + n,
-    CSRs of the query blocks whose elements are tested and of the full blocks (`visited`),
-    now in kv-block order (every dK, dV row owned by one program: deterministic, no
-    atomics)."""
-    tested, full = visited(parts, est, B, H, M, grid)
+def transposed(parts, est: Estimate, B: int, H: int, HKV: int, M: int, grid: Grid):
+    """What the backward's dK/dV pass reads on `grid`: ((tested CSR), (full CSR), columns).
+    The CSRs list, per (bh, kv block) row bh·KB + n, the query blocks whose elements are
+    tested (the partial blocks) and the full ones, in kv-block order (every dK, dV row
+    owned by one program: deterministic, no atomics). `columns` is what the column kernel
+    reads for vertical_slash heads (None without them): per (b, kv head) the keys any of
+    its query heads picked, ascending (int32 [B·HKV, C]), their count (int32 [B·HKV]), and
+    per bh the blocks picked diagonals cross (int8 [BH, QB, KB]), whose pairs belong to
+    the block loops; the gathered pairs are the others."""
+    partial, full, _, _ = _blocks(parts, est, B, H, M, grid)
     BH, QB, KB = B * H, grid.QB, grid.KB
-    return (csr_of(tested.transpose(1, 2).reshape(BH * KB, QB)),
+    csrs = (csr_of(partial.transpose(1, 2).reshape(BH * KB, QB)),
             csr_of(full.transpose(1, 2).reshape(BH * KB, QB)))
+    if not any(part.dynamic.kind == "vertical_slash" for _, part in parts):
+        return (*csrs, None)
+    N = est.vert.shape[-1]
+    union = (est.vert != 0).view(B, HKV, H // HKV, N).any(2).view(B * HKV, N)
+    counts = union.sum(-1, dtype=torch.int32)
+    at = torch.arange(N, device=union.device, dtype=torch.int32)
+    keys = torch.where(union, at, N).sort(-1).values[:, :max(int(counts.max()), 1)]
+    return (*csrs, (keys.contiguous(), counts, (partial | full).to(torch.int8)))
 
 
 def estimate(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,

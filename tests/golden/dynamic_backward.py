@@ -212,6 +212,39 @@ def _bwd_dkdv_dyn(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, st
 
 
 @triton.jit
+def _bwd_dkdv_cols(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom,
+                   offs_n, picked, offs_d, d_ok, q_off, n_queries, start, CROSSED, KB, N, M,
+                   DOC, res, qk_scale, PRED: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """Adds to the dK, dV rows of BLOCK_N gathered keys offs_n (picked: this head picked
+    the key) the terms of every query block from `start` on, for the pairs the forward
+    gathered: causal, key picked, and the block (query block, key // BLOCK_N) crossed by no
+    picked diagonal (CROSSED: this head's [QB, KB] flags on the pass's grid; pairs in
+    crossed blocks belong to the block loops); then PRED."""
+    for mb in range(start, tl.cdiv(n_queries, BLOCK_M)):
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < n_queries
+        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
+                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        lse2 = _lse2(tl.load(LSE_ptr + offs_m, mask=row_ok, other=float("inf")))
+        delta = tl.load(DELTA_ptr + offs_m, mask=row_ok, other=0.0)
+        qkT = tl.dot(k, qT)
+        crossed = tl.load(CROSSED + mb * KB + offs_n // BLOCK_N, mask=picked, other=1) != 0
+        key_ok = picked & ~crossed
+        allowed = key_ok[:, None] & (offs_n[:, None] <= (offs_m + q_off)[None, :])
+        qkT = tl.where(allowed, qkT, float("-inf"))
+        if PRED >= 0:
+            qkT = _mask_t(qkT, offs_m + q_off, offs_n, key_ok, N, M, DOC, res, PRED)
+        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+        dv += tl.dot(pT.to(do.dtype), do)
+        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    return dk, dv
+
+
+@triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom,
                     stride_lm, offs_n, k_ok, offs_d, d_ok, q_off, n_queries, start, stop,
                     full_lo, full_hi, TABLE_ptr, N, M, DOC, res, qk_scale,
@@ -356,8 +389,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
                 BLOCK_M=BLOCK_M)
 
             # dynamic: vertical_slash(1000, 6096)
-            # transposed estimate: query blocks tested per element (partial blocks, blocks
-            # of gathered columns), then full ones
+            # transposed estimate: query blocks tested per element (the partial blocks; the
+            # gathered columns' terms come after, in attn_bwd_dkdv_cols), then full ones
             trow = (b * H + h) * KB + n
             dk, dv = _bwd_dkdv_dyn(
                 dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom,
@@ -375,8 +408,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
                 MASKED=1, FROM_TABLE=True, BLOCK_M=BLOCK_M)
         elif group == 1:  # block_topk(8, 64)
             # dynamic: block_topk(8, 64)
-            # transposed estimate: query blocks tested per element (partial blocks, blocks
-            # of gathered columns), then full ones
+            # transposed estimate: query blocks tested per element (the partial blocks; the
+            # gathered columns' terms come after, in attn_bwd_dkdv_cols), then full ones
             trow = (b * H + h) * KB + n
             dk, dv = _bwd_dkdv_dyn(
                 dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom,
@@ -395,6 +428,58 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
     g_off = b * stride_gb + hkv * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
     _add_rows(DK + g_off, dk * sm_scale, kv_mask, ACCUMULATE)
     _add_rows(DV + g_off, dv, kv_mask, ACCUMULATE)
+
+
+@triton.jit
+def attn_bwd_dkdv_cols(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, COLS, COL_COUNTS, CROSSED,
+                       VERT, DOC, stride_qb, stride_qh, stride_qm, stride_kb, stride_kh,
+                       stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh,
+                       stride_dom, stride_gb, stride_gh, stride_gn, col_width, H, HKV, M, N,
+                       QB, KB, sm_scale, D, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """The gathered columns' terms of dK, dV (vertical_slash), after attn_bwd_dkdv: program
+    (chunk, b·HKV + hkv) takes BLOCK_N keys of COLS[b·HKV + hkv] (the keys any query head
+    of the kv group picked, ascending; COL_COUNTS of them) and adds the terms of the query
+    heads that picked them, query block by query block. Chunks split the keys, so each
+    dK, dV row is still owned by one program (adds in a fixed order, no atomics)."""
+    c = tl.program_id(0)
+    bhkv = tl.program_id(1)
+    b = bhkv // HKV
+    hkv = bhkv % HKV
+    count = tl.load(COL_COUNTS + bhkv)
+    if c * BLOCK_N < count:
+        slot = c * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_ok = slot < count
+        offs_n = tl.load(COLS + bhkv * col_width + slot, mask=k_ok, other=0)
+        offs_d = tl.arange(0, HEAD_DIM)
+        d_ok = offs_d < D
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        qk_scale = sm_scale * 1.44269504  # 1/ln 2
+        q_off = N - M  # bottom-right alignment
+        # the first query block holding a row at or after the chunk's first key
+        start = tl.maximum(tl.load(COLS + bhkv * col_width + c * BLOCK_N) - q_off, 0) // BLOCK_M
+        res = 0
+        G = H // HKV
+        for hh in range(G):
+            h = hkv * G + hh
+            group = tl.load(HEAD_GROUP + h)
+            picked = tl.load(VERT + (b * H + h) * N + offs_n, mask=k_ok, other=0) != 0
+            if (group == 0) & (tl.max(picked.to(tl.int32), 0) > 0):  # vertical_slash(1000, 6096)
+                dk, dv = _bwd_dkdv_cols(
+                    dk, dv, k, v, Q + b * stride_qb + h * stride_qh,
+                    DO + b * stride_dob + h * stride_doh, LSE + (b * H + h) * M,
+                    DELTA + (b * H + h) * M, stride_qm, stride_dom, offs_n, picked, offs_d,
+                    d_ok, q_off, M, start, CROSSED + (b * H + h) * QB * KB, KB, N, M, DOC,
+                    res, qk_scale, PRED=1, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        g_off = b * stride_gb + hkv * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
+        _add_rows(DK + g_off, dk * sm_scale, kv_mask, True)
+        _add_rows(DV + g_off, dv, kv_mask, True)
 
 
 @triton.jit
