@@ -204,11 +204,12 @@ def _transposed_tables(kernel, M, N, cfg, device, doc_ids):
     """The dK/dV pass's CSR (per kv block, the query blocks of each table group), made once
     per shape like the forward's tables; plans without table groups pass the forward's
     placeholder."""
+    from attngen.runtime.kernel import table_key
+
     tab_off, tab_idx = kernel._tables(M, N, cfg, device, doc_ids)
     if not any(g.table_slot >= 0 for g in kernel.spec.groups):
         return tab_off, tab_idx
-    doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
-    key = ("transposed", M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
+    key = ("transposed", *table_key(M, N, cfg, device, doc_ids))
     if key not in kernel.tables:
         kernel.tables[key] = transpose_csr(tab_off, tab_idx, _cdiv(N, cfg.block_n))
     return kernel.tables[key]

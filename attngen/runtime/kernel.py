@@ -42,6 +42,13 @@ def _load_module(path: Path, name: str):
     return module
 
 
+def table_key(M: int, N: int, cfg: Config, device, doc_ids) -> tuple:
+    """What a kernel's block tables depend on: the shape, the block sizes, the device and
+    the documents' contents."""
+    doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
+    return (M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -80,8 +87,7 @@ class Kernel:
         """CSR rows per table group, partial then full: offsets [slots, 2, QB + 1] and one
         index array. Built on the GPU by dense evaluation there, from the analytic layout
         on the CPU (the interpreter's small shapes)."""
-        doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
-        key = (M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
+        key = table_key(M, N, cfg, device, doc_ids)
         if key not in self.tables:
             grid = Grid(M, N, cfg.block_m, cfg.block_n)
             offsets, indices, base = [], [], 0
