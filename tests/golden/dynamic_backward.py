@@ -192,22 +192,15 @@ def _bwd_dkdv_dyn(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, st
         mb = tl.load(TABLE_ptr + i)
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
-        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
-                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
-                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse2 = _lse2(tl.load(LSE_ptr + offs_m, mask=row_ok, other=float("inf")))
-        delta = tl.load(DELTA_ptr + offs_m, mask=row_ok, other=0.0)
+        qT, do, lse2, delta = _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm,
+                                             stride_dom, 1, offs_m, row_ok, offs_d, d_ok)
         qkT = tl.dot(k, qT)
         allowed = _dyn_allowed(offs_m + q_off, offs_n, k_first, k_ok, DIAG_BITS, diag_row,
                                VERT, PICK, pick_row, G, KIND, BLOCK_N)
         qkT = tl.where(tl.trans(allowed), qkT, float("-inf"))
         if PRED >= 0:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
     return dk, dv
 
 
@@ -224,12 +217,8 @@ def _bwd_dkdv_cols(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, s
     for mb in range(start, tl.cdiv(n_queries, BLOCK_M)):
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
-        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
-                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
-                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse2 = _lse2(tl.load(LSE_ptr + offs_m, mask=row_ok, other=float("inf")))
-        delta = tl.load(DELTA_ptr + offs_m, mask=row_ok, other=0.0)
+        qT, do, lse2, delta = _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm,
+                                             stride_dom, 1, offs_m, row_ok, offs_d, d_ok)
         qkT = tl.dot(k, qT)
         crossed = tl.load(CROSSED + mb * KB + offs_n // BLOCK_N, mask=picked, other=1) != 0
         key_ok = picked & ~crossed
@@ -237,10 +226,32 @@ def _bwd_dkdv_cols(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, s
         qkT = tl.where(allowed, qkT, float("-inf"))
         if PRED >= 0:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, key_ok, N, M, DOC, res, PRED)
-        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
+    return dk, dv
+
+
+@triton.jit
+def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, stride_lm, offs_m,
+                   row_ok, offs_d, d_ok):
+    """One query block as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO, the LSE in
+    log2 units and Delta (rows past the end: zeros, +inf, 0)."""
+    qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
+                 mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+    do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
+                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
+    delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
+    return qT, do, lse2, delta
+
+
+@triton.jit
+def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale):
+    """Adds one query block's terms to a kv block's dK, dV, given its masked transposed
+    scores Sᵀ: dV += Pᵀ·dO, dK += dSᵀ·Q (dK is scaled once, at the store)."""
+    pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+    dv += tl.dot(pT.to(do.dtype), do)
+    dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+    dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     return dk, dv
 
 
@@ -263,22 +274,15 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
             mb = i
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
-        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
-                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
-                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
-        delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
+        qT, do, lse2, delta = _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm,
+                                             stride_dom, stride_lm, offs_m, row_ok, offs_d, d_ok)
         qkT = tl.dot(k, qT)
         if MASKED == 1:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
         elif MASKED == 2:
             if (mb < full_lo) | (mb > full_hi):
                 qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
     return dk, dv
 
 

@@ -98,6 +98,31 @@ def _mask_t(qkT, q_pos, offs_n, k_ok, N, M, DOC, res, PRED: tl.constexpr):
 
 
 @triton.jit
+def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, stride_lm, offs_m,
+                   row_ok, offs_d, d_ok):
+    """One query block as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO, the LSE in
+    log2 units and Delta (rows past the end: zeros, +inf, 0)."""
+    qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
+                 mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+    do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
+                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
+    delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
+    return qT, do, lse2, delta
+
+
+@triton.jit
+def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale):
+    """Adds one query block's terms to a kv block's dK, dV, given its masked transposed
+    scores Sᵀ: dV += Pᵀ·dO, dK += dSᵀ·Q (dK is scaled once, at the store)."""
+    pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+    dv += tl.dot(pT.to(do.dtype), do)
+    dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+    dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    return dk, dv
+
+
+@triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom,
                     stride_lm, offs_n, k_ok, offs_d, d_ok, q_off, n_queries, start, stop,
                     full_lo, full_hi, TABLE_ptr, N, M, DOC, res, qk_scale,
@@ -116,22 +141,15 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
             mb = i
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
-        qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
-                     mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
-                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
-        delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
+        qT, do, lse2, delta = _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm,
+                                             stride_dom, stride_lm, offs_m, row_ok, offs_d, d_ok)
         qkT = tl.dot(k, qT)
         if MASKED == 1:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
         elif MASKED == 2:
             if (mb < full_lo) | (mb > full_hi):
                 qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
-        dv += tl.dot(pT.to(do.dtype), do)
-        dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
     return dk, dv
 
 
