@@ -66,6 +66,20 @@ def test_decode_reads_only_the_needed_blocks():
 
 
 @pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("splits", [1, 2])
+def test_a_row_with_no_allowed_key_gives_zero_and_minus_inf(splits):
+    """local(4) & sink(4) allows nothing to a query past position 7 (row 0, length 40) and
+    keys 3..6 to the query at 6 (row 1): zeros and -inf for the first, the prefill's rows
+    for the second, whether one split normalises its own rows or the splits are merged."""
+    q, k, v, lens = _case([40, 7], 2, 1, 1)
+    pattern = "local(4) & sink(4)"
+    out, lse = attngen.decode(q, k, v, lens, pattern, return_lse=True, splits=splits)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isneginf(lse[0]).all()
+    want, want_lse = reference(q[1:], k[1:, :, :7], v[1:, :, :7], pattern, return_lse=True)
+    assert (out[1:] - want).abs().max() <= 1e-5 and (lse[1:] - want_lse).abs().max() <= 1e-5
+
+
+@pytest.mark.usefixtures("interpreter")
 def test_splits_merge_exactly():
     q, k, v, lens = _case([70, 45], 2, 1, 2)
     outs = [attngen.decode(q, k, v, lens, "causal & (sink(4) | local(20))", splits=s)

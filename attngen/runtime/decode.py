@@ -22,7 +22,7 @@ class DecodeConfig:
     block_n: int
     warps: int
     stages: int
-    waves: int  # splits are chosen to give about waves · SMs programs
+    waves: float  # splits are chosen to give about waves · SMs programs
     fused: bool = True  # the last split merges (one launch), else a merge kernel
 
 
@@ -34,7 +34,7 @@ GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfi
                DecodeConfig(128, 4, 3, 4), DecodeConfig(64, 4, 3, 4, False),
                DecodeConfig(32, 4, 4, 8, False), DecodeConfig(64, 4, 2, 2),
                DecodeConfig(128, 8, 2, 2)]
-WAVES = (1, 2, 3, 4, 6, 8)
+WAVES = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8)
 TUNE_REPLAYS = 20  # launches per captured graph when timing a configuration
 
 _TUNED: dict = {}
@@ -118,7 +118,7 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
         out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
         HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
         FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
-    if not cfg.fused:
+    if not cfg.fused and splits > 1:
         mod.attn_decode_merge[(B * HKV, row_blocks)](
             acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
             splits, D, HEAD_DIM=tile_d, BLOCK_R=block_r, num_warps=4)
@@ -219,12 +219,12 @@ def _graph_ms(launch) -> float:
     return min(times)
 
 
-def _splits(q: torch.Tensor, programs: int, kv_blocks: int, waves: int) -> int:
+def _splits(q: torch.Tensor, programs: int, kv_blocks: int, waves: float) -> int:
     """About `waves` programs per SM, never more splits than cache blocks."""
     if interpreting() or not q.is_cuda:
         return min(3, kv_blocks)
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    return max(1, min(kv_blocks, -(-waves * sms // programs)))
+    return max(1, min(kv_blocks, math.ceil(waves * sms / programs)))
 
 
 def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
