@@ -1,6 +1,7 @@
 """Decoding: a few queries per batch row against a KV cache (contiguous or paged) with its own
 length per row, split over the kv blocks the pattern needs (flash-decoding) and merged
-exactly by log-sum-exp in a second kernel."""
+exactly by log-sum-exp (by the last split to finish, or a second kernel; one split writes
+its rows itself). Configurations are tuned per shape under a CUDA graph."""
 from __future__ import annotations
 
 import dataclasses
