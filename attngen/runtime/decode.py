@@ -37,6 +37,7 @@ GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfi
                DecodeConfig(128, 8, 2, 2)]
 WAVES = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8)
 TUNE_REPLAYS = 20  # launches per captured graph when timing a configuration
+LIST_CHUNK = 1 << 24  # positions per predicate evaluation when building a table's block lists
 
 _TUNED: dict = {}
 TIMINGS: dict = {}  # shape bucket → {config: ms} of its tuning (for the benchmark's report)
@@ -102,6 +103,12 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
             torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device),
             torch.zeros(1, dtype=torch.int32, device=q.device))
     head_group, zero = tabs["decode", str(q.device)]
+    if any(g.table_slot >= 0 for g in kernel.spec.groups):  # per call: lengths move
+        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
+        tab_ids, tab_count = block_lists(kernel.spec, lengths, M, cfg.block_n,
+                                         -(-n_max // cfg.block_n))
+    else:  # no table: nothing built, nothing launched
+        tab_ids, tab_count = zero.view(1, 1, 1), zero.view(1, 1)
     if block_table is None:
         pages, page, stride_pb = zero, 0, 0
     else:
@@ -114,8 +121,9 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
     count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
     mod.attn_decode[(splits, B * HKV, row_blocks)](
         q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), stride_pb,
+        tab_ids, tab_count, tab_ids.shape[1], tab_ids.shape[2], q.stride(0), q.stride(1),
+        q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+        v_cache.stride(1), v_cache.stride(2), stride_pb,
         out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
         HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
         FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
@@ -137,11 +145,52 @@ def _counters(kernel, device, n: int) -> torch.Tensor:
 
 
 def supported(spec, heads: int, kv_heads: int) -> bool:
-    """Whether the split-KV kernel runs this spec: every part a ranges part, and the query
-    heads of each kv head in one group (they share the loops)."""
+    """Whether the split-KV kernel runs this spec: every part a ranges or a table part (no
+    residue classes, nothing dynamic), and the query heads of each kv head in one group
+    (they share the loops)."""
     G = heads // kv_heads
     same = all(len(set(spec.head_group[g * G:(g + 1) * G])) == 1 for g in range(kv_heads))
-    return same and all(p.strategy == "ranges" for g in spec.groups for p in g.parts)
+    return same and all(p.strategy in ("ranges", "table") for g in spec.groups
+                        for p in g.parts)
+
+
+def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kv blocks each batch row's newest M queries need in each table part, on the
+    lengths' device without a host sync (so a CUDA graph can hold it): entries int32
+    [B, slots, n_blocks] (ascending block·2 + 1 if the block is full, i.e. every key of it
+    below the row's length allowed to every query row; padding after the count) and counts
+    int32 [B, slots]. From the part's predicate evaluated for the M query positions
+    (q = N_b − M + i) over n_blocks · block_n keys: O(B · M · N_max) element tests per call
+    (the prefill's table is per length, and a decode's length moves every step)."""
+    from attngen.codegen.torch_predicate import predicate_fn
+
+    tables = [g.table.node for g in spec.groups if g.table_slot >= 0]
+    B, device = lengths.shape[0], lengths.device
+    n = lengths.to(torch.int64).view(B, 1, 1)
+    k_pos = torch.arange(n_blocks * block_n, device=device).view(1, 1, -1)
+    in_range = k_pos < n  # [B, 1, K]
+    ids = torch.arange(n_blocks, device=device) * 2
+    rows = max(1, LIST_CHUNK // (B * n_blocks * block_n))  # query rows evaluated at once
+    entries, counts = [], []
+    for node in tables:
+        fn = predicate_fn(node, M, n)
+        some = torch.zeros((B, n_blocks), dtype=torch.bool, device=device)
+        every = torch.ones((B, n_blocks), dtype=torch.bool, device=device)
+        for i0 in range(0, M, rows):
+            m = min(rows, M - i0)
+            q_pos = n - M + torch.arange(i0, i0 + m, device=device).view(1, m, 1)
+            allowed = fn(q_pos, k_pos) & in_range
+            some |= allowed.view(B, m, n_blocks, block_n).any(3).any(1)
+            every &= (allowed | ~in_range).view(B, m, n_blocks, block_n).all(3).all(1)
+        every &= some
+        rank = torch.where(some, some.cumsum(1) - 1, n_blocks)  # not needed: a spare column
+        out = torch.zeros((B, n_blocks + 1), dtype=torch.int64, device=device)
+        out.scatter_(1, rank, (ids + every).expand(B, -1))
+        entries.append(out[:, :n_blocks])
+        counts.append(some.sum(1))
+    return (torch.stack(entries, 1).to(torch.int32).contiguous(),
+            torch.stack(counts, 1).to(torch.int32).contiguous())
 
 
 def _check(q, k_cache, v_cache, lengths, block_table) -> None:
