@@ -109,6 +109,11 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
                                          -(-n_max // cfg.block_n))
     else:  # no table: nothing built, nothing launched
         tab_ids, tab_count = zero.view(1, 1, 1), zero.view(1, 1)
+    if any(g.permuted for g in kernel.spec.groups):
+        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
+        key_ids, key_count = key_lists(kernel.spec, lengths, M, n_max)
+    else:
+        key_ids, key_count = zero.view(1, 1, 1), zero.view(1, 1)
     if block_table is None:
         pages, page, stride_pb = zero, 0, 0
     else:
@@ -121,7 +126,8 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
     count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
     mod.attn_decode[(splits, B * HKV, row_blocks)](
         q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
-        tab_ids, tab_count, tab_ids.shape[1], tab_ids.shape[2], q.stride(0), q.stride(1),
+        tab_ids, tab_count, tab_ids.shape[1], tab_ids.shape[2], key_ids, key_count,
+        key_ids.shape[1], key_ids.shape[2], q.stride(0), q.stride(1),
         q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
         v_cache.stride(1), v_cache.stride(2), stride_pb,
         out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
@@ -145,13 +151,44 @@ def _counters(kernel, device, n: int) -> torch.Tensor:
 
 
 def supported(spec, heads: int, kv_heads: int) -> bool:
-    """Whether the split-KV kernel runs this spec: every part a ranges or a table part (no
-    residue classes, nothing dynamic), and the query heads of each kv head in one group
-    (they share the loops)."""
+    """Whether the split-KV kernel runs this spec: every part ranges, a table or residue
+    classes (nothing dynamic), and the query heads of each kv head in one group (they share
+    the loops)."""
     G = heads // kv_heads
     same = all(len(set(spec.head_group[g * G:(g + 1) * G])) == 1 for g in range(kv_heads))
-    return same and all(p.strategy in ("ranges", "table") for g in spec.groups
+    return same and all(p.strategy in ("ranges", "table", "permutation") for g in spec.groups
                         for p in g.parts)
+
+
+def key_lists(spec, lengths: torch.Tensor, M: int, n_max: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys each batch row's newest M queries need in each residue-class part (the
+    union of their classes' allowed keys), on the lengths' device without a host sync:
+    positions int32 [B, slots, n_max] (ascending; padding after the count) and counts int32
+    [B, slots]. Slots: the permuted parts in group order. From the part's predicate in the
+    original coordinates, M query rows at a time in chunks of LIST_CHUNK positions."""
+    from attngen.codegen.torch_predicate import predicate_fn
+
+    nodes = [part.node for g in spec.groups for part in g.permuted]
+    B, device = lengths.shape[0], lengths.device
+    n = lengths.to(torch.int64).view(B, 1, 1)
+    k_pos = torch.arange(n_max, device=device).view(1, 1, -1)
+    in_range = k_pos < n
+    rows = max(1, LIST_CHUNK // (B * n_max))
+    positions, counts = [], []
+    for node in nodes:
+        fn = predicate_fn(node, M, n)
+        need = torch.zeros((B, n_max), dtype=torch.bool, device=device)
+        for i0 in range(0, M, rows):
+            q_pos = n - M + torch.arange(i0, min(M, i0 + rows), device=device).view(1, -1, 1)
+            need |= (fn(q_pos, k_pos) & in_range).any(1)
+        rank = torch.where(need, need.cumsum(1) - 1, n_max)  # not needed: a spare column
+        out = torch.zeros((B, n_max + 1), dtype=torch.int64, device=device)
+        out.scatter_(1, rank, k_pos.view(1, -1).expand(B, -1))
+        positions.append(out[:, :n_max])
+        counts.append(need.sum(1))
+    return (torch.stack(positions, 1).to(torch.int32).contiguous(),
+            torch.stack(counts, 1).to(torch.int32).contiguous())
 
 
 def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
@@ -285,7 +322,8 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
 
 
 def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse):
-    """Tables and residue classes depend on the length: the prefill kernel, row by row."""
+    """Plans the split kernel does not run (dynamic parts, or the query heads of one kv
+    head in different groups): the prefill kernel, row by row."""
     outs, lses = [], []
     for b, n in enumerate(lengths.tolist()):
         o, lse = kernel(q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],

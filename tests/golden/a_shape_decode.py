@@ -79,7 +79,7 @@ def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn
 
 @triton.jit
 def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
-                TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB,
+                TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB, KEY_IDS, KEY_COUNT, KEY_SLOTS, KEY_N,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
                 H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
@@ -88,7 +88,9 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
     # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
     # ROWS = row blocks · BLOCK_R. Paged (PAGE > 0): stride_kb, stride_vb step one page.
     # Table parts: TAB_IDS int32 [B, TAB_SLOTS, TAB_KB] (a row's needed kv blocks of that
-    # table, ascending, as block·2 + full) and TAB_COUNT int32 [B, TAB_SLOTS].
+    # table, ascending, as block·2 + full) and TAB_COUNT int32 [B, TAB_SLOTS]. Residue-class
+    # parts: KEY_IDS int32 [B, KEY_SLOTS, KEY_N] (a row's needed key positions, ascending)
+    # and KEY_COUNT int32 [B, KEY_SLOTS].
     s = tl.program_id(0)
     bhkv = tl.program_id(1)
     rb = tl.program_id(2)
