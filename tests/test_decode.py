@@ -2,6 +2,8 @@
 rows of a full prefill with the same pattern."""
 import pytest
 import torch
+from hypothesis import HealthCheck, example, given, note, settings
+from hypothesis import strategies as st
 
 import attngen
 from attngen.reference import attention as reference
@@ -26,8 +28,12 @@ def _case(B_lengths, Hq, Hkv, M, seed=0):
     ("local(7)", 4, 2, 5),
     ("band(3, 10)", 2, 2, 3),                             # keys after the query
     ("kv_heads { 0: causal & (sink(2) | local(8)); *: causal }", 4, 2, 5),
-    ("causal & power(4)", 2, 1, 2),                       # table: the prefill kernel per row
-    ("causal & (local(9) | strided(5))", 2, 1, 3),        # permuted: likewise
+    ("causal & power(4)", 2, 1, 2),                       # table: a list per row, split
+    ("causal & (local(9) | sink(4) | fixed(16, 2))", 4, 2, 3),  # a table from a union
+    ("kv_heads { 0: causal & power(4); *: local(8) }", 4, 2, 1),  # table beside ranges
+    ("causal & (local(9) | strided(5))", 2, 1, 3),        # residue classes: key lists
+    ("causal & strided(7)", 4, 2, 4),                     # only residue classes
+    ("kv_heads { 0: causal & (sink(4) | strided(6)); *: causal & power(4) }", 4, 2, 2),
 ])
 def test_decode_equals_the_last_rows_of_a_full_prefill(pattern, Hq, Hkv, M):
     lengths = [70, 9, 33]
@@ -65,6 +71,123 @@ def test_decode_reads_only_the_needed_blocks():
     assert torch.isfinite(got).all() and torch.equal(got, want)
 
 
+def _needed_blocks(pattern, n, M, Hq, Hkv, block):
+    """kv blocks holding a key allowed to one of the newest M queries (any head), from the
+    pattern's dense mask (the oracle), and the blocks of the cache's first n keys."""
+    mask = attngen.parse(pattern).mask(min(M, n), n, heads=Hq, kv_heads=Hkv)
+    keys = mask.any(0).any(0).nonzero().flatten()
+    return set((keys // block).tolist()), set(range(-(-n // block)))
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pattern, Hq, Hkv, M", [
+    ("causal & power(4)", 2, 1, 1),
+    ("causal & (sink(4) | power(8))", 4, 2, 2),
+])
+def test_table_decode_reads_only_the_needed_blocks(pattern, Hq, Hkv, M):
+    """A table plan decodes in the split kernel from per-row block lists: every cache
+    block its newest queries do not need, and every position past a row's length, is NaN,
+    and the output stays finite and equal to the clean cache's."""
+    assert supported(attngen.compile(pattern, head_dim=D, dtype=torch.float32, heads=Hq,
+                                     kv_heads=Hkv, device="cpu").spec, Hq, Hkv)
+    q, k, v, lens = _case([700, 333, 190], Hq, Hkv, M)
+    want, want_lse = attngen.decode(q, k, v, lens, pattern, return_lse=True)
+    unread = 0
+    for b, n in enumerate(lens.tolist()):
+        needed, blocks = _needed_blocks(pattern, n, M, Hq, Hkv, INTERPRETER_BLOCK_N)
+        for j in blocks - needed:
+            for t in (k, v):
+                t[b, :, j * INTERPRETER_BLOCK_N:(j + 1) * INTERPRETER_BLOCK_N] = float("nan")
+        for t in (k, v):
+            t[b, :, n:] = float("nan")
+        unread += len(blocks - needed)
+    assert unread >= 10  # the lists skip most of these caches
+    got, got_lse = attngen.decode(q, k, v, lens, pattern, return_lse=True)
+    assert torch.isfinite(got).all() and torch.equal(got, want)
+    assert torch.equal(got_lse, want_lse)
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("pattern, window, Hq, Hkv, M", [
+    ("causal & strided(16)", None, 2, 1, 1),
+    ("causal & (local(9) | strided(12))", "causal & local(9)", 4, 2, 3),
+])
+def test_residue_class_decode_reads_only_the_needed_keys(pattern, window, Hq, Hkv, M):
+    """Residue-class parts decode from per-row key lists: every key that none of the
+    newest M queries may see is NaN (not just the blocks: the keys between a class's keys
+    too), except in the kv blocks of a range-lowered window part (read whole, masked), and
+    the output stays finite and equal to the clean cache's."""
+    q, k, v, lens = _case([400, 161, 77], Hq, Hkv, M)
+    want, want_lse = attngen.decode(q, k, v, lens, pattern, return_lse=True)
+    for b, n in enumerate(lens.tolist()):
+        mask = attngen.parse(pattern).mask(min(M, n), n, heads=Hq, kv_heads=Hkv)
+        unused = ~mask.any(0).any(0)
+        if window is not None:
+            needed, _ = _needed_blocks(window, n, M, Hq, Hkv, INTERPRETER_BLOCK_N)
+            for j in needed:
+                unused[j * INTERPRETER_BLOCK_N:(j + 1) * INTERPRETER_BLOCK_N] = False
+        assert unused.float().mean() > 0.5  # most of the cache is skipped
+        for t in (k, v):
+            t[b, :, :n][:, unused] = float("nan")
+            t[b, :, n:] = float("nan")
+    got, got_lse = attngen.decode(q, k, v, lens, pattern, return_lse=True)
+    assert torch.isfinite(got).all() and torch.equal(got, want)
+    assert torch.equal(got_lse, want_lse)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 140), min_size=1, max_size=3), st.integers(1, 5),
+       st.integers(1, 4), st.sampled_from([0, 8, 32]),
+       st.sampled_from(["causal & power(4)", "causal & (local(9) | sink(4) | fixed(16, 2))",
+                        "kv_heads { 0: causal & power(4); *: causal & (sink(2) | local(8)) }",
+                        "causal & (local(9) | strided(5))",
+                        "kv_heads { 0: causal & strided(6); *: causal & power(4) }"]))
+@example(lengths=[140, 7, 77], M=5, splits=3, page=8,
+         pattern="kv_heads { 0: causal & power(4); *: causal & (sink(2) | local(8)) }")
+@example(lengths=[2, 139], M=4, splits=4, page=32, pattern="causal & power(4)")
+@example(lengths=[97, 3, 140], M=5, splits=2, page=16,
+         pattern="kv_heads { 0: causal & strided(6); *: causal & power(4) }")
+def test_table_and_class_decode_equals_the_prefill_for_any_lengths(
+        interpreter, lengths, M, splits, page, pattern):
+    """Per-row lengths (shorter than M too), split counts, contiguous or paged caches: the
+    split kernel with per-row block and key lists equals the last rows of a full prefill."""
+    note(f"lengths={lengths} M={M} splits={splits} page={page} pattern={pattern!r}")
+    q, k, v, lens = _case(lengths, 4, 2, M, seed=len(lengths) * 1000 + sum(lengths))
+    table = None
+    if page:
+        k, table = _paged(k, lens, page)
+        v, _ = _paged(v, lens, page)
+    out, lse = attngen.decode(q, k, v, lens, pattern, return_lse=True, splits=splits,
+                              block_table=table)
+    q2, k2, v2, _ = _case(lengths, 4, 2, M, seed=len(lengths) * 1000 + sum(lengths))
+    for b, n in enumerate(lengths):
+        rows = min(M, n)
+        full_q = torch.cat([torch.randn(1, 4, n - rows, D), q2[b:b + 1, :, M - rows:]], dim=2)
+        want, want_lse = reference(full_q, k2[b:b + 1, :, :n], v2[b:b + 1, :, :n], pattern,
+                                   return_lse=True)
+        assert (out[b:b + 1, :, M - rows:] - want[:, :, -rows:]).abs().max() <= 1e-4
+        finite = torch.isfinite(want_lse[:, :, -rows:])
+        got_lse = lse[b:b + 1, :, M - rows:]
+        assert torch.equal(torch.isfinite(got_lse), finite)
+        if finite.any():
+            assert (got_lse[finite] - want_lse[:, :, -rows:][finite]).abs().max() <= 1e-4
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("splits", [1, 2])
+def test_a_row_with_no_allowed_key_gives_zero_and_minus_inf(splits):
+    """local(4) & sink(4) allows nothing to a query past position 7 (row 0, length 40) and
+    keys 3..6 to the query at 6 (row 1): zeros and -inf for the first, the prefill's rows
+    for the second, whether one split normalises its own rows or the splits are merged."""
+    q, k, v, lens = _case([40, 7], 2, 1, 1)
+    pattern = "local(4) & sink(4)"
+    out, lse = attngen.decode(q, k, v, lens, pattern, return_lse=True, splits=splits)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isneginf(lse[0]).all()
+    want, want_lse = reference(q[1:], k[1:, :, :7], v[1:, :, :7], pattern, return_lse=True)
+    assert (out[1:] - want).abs().max() <= 1e-5 and (lse[1:] - want_lse).abs().max() <= 1e-5
+
+
 @pytest.mark.usefixtures("interpreter")
 def test_splits_merge_exactly():
     q, k, v, lens = _case([70, 45], 2, 1, 2)
@@ -73,7 +196,7 @@ def test_splits_merge_exactly():
     assert all(torch.allclose(o, outs[0], atol=1e-6) for o in outs[1:])
 
 
-def test_split_kernel_covers_ranges_plans_with_one_group_per_kv_head():
+def test_split_kernel_covers_static_plans_with_one_group_per_kv_head():
     def spec(text, H, HKV):
         return attngen.compile(text, head_dim=16, dtype=torch.float32, heads=H, kv_heads=HKV,
                                device="cpu").spec
@@ -81,7 +204,8 @@ def test_split_kernel_covers_ranges_plans_with_one_group_per_kv_head():
     assert supported(spec("causal & (sink(4) | local(20))", 4, 2), 4, 2)
     assert supported(spec("kv_heads { 0: local(8); *: causal }", 4, 2), 4, 2)
     assert not supported(spec("heads { 0: local(8); *: causal }", 4, 2), 4, 2)
-    assert not supported(spec("causal & power(4)", 4, 2), 4, 2)
+    assert supported(spec("causal & power(4)", 4, 2), 4, 2)  # a table: per-row lists
+    assert supported(spec("causal & (local(9) | strided(5))", 4, 2), 4, 2)  # key lists
 
 
 def _paged(cache, lengths, page, seed=0):

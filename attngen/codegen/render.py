@@ -196,6 +196,19 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
                 for seg in entry["segments"] + entry.get("transposed", {}).get("segments", []):
                     seg["masked"] = ALWAYS
             periods[s].append(entry)
+    if kind == "decode":  # residue-class parts decode from per-row lists of needed keys
+        by_index, slot = {g["index"]: g for g in groups}, 0
+        for g in spec.groups:
+            for part in g.permuted:
+                if g.index not in by_index:
+                    by_index[g.index] = {"index": g.index, "name": g.node.text,
+                                         "table_slot": g.table_slot, "loops": []}
+                    groups.append(by_index[g.index])
+                by_index[g.index]["loops"].append({
+                    "strategy": "keys", "name": part.node.text, "key_slot": slot,
+                    "pred": predicate(part.node.text, part.node.predicate)})
+                slot += 1
+        groups.sort(key=lambda x: x["index"])
     text = " ".join(p["expr"] for p in predicates)
     helpers = {h for h in ("bitlen", "ffloor") if f"_{h}(" in text}
     plan_lines = []

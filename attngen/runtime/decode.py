@@ -1,8 +1,10 @@
 """Decoding: a few queries per batch row against a KV cache (contiguous or paged) with its own
 length per row, split over the kv blocks the pattern needs (flash-decoding) and merged
-exactly by log-sum-exp in a second kernel."""
+exactly by log-sum-exp (by the last split to finish, or a second kernel; one split writes
+its rows itself). Configurations are tuned per shape under a CUDA graph."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,16 +23,21 @@ class DecodeConfig:
     block_n: int
     warps: int
     stages: int
-    waves: int  # splits are chosen to give about waves · SMs programs
+    waves: float  # splits are chosen to give about waves · SMs programs
     fused: bool = True  # the last split merges (one launch), else a merge kernel
 
 
 INTERPRETER_CONFIG = DecodeConfig(INTERPRETER_BLOCK_N, 1, 1, 0)
 # GPU search space (first one without $ATTNGEN_AUTOTUNE): a bandwidth-bound loop, so few
-# warps, deep pipelines, and enough splits to keep every SM streaming.
+# warps and deep pipelines; each compiled variant is tried with every WAVES (the number of
+# splits: no recompile), so the grid can be one wave of resident programs or several.
 GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfig(32, 4, 4, 8),
                DecodeConfig(128, 4, 3, 4), DecodeConfig(64, 4, 3, 4, False),
-               DecodeConfig(32, 4, 4, 8, False)]
+               DecodeConfig(32, 4, 4, 8, False), DecodeConfig(64, 4, 2, 2),
+               DecodeConfig(128, 8, 2, 2)]
+WAVES = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8)
+TUNE_REPLAYS = 20  # launches per captured graph when timing a configuration
+LIST_CHUNK = 1 << 24  # positions per predicate evaluation when building a table's block lists
 
 _TUNED: dict = {}
 TIMINGS: dict = {}  # shape bucket → {config: ms} of its tuning (for the benchmark's report)
@@ -96,6 +103,17 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
             torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device),
             torch.zeros(1, dtype=torch.int32, device=q.device))
     head_group, zero = tabs["decode", str(q.device)]
+    if any(g.table_slot >= 0 for g in kernel.spec.groups):  # per call: lengths move
+        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
+        tab_ids, tab_count = block_lists(kernel.spec, lengths, M, cfg.block_n,
+                                         -(-n_max // cfg.block_n))
+    else:  # no table: nothing built, nothing launched
+        tab_ids, tab_count = zero.view(1, 1, 1), zero.view(1, 1)
+    if any(g.permuted for g in kernel.spec.groups):
+        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
+        key_ids, key_count = key_lists(kernel.spec, lengths, M, n_max)
+    else:
+        key_ids, key_count = zero.view(1, 1, 1), zero.view(1, 1)
     if block_table is None:
         pages, page, stride_pb = zero, 0, 0
     else:
@@ -108,12 +126,14 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
     count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
     mod.attn_decode[(splits, B * HKV, row_blocks)](
         q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), stride_pb,
+        tab_ids, tab_count, tab_ids.shape[1], tab_ids.shape[2], key_ids, key_count,
+        key_ids.shape[1], key_ids.shape[2], q.stride(0), q.stride(1),
+        q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+        v_cache.stride(1), v_cache.stride(2), stride_pb,
         out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
         HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
         FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
-    if not cfg.fused:
+    if not cfg.fused and splits > 1:
         mod.attn_decode_merge[(B * HKV, row_blocks)](
             acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
             splits, D, HEAD_DIM=tile_d, BLOCK_R=block_r, num_warps=4)
@@ -131,11 +151,83 @@ def _counters(kernel, device, n: int) -> torch.Tensor:
 
 
 def supported(spec, heads: int, kv_heads: int) -> bool:
-    """Whether the split-KV kernel runs this spec: every part a ranges part, and the query
-    heads of each kv head in one group (they share the loops)."""
+    """Whether the split-KV kernel runs this spec: every part ranges, a table or residue
+    classes (nothing dynamic), and the query heads of each kv head in one group (they share
+    the loops)."""
     G = heads // kv_heads
     same = all(len(set(spec.head_group[g * G:(g + 1) * G])) == 1 for g in range(kv_heads))
-    return same and all(p.strategy == "ranges" for g in spec.groups for p in g.parts)
+    return same and all(p.strategy in ("ranges", "table", "permutation") for g in spec.groups
+                        for p in g.parts)
+
+
+def key_lists(spec, lengths: torch.Tensor, M: int, n_max: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys each batch row's newest M queries need in each residue-class part (the
+    union of their classes' allowed keys), on the lengths' device without a host sync:
+    positions int32 [B, slots, n_max] (ascending; padding after the count) and counts int32
+    [B, slots]. Slots: the permuted parts in group order. From the part's predicate in the
+    original coordinates, M query rows at a time in chunks of LIST_CHUNK positions."""
+    from attngen.codegen.torch_predicate import predicate_fn
+
+    nodes = [part.node for g in spec.groups for part in g.permuted]
+    B, device = lengths.shape[0], lengths.device
+    n = lengths.to(torch.int64).view(B, 1, 1)
+    k_pos = torch.arange(n_max, device=device).view(1, 1, -1)
+    in_range = k_pos < n
+    rows = max(1, LIST_CHUNK // (B * n_max))
+    positions, counts = [], []
+    for node in nodes:
+        fn = predicate_fn(node, M, n)
+        need = torch.zeros((B, n_max), dtype=torch.bool, device=device)
+        for i0 in range(0, M, rows):
+            q_pos = n - M + torch.arange(i0, min(M, i0 + rows), device=device).view(1, -1, 1)
+            need |= (fn(q_pos, k_pos) & in_range).any(1)
+        rank = torch.where(need, need.cumsum(1) - 1, n_max)  # not needed: a spare column
+        out = torch.zeros((B, n_max + 1), dtype=torch.int64, device=device)
+        out.scatter_(1, rank, k_pos.view(1, -1).expand(B, -1))
+        positions.append(out[:, :n_max])
+        counts.append(need.sum(1))
+    return (torch.stack(positions, 1).to(torch.int32).contiguous(),
+            torch.stack(counts, 1).to(torch.int32).contiguous())
+
+
+def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kv blocks each batch row's newest M queries need in each table part, on the
+    lengths' device without a host sync (so a CUDA graph can hold it): entries int32
+    [B, slots, n_blocks] (ascending block·2 + 1 if the block is full, i.e. every key of it
+    below the row's length allowed to every query row; padding after the count) and counts
+    int32 [B, slots]. From the part's predicate evaluated for the M query positions
+    (q = N_b − M + i) over n_blocks · block_n keys: O(B · M · N_max) element tests per call
+    (the prefill's table is per length, and a decode's length moves every step)."""
+    from attngen.codegen.torch_predicate import predicate_fn
+
+    tables = [g.table.node for g in spec.groups if g.table_slot >= 0]
+    B, device = lengths.shape[0], lengths.device
+    n = lengths.to(torch.int64).view(B, 1, 1)
+    k_pos = torch.arange(n_blocks * block_n, device=device).view(1, 1, -1)
+    in_range = k_pos < n  # [B, 1, K]
+    ids = torch.arange(n_blocks, device=device) * 2
+    rows = max(1, LIST_CHUNK // (B * n_blocks * block_n))  # query rows evaluated at once
+    entries, counts = [], []
+    for node in tables:
+        fn = predicate_fn(node, M, n)
+        some = torch.zeros((B, n_blocks), dtype=torch.bool, device=device)
+        every = torch.ones((B, n_blocks), dtype=torch.bool, device=device)
+        for i0 in range(0, M, rows):
+            m = min(rows, M - i0)
+            q_pos = n - M + torch.arange(i0, i0 + m, device=device).view(1, m, 1)
+            allowed = fn(q_pos, k_pos) & in_range
+            some |= allowed.view(B, m, n_blocks, block_n).any(3).any(1)
+            every &= (allowed | ~in_range).view(B, m, n_blocks, block_n).all(3).all(1)
+        every &= some
+        rank = torch.where(some, some.cumsum(1) - 1, n_blocks)  # not needed: a spare column
+        out = torch.zeros((B, n_blocks + 1), dtype=torch.int64, device=device)
+        out.scatter_(1, rank, (ids + every).expand(B, -1))
+        entries.append(out[:, :n_blocks])
+        counts.append(some.sum(1))
+    return (torch.stack(entries, 1).to(torch.int32).contiguous(),
+            torch.stack(counts, 1).to(torch.int32).contiguous())
 
 
 def _check(q, k_cache, v_cache, lengths, block_table) -> None:
@@ -164,31 +256,62 @@ def _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max) -> 
     bucket = (kernel.key, B, k_cache.shape[1], M, 1 << (n_max - 1).bit_length(),
               block_table is None or k_cache.shape[2])
     if bucket not in _TUNED:
-        import triton.testing
-
+        if torch.cuda.is_current_stream_capturing():  # no timing inside a capture
+            return GPU_CONFIGS[0]
         best, best_ms = GPU_CONFIGS[0], float("inf")
-        for cfg in GPU_CONFIGS:  # any page size works with any kv block
-            splits = _splits(q, B * k_cache.shape[1], -(-n_max // cfg.block_n), cfg.waves)
-            try:
-                ms = triton.testing.do_bench(lambda: _launch(
-                    kernel, q, k_cache, v_cache, lengths, scale, False, splits, block_table,
-                    cfg), warmup=5, rep=25)
-            except Exception as e:  # a configuration this device or compiler cannot build
-                TIMINGS.setdefault(bucket, {})[str(cfg)] = f"{type(e).__name__}: {e}"[:300]
-                continue
-            TIMINGS.setdefault(bucket, {})[str(cfg)] = ms
-            if ms < best_ms:
-                best, best_ms = cfg, ms
+        for base in GPU_CONFIGS:  # any page size works with any kv block
+            for waves in WAVES:
+                cfg = dataclasses.replace(base, waves=waves)
+                splits = _splits(q, B * k_cache.shape[1], -(-n_max // cfg.block_n), waves)
+                try:
+                    ms = _graph_ms(lambda cfg=cfg, splits=splits: _launch(
+                        kernel, q, k_cache, v_cache, lengths, scale, False, splits,
+                        block_table, cfg))
+                except Exception as e:  # a configuration this device or compiler cannot build
+                    torch.cuda.synchronize()
+                    TIMINGS.setdefault(bucket, {})[str(cfg)] = f"{type(e).__name__}: {e}"[:300]
+                    break
+                TIMINGS.setdefault(bucket, {})[str(cfg)] = ms
+                if ms < best_ms:
+                    best, best_ms = cfg, ms
         _TUNED[bucket] = best
     return _TUNED[bucket]
 
 
-def _splits(q: torch.Tensor, programs: int, kv_blocks: int, waves: int) -> int:
+def _graph_ms(launch) -> float:
+    """Device time of one launch as a serving loop replays it: TUNE_REPLAYS launches
+    captured in one CUDA graph, the graph replayed (after a warm-up replay), time ÷ count.
+    Eager timing would add ~100 µs of Python per call, more than a window decode takes."""
+    launch()  # compiles; makes the per-kernel constants and counters outside the capture
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        launch()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(TUNE_REPLAYS):
+                launch()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / TUNE_REPLAYS)
+    del graph
+    return min(times)
+
+
+def _splits(q: torch.Tensor, programs: int, kv_blocks: int, waves: float) -> int:
     """About `waves` programs per SM, never more splits than cache blocks."""
     if interpreting() or not q.is_cuda:
         return min(3, kv_blocks)
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    return max(1, min(kv_blocks, -(-waves * sms // programs)))
+    return max(1, min(kv_blocks, math.ceil(waves * sms / programs)))
 
 
 def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
@@ -199,7 +322,8 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
 
 
 def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse):
-    """Tables and residue classes depend on the length: the prefill kernel, row by row."""
+    """Plans the split kernel does not run (dynamic parts, or the query heads of one kv
+    head in different groups): the prefill kernel, row by row."""
     outs, lses = [], []
     for b, n in enumerate(lengths.tolist()):
         o, lse = kernel(q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],

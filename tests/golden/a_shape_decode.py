@@ -38,62 +38,48 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 
 
 @triton.jit
-def _decode_inner(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn, stride_vp,
-                  stride_vn, offs_d, d_ok, q_pos, start, stop, full_lo, full_hi, N, M, DOC,
-                  qk_scale, PRED: tl.constexpr, MASKED: tl.constexpr, PAGE: tl.constexpr,
-                  BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr):
-    """The forward's online softmax (_attn_inner) over kv blocks start..stop-1, with key rows
-    addressed through the page table when PAGE > 0. MASKED as in _attn_inner."""
-    for jb in range(start, stop):
-        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_bounds = offs_n < N
-        if PAGE == 0:
-            k_rows = offs_n * stride_kn
-            v_rows = offs_n * stride_vn
-        elif PAGE % BLOCK_N == 0:  # the block lies inside one page
-            page = tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE).to(tl.int64)
-            k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
-            v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
-        else:
-            page = tl.load(PAGES_ptr + offs_n // PAGE, mask=in_bounds, other=0).to(tl.int64)
-            k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
-            v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
-        k = tl.load(K_ptr + k_rows[None, :] + offs_d[:, None],
-                    mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(V_ptr + v_rows[:, None] + offs_d[None, :],
-                    mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
-        qk = tl.dot(q, k)
-        if MASKED == 1:
-            qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
-        elif MASKED == 2:
-            if (jb < full_lo) | (jb > full_hi):
-                qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
-            else:
-                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
-        else:
-            qk = tl.where(in_bounds[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])  # one FMA per score
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _share(first, count, split_lo, split_hi):
-    """Blocks of a segment [first, first + count) whose place in the concatenation of all
-    segments (its first block at 0 here) falls in [split_lo, split_hi)."""
-    lo = tl.minimum(tl.maximum(split_lo, 0), count)
-    hi = tl.minimum(tl.maximum(split_hi, 0), count)
-    return first + lo, first + hi
+def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn, stride_vp,
+                 stride_vn, offs_d, d_ok, q_pos, jb, need_mask, N, M, DOC, qk_scale,
+                 PRED: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EVEN_D: tl.constexpr):
+    """The forward's online softmax (_attn_inner) over kv block jb, with key rows addressed
+    through the page table when PAGE > 0; the predicate is evaluated when need_mask != 0
+    (a partial block), else only the cache length bounds the keys."""
+    offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_bounds = offs_n < N
+    if PAGE == 0:
+        k_rows = offs_n * stride_kn
+        v_rows = offs_n * stride_vn
+    elif PAGE % BLOCK_N == 0:  # the block lies inside one page
+        page = tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE).to(tl.int64)
+        k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
+        v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
+    else:
+        page = tl.load(PAGES_ptr + offs_n // PAGE, mask=in_bounds, other=0).to(tl.int64)
+        k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
+        v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
+    k = tl.load(K_ptr + k_rows[None, :] + offs_d[:, None],
+                mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
+    v = tl.load(V_ptr + v_rows[:, None] + offs_d[None, :],
+                mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
+    qk = tl.dot(q, k)
+    if need_mask != 0:
+        qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
+    else:
+        qk = tl.where(in_bounds[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])  # one FMA per score
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
 
 
 @triton.jit
 def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
+                TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB, KEY_IDS, KEY_COUNT, KEY_SLOTS, KEY_N,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
                 H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
@@ -101,6 +87,10 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
                 EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr):
     # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
     # ROWS = row blocks · BLOCK_R. Paged (PAGE > 0): stride_kb, stride_vb step one page.
+    # Table parts: TAB_IDS int32 [B, TAB_SLOTS, TAB_KB] (a row's needed kv blocks of that
+    # table, ascending, as block·2 + full) and TAB_COUNT int32 [B, TAB_SLOTS]. Residue-class
+    # parts: KEY_IDS int32 [B, KEY_SLOTS, KEY_N] (a row's needed key positions, ascending)
+    # and KEY_COUNT int32 [B, KEY_SLOTS].
     s = tl.program_id(0)
     bhkv = tl.program_id(1)
     rb = tl.program_id(2)
@@ -132,7 +122,7 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
     q_first = N - M
     q_last = N - 1
     n_blocks = tl.cdiv(N, BLOCK_N)
-    group = tl.load(HEAD_GROUP + hkv * G)  # every head of a kv group has one group here
+    group = 0  # one group: no load in the prologue
     if group == 0:  # causal & (local(4096) | sink(128))
         # ranges: causal & (local(4096) | sink(128))
         # kv-block bounds of each atom (inclusive; empty when lo > hi)
@@ -185,92 +175,81 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
         per_split = tl.cdiv(total, SPLITS)
         split_lo = s * per_split
         split_hi = split_lo + per_split
-        start, stop = _share(first_0_0, count_0_0, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_0
-        split_hi -= count_0_0
-        start, stop = _share(first_0_1, count_0_1, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_1
-        split_hi -= count_0_1
-        start, stop = _share(first_0_2, count_0_2, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_2
-        split_hi -= count_0_2
-        start, stop = _share(first_0_3, count_0_3, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_3
-        split_hi -= count_0_3
-        start, stop = _share(first_0_4, count_0_4, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_4
-        split_hi -= count_0_4
-        start, stop = _share(first_0_5, count_0_5, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_5
-        split_hi -= count_0_5
-        start, stop = _share(first_0_6, count_0_6, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_6
-        split_hi -= count_0_6
-        start, stop = _share(first_0_7, count_0_7, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=0, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_7
-        split_hi -= count_0_7
-        start, stop = _share(first_0_8, count_0_8, split_lo, split_hi)
-        acc, l_i, m_i = _decode_inner(
-            acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
-            stride_vn, offs_d, d_ok, q_pos, start, stop, 0, -1,
-            N, M, DOC, qk_scale, PRED=0, MASKED=1, PAGE=PAGE,
-            BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
-        split_lo -= count_0_8
-        split_hi -= count_0_8
-    state = (s * tl.num_programs(1) + bhkv) * (tl.num_programs(2) * BLOCK_R) + offs_r
-    tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
-    tl.store(L + state, l_i, mask=row_ok)
-    tl.store(MX + state, m_i, mask=row_ok)
-    if FUSED_MERGE:
-        # The last split to finish these rows merges them all (its ticket, an acq_rel
-        # atomic, makes the other splits' stores visible), then re-arms the counter.
-        slot = bhkv * tl.num_programs(2) + rb
-        ticket = tl.atomic_add(COUNT + slot, 1)
-        if ticket == SPLITS - 1:
-            _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
-                        tl.num_programs(1), tl.num_programs(2), H, HKV, M, SPLITS, D,
-                        HEAD_DIM, BLOCK_R)
-            tl.atomic_xchg(COUNT + slot, 0)
+        # causal & (local(4096) | sink(128)): its segments as one loop (one software pipeline, no drain between
+        # segments); block t of the part's concatenation lies in the last segment whose
+        # offset is <= t
+        off_0_0 = 0
+        off_0_1 = off_0_0 + count_0_0
+        off_0_2 = off_0_1 + count_0_1
+        off_0_3 = off_0_2 + count_0_2
+        off_0_4 = off_0_3 + count_0_3
+        off_0_5 = off_0_4 + count_0_4
+        off_0_6 = off_0_5 + count_0_5
+        off_0_7 = off_0_6 + count_0_6
+        off_0_8 = off_0_7 + count_0_7
+        total_0 = off_0_8 + count_0_8
+        t_lo = tl.minimum(tl.maximum(split_lo, 0), total_0)
+        t_hi = tl.minimum(tl.maximum(split_hi, 0), total_0)
+        for t in range(t_lo, t_hi):
+            jb_0 = first_0_0 + (t - off_0_0)
+            jb = jb_0
+            need = 1
+            jb_1 = first_0_1 + (t - off_0_1)
+            in_seg = t >= off_0_1
+            jb = tl.where(in_seg, jb_1, jb)
+            need = tl.where(in_seg, 0, need)
+            jb_2 = first_0_2 + (t - off_0_2)
+            in_seg = t >= off_0_2
+            jb = tl.where(in_seg, jb_2, jb)
+            need = tl.where(in_seg, 1, need)
+            jb_3 = first_0_3 + (t - off_0_3)
+            in_seg = t >= off_0_3
+            jb = tl.where(in_seg, jb_3, jb)
+            need = tl.where(in_seg, 1, need)
+            jb_4 = first_0_4 + (t - off_0_4)
+            in_seg = t >= off_0_4
+            jb = tl.where(in_seg, jb_4, jb)
+            need = tl.where(in_seg, 0, need)
+            jb_5 = first_0_5 + (t - off_0_5)
+            in_seg = t >= off_0_5
+            jb = tl.where(in_seg, jb_5, jb)
+            need = tl.where(in_seg, 1, need)
+            jb_6 = first_0_6 + (t - off_0_6)
+            in_seg = t >= off_0_6
+            jb = tl.where(in_seg, jb_6, jb)
+            need = tl.where(in_seg, 1, need)
+            jb_7 = first_0_7 + (t - off_0_7)
+            in_seg = t >= off_0_7
+            jb = tl.where(in_seg, jb_7, jb)
+            need = tl.where(in_seg, 0, need)
+            jb_8 = first_0_8 + (t - off_0_8)
+            in_seg = t >= off_0_8
+            jb = tl.where(in_seg, jb_8, jb)
+            need = tl.where(in_seg, 1, need)
+            acc, l_i, m_i = _decode_step(
+                acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+                stride_vn, offs_d, d_ok, q_pos, jb, need, N, M, DOC, qk_scale,
+                PRED=0, PAGE=PAGE, BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
+        split_lo -= total_0
+        split_hi -= total_0
+    if SPLITS == 1:  # one split holds every block: normalise here (no state, no merge)
+        _store_rows(acc, l_i, tl.where(m_i == float("-inf"), 0.0, m_i), OUT, LSE, stride_ob,
+                    stride_oh, stride_om, b, h, i, offs_d, row_ok, H, M, D)
+    else:
+        state = (s * tl.num_programs(1) + bhkv) * (tl.num_programs(2) * BLOCK_R) + offs_r
+        tl.store(ACC + state[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(L + state, l_i, mask=row_ok)
+        tl.store(MX + state, m_i, mask=row_ok)
+        if FUSED_MERGE:
+            # The last split to finish these rows merges them all (its ticket, an acq_rel
+            # atomic, makes the other splits' stores visible), then re-arms the counter.
+            slot = bhkv * tl.num_programs(2) + rb
+            ticket = tl.atomic_add(COUNT + slot, 1)
+            if ticket == SPLITS - 1:
+                _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
+                            tl.num_programs(1), tl.num_programs(2), H, HKV, M, SPLITS, D,
+                            HEAD_DIM, BLOCK_R)
+                tl.atomic_xchg(COUNT + slot, 0)
 
 
 @triton.jit
@@ -305,6 +284,15 @@ def _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
         total += tl.load(L + state, mask=row_ok, other=0.0, cache_modifier=".cg") * w
         acc += tl.load(ACC + state[:, None] * HEAD_DIM + offs_d[None, :],
                        mask=row_ok[:, None], other=0.0, cache_modifier=".cg") * w[:, None]
+    _store_rows(acc, total, m_safe, OUT, LSE, stride_ob, stride_oh, stride_om, b, h, i, offs_d,
+                row_ok, H, M, D)
+
+
+@triton.jit
+def _store_rows(acc, total, m_safe, OUT, LSE, stride_ob, stride_oh, stride_om, b, h, i, offs_d,
+                row_ok, H, M, D):
+    """OUT = acc / total and LSE = m + log total (log2 units in, natural log out); a row
+    with total 0 saw no allowed key: 0 and -inf."""
     empty = total == 0.0
     out = acc / tl.where(empty, 1.0, total)[:, None]
     lse = tl.where(empty, float("-inf"),
