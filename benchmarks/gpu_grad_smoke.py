@@ -2,7 +2,9 @@
 autograd of SDPA with the mask of the same estimate (the kernel's own, read from its
 flags), on odd shapes with GQA and M != N; the rule of TESTING.md applied to each gradient:
 max|grad - ref| <= 2 * max|sdpa_bf16 grad - ref| + 1e-5.
-Usage: python benchmarks/gpu_grad_smoke.py"""
+Usage: python benchmarks/gpu_grad_smoke.py [patterns...]"""
+import sys
+
 import torch
 
 import attngen
@@ -10,6 +12,7 @@ from attngen.runtime import dynamic
 
 CASES = ["vertical_slash(64, 200)", "vertical_slash(300, 100)", "block_topk(4, 64)",
          "block_cover(0.9, 64)"]
+CASES = sys.argv[1:] or CASES
 SHAPES = [(1000, 1000, 8, 2, 128), (777, 1023, 8, 8, 128), (2048, 2048, 8, 4, 64)]
 
 
