@@ -38,6 +38,20 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(acc, l_i, m_i, qk, v, qk_scale):
+    """One kv block of the online softmax over masked scores qk (log2 units after
+    qk_scale): the running max m_i, sum l_i and output acc."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])  # one FMA per score
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn, stride_vp,
                  stride_vn, offs_d, d_ok, q_pos, jb, need_mask, N, M, DOC, qk_scale,
                  PRED: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -67,14 +81,7 @@ def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn
         qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
     else:
         qk = tl.where(in_bounds[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    # A row that has seen no allowed key keeps m = -inf; subtract 0 there, not -inf.
-    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])  # one FMA per score
-    alpha = tl.math.exp2(m_i - m_sub)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, l_i, m_new
+    return _softmax_step(acc, l_i, m_i, qk, v, qk_scale)
 
 
 @triton.jit
