@@ -381,7 +381,9 @@ def markdown(result: dict) -> str:
              "cache bytes | max err | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     copy = m.get("copy_TBps")
-    pct = lambda r: r["needed_TBps"] / copy * 100 if copy and r.get("needed_TBps") else None  # noqa: E731
+
+    def pct(r):  # the needed bytes' rate as a share of the device copy's
+        return r["needed_TBps"] / copy * 100 if copy and r.get("needed_TBps") else None
     for r in result["rows"]:
         note = r.get("error") or (str(r["config"]) if r.get("config") else r.get("note", ""))
         lines.append(f"| `{r['pattern']}` | {r['N']} | {r['system']} | "
