@@ -12,6 +12,10 @@ head, or a KV head whose query heads share one pattern (`groups`).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
@@ -42,11 +46,33 @@ def choose(loss: np.ndarray, cost: np.ndarray, budget) -> np.ndarray:
                          shape=(items, items * options))
     constraints = [LinearConstraint(one_each, 1, 1),
                    LinearConstraint(cost.reshape(len(cost), -1), -np.inf, budget)]
-    result = milp(loss.ravel(), constraints=constraints, integrality=np.ones(items * options),
-                  bounds=Bounds(0, 1), options={"mip_rel_gap": 0})
+    with _quiet_stdout():
+        result = milp(loss.ravel(), constraints=constraints,
+                      integrality=np.ones(items * options), bounds=Bounds(0, 1),
+                      options={"mip_rel_gap": 0})
     if result.x is None:
         raise Infeasible(f"HiGHS found no solution: {result.message}")
     return result.x.reshape(items, options).argmax(axis=1)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """HiGHS (in scipy 1.17) prints "HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();" from C++ on some multi-row problems; keep it off the progress output."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real file descriptor: nothing to hide
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def grouped(values: np.ndarray, groups: int) -> np.ndarray:
