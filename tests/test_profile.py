@@ -433,3 +433,10 @@ def test_baselines_match_the_plan_under_its_budget_rule():
     assert static_density(streaming(each[0] + 1), 256, 256) > 0.3
     assert np.mean([static_density(streaming(mean[0]), n, n) for n in lengths]) <= 0.25
     assert np.mean([static_density(streaming(mean[0] + 1), n, n) for n in lengths]) > 0.25
+
+
+def test_knapsack_leaves_stdout_working(capfd):
+    print("before", flush=True)
+    choose(np.array([[0.0, 1.0]] * 3), np.array([[[1.0, 0.0]] * 3] * 2), [1.0, 1.0])
+    print("after", flush=True)
+    assert capfd.readouterr().out == "before\nafter\n"

@@ -47,8 +47,10 @@ def run_search(model_name: str, options, out: str | Path, data=None, scores_path
                   scores_path=scores_path)
     path = write_plan(plan, out)
     v = plan.meta["validation"]
-    print(f"plan       {path}  density {plan.meta['density']:.3f} (budget {options.density}) "
-          f"over lengths {list(options.lengths)}, {time.time() - start:.0f} s")
+    per_length = ", ".join(f"{d:.3f} @{n}" for n, d in plan.meta["density_per_length"].items())
+    print(f"plan       {path}  density {per_length} (budget {options.density} "
+          f"{'at each length' if options.budget_at == 'each_length' else 'on the mean'}), "
+          f"{time.time() - start:.0f} s")
     print(f"validated  at {v['length']} tokens: density {v['density']:.3f}, answer NLL "
           f"{v['dense']['answer_nll']:.3f} dense vs {v['plan']['answer_nll']:.3f} plan")
     return plan, model, tokenizer
