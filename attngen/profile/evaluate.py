@@ -55,11 +55,14 @@ class MethodResult:
     ppl: float = math.nan
 
 
-def matched_width(density: float, lengths: list[int], make) -> tuple[int, float]:
+def matched_width(density: float, lengths: list[int], make, each: bool = False
+                  ) -> tuple[int, float]:
     """The largest integer parameter x with mean density of make(x) over `lengths` ≤ density
-    (density grows with x), by bisection."""
+    (with `each`: the density at every length ≤ density; density grows with x), by
+    bisection. Returns x and that mean (with `each`: the largest) density."""
     def mean_density(x: int) -> float:
-        return float(np.mean([static_density(make(x), n, n) for n in lengths]))
+        values = [static_density(make(x), n, n) for n in lengths]
+        return float(max(values) if each else np.mean(values))
 
     lo, hi = 1, max(lengths)
     if mean_density(lo) > density:
@@ -71,15 +74,22 @@ def matched_width(density: float, lengths: list[int], make) -> tuple[int, float]
 
 
 def baselines(plan: ModelPlan, layers: int) -> dict[str, ModelPlan]:
-    """dense, the plan, and uniform StreamingLLM and MoA plans matching the plan's mean
-    density over its search lengths."""
+    """dense, the plan, and uniform StreamingLLM and MoA plans of the plan's density: for a
+    plan searched with the budget at each length (the default), the widest baseline whose
+    density at every search length is ≤ the plan's largest density at a search length;
+    for a plan searched with the budget on the mean over lengths, the widest whose mean
+    over the search lengths is ≤ the plan's mean."""
     lengths = plan.meta.get("lengths") or [2048]
-    target = plan.meta.get("density") or plan_density(plan, lengths[-1])
+    per_length = plan.meta.get("density_per_length")
+    each = (plan.meta.get("budget") or {}).get("at") == "each_length" and bool(per_length)
+    target = (max(per_length.values()) if each else
+              plan.meta.get("density") or plan_density(plan, lengths[-1]))
     recent, _ = matched_width(target, lengths,
-                              lambda w: library_call("streaming", f"streaming_llm(4, {w})"))
+                              lambda w: library_call("streaming", f"streaming_llm(4, {w})"),
+                              each)
     streaming = library_call("streaming", f"streaming_llm(4, {recent})")
     permille, _ = matched_width(target, lengths,
-                                lambda b: library_call("moa", f"moa(0, {b / 1000}, 0)"))
+                                lambda b: library_call("moa", f"moa(0, {b / 1000}, 0)"), each)
     moa = library_call("moa", f"moa(0, {permille / 1000}, 0)")
     return {"dense": uniform_plan("causal", layers),
             "plan": plan,

@@ -5,9 +5,11 @@
 
 1. calibrate: passkey and kv-retrieval haystacks at every length (data.py), run dense;
 2. score every candidate on every head (scoring.py): output error and recall;
-3. cost: density (allowed ÷ causal pairs) averaged over the lengths;
-4. choose one candidate per head (or per KV head) by the exact knapsack (knapsack.py)
-   under density × heads, the budget averaged over all heads and layers;
+3. cost: density (allowed ÷ causal pairs) at each length;
+4. choose one candidate per head (or per KV head) by the exact knapsack (knapsack.py):
+   mean density over all heads and layers, averaged over the calibration lengths, ≤ the
+   budget (`budget_at="mean"`, the default: measured best on SmolLM2, docs/profiler.md),
+   or ≤ the budget at every calibration length (`budget_at="each_length"`);
 5. validate at a length not used in calibration: the plan's density there, and the answer
    tokens' loss under dense attention and under the plan on held-out samples.
 """
@@ -34,7 +36,9 @@ from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores
 
 @dataclass(frozen=True)
 class SearchOptions:
-    density: float = 0.3  # budget: mean density over heads, layers and lengths
+    density: float = 0.3  # budget: mean density over heads and layers (and lengths)
+    budget_at: str = "mean"  # or "each_length": the budget holds at every length
+    length_weights: tuple[float, ...] | None = None  # of the objective (default: equal)
     lengths: tuple[int, ...] = (1024, 2048, 4096)
     validate_length: int | None = None  # default: between the two longest lengths
     samples: int = 2  # calibration samples per length, passkey and kv alternating
@@ -66,6 +70,8 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     another budget or objective then skips calibration)."""
     if options.per not in ("head", "kv_head"):
         raise ValueError(f"per must be 'head' or 'kv_head', got {options.per!r}")
+    if options.budget_at not in BUDGET_AT:
+        raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {options.budget_at!r}")
     if options.validation_length() in options.lengths:
         raise ValueError("the validation length must not be a calibration length")
     haystack = haystack or Haystack.documentation("calibration", tokenizer)
@@ -86,35 +92,57 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
 
 
+BUDGET_AT = ("each_length", "mean")
+
+
 def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
     """Candidate index per (layer, query head)."""
     density, per = options.density, options.per
     loss = objective(scores, options)  # [layers, heads, C]
-    cost = scores.density.mean(0)
+    if options.budget_at not in BUDGET_AT:
+        raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {options.budget_at!r}")
+    # one budget row per length, or one row for the mean over lengths
+    cost = scores.density if options.budget_at == "each_length" else scores.density.mean(
+        0, keepdims=True)  # [rows, layers, heads, C]
     layers, heads, C = loss.shape
+    rows = len(cost)
     if per == "head":
-        picked = choose(loss.reshape(-1, C), cost.reshape(-1, C), density * layers * heads)
+        picked = choose(loss.reshape(-1, C), cost.reshape(rows, -1, C),
+                        density * layers * heads)
         return picked.reshape(layers, heads)
     group = heads // kv_heads
     picked = choose(grouped(loss.reshape(-1, C), layers * kv_heads),
-                    grouped(cost.reshape(-1, C), layers * kv_heads), density * layers * heads)
+                    grouped(cost.reshape(rows, -1, C), layers * kv_heads),
+                    density * layers * heads)
     return np.repeat(picked.reshape(layers, kv_heads), group, axis=1)
 
 
+def length_mean(values: np.ndarray, options: SearchOptions) -> np.ndarray:
+    """values[L, …] averaged over the lengths with options.length_weights (default equal)."""
+    if options.length_weights is None:
+        return values.mean(0)
+    w = np.asarray(options.length_weights, dtype=float)
+    if w.shape != values.shape[:1] or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"length_weights must be {values.shape[0]} non-negative numbers, "
+                         f"not all 0, got {options.length_weights}")
+    return np.tensordot(w / w.sum(), values, axes=1)
+
+
 def objective(scores: Scores, options: SearchOptions) -> np.ndarray:
-    """[layers, heads, C]: what the knapsack minimises, averaged over the lengths.
+    """[layers, heads, C]: what the knapsack minimises, averaged over the lengths (weighted
+    by options.length_weights).
 
     "influence": the first-order increase of the loss (mean next-token loss over the
     sequence, and over the answer rows, mixed by answer_weight); an estimate below zero
     counts as no increase, and the output error breaks ties among those.
     "output_error": the relative output error of the head (module doc of scoring.py)."""
-    error = scores.mixed("loss", options.answer_weight).mean(0)
+    error = length_mean(scores.mixed("loss", options.answer_weight), options)
     if options.objective == "output_error":
         return error
     if options.objective != "influence":
         raise ValueError(f"objective must be 'influence' or 'output_error', got "
                          f"{options.objective!r}")
-    influence = scores.mixed("influence", options.answer_weight).mean(0)
+    influence = length_mean(scores.mixed("influence", options.answer_weight), options)
     return np.maximum(influence, 0) + TIE_BREAK * error
 
 
@@ -160,10 +188,14 @@ def build_plan(scores: Scores, choice: np.ndarray, options: SearchOptions,
              "loss": round(float(loss[layer, h, c]), 6)}
             for h, c in enumerate(picks)]}
     heads = choice.shape[1]
-    chosen = cost[np.arange(len(choice))[:, None], np.arange(heads)[None, :], choice]
+    chosen = scores.density[:, np.arange(len(choice))[:, None], np.arange(heads)[None, :],
+                            choice]  # [L, layers, heads]
     meta = {"model": model_name, "attngen_version": attngen.__version__,
-            "lengths": list(options.lengths), "budget": {"density": options.density},
+            "lengths": list(options.lengths),
+            "budget": {"density": options.density, "at": options.budget_at},
             "density": round(float(chosen.mean()), 4),
+            "density_per_length": {str(n): round(float(d), 4)
+                                   for n, d in zip(scores.lengths, chosen.mean((1, 2)))},
             "search": {k: v for k, v in asdict(options).items() if k != "density"},
             "candidates": [{"family": c.family, "pattern": c.text} for c in cands]}
     return ModelPlan(layers, meta, rows)
