@@ -75,10 +75,10 @@ def matched_width(density: float, lengths: list[int], make, each: bool = False
 
 def baselines(plan: ModelPlan, layers: int) -> dict[str, ModelPlan]:
     """dense, the plan, and uniform StreamingLLM and MoA plans of the plan's density: for a
-    plan searched with the budget at each length (the default), the widest baseline whose
-    density at every search length is ≤ the plan's largest density at a search length;
-    for a plan searched with the budget on the mean over lengths, the widest whose mean
-    over the search lengths is ≤ the plan's mean."""
+    plan searched with the budget on the mean over lengths (the default), the widest
+    baseline whose mean over the search lengths is ≤ the plan's mean; for a plan searched
+    with the budget at each length, the widest whose density at every search length is ≤
+    the plan's largest density at a search length."""
     lengths = plan.meta.get("lengths") or [2048]
     per_length = plan.meta.get("density_per_length")
     each = (plan.meta.get("budget") or {}).get("at") == "each_length" and bool(per_length)
