@@ -94,6 +94,17 @@ def flex_block_mask(term, static, parts, est: dynamic.Estimate, heads: int, N: i
                                     seq_lengths=(N, N))
 
 
+def flex_mask_of_kernel(kern, q: torch.Tensor, k: torch.Tensor):
+    """(Flex block mask, estimate, seconds to build the mask) of a compiled non-mixture
+    dynamic kernel's estimate on these inputs (the estimate made as the kernel makes it)."""
+    parts = list(kern.spec.dynamic)
+    term = parts[0][1].dynamic
+    est = dynamic.pick(parts, q, k, 1.0 / q.shape[-1] ** 0.5, kern.load().module)
+    t0 = time.perf_counter()
+    bm = flex_block_mask(term, term.static, parts, est, q.shape[1], k.shape[2])
+    return bm, est, time.perf_counter() - t0
+
+
 def allowed_pairs(term, static, est: dynamic.Estimate, N: int) -> int | None:
     """Exact allowed (q, k) pairs summed over heads (M = N), or None with static terms."""
     if static is not None or term.within is not None:
@@ -127,16 +138,10 @@ def rows(p: attngen.Pattern, q, k, v, N: int, repeats: int, timer, make_row, fle
     torch.cuda.synchronize()
     setup = time.perf_counter() - t0
     cfg = kern.config(q, k, v, None)
-    parts = list(kern.spec.dynamic)
-    term = parts[0][1].dynamic
-    static = term.static
-
-    est = dynamic.pick(parts, q, k, scale, kern.module)
-    pairs = allowed_pairs(term, static, est, N)
+    bm, est, build_s = flex_mask_of_kernel(kern, q, k)
+    term = kern.spec.dynamic[0][1].dynamic
+    pairs = allowed_pairs(term, term.static, est, N)
     flops = None if pairs is None else 4 * pairs * head_dim
-    t0 = time.perf_counter()
-    bm = flex_block_mask(term, static, parts, est, heads, N)
-    build_s = time.perf_counter() - t0
     flex = flex_fn()
     flex(q, k, v, block_mask=bm)
     times = timer(lambda: flex(q, k, v, block_mask=bm), repeats)
@@ -153,6 +158,7 @@ def rows(p: attngen.Pattern, q, k, v, N: int, repeats: int, timer, make_row, fle
                         f"{cfg.warps} warps, {cfg.stages} stages{density}"))
     log(out[-1])
     grid = Grid(N, N, cfg.block_m, cfg.block_n)
+    parts = list(kern.spec.dynamic)
     times = timer(lambda: dynamic.estimate(parts, q, k, scale, grid, kern.module), repeats)
     ms = statistics.median(times)
     out.append(make_row(str(p), N, "attngen-estimate", ms, None, ms / flex_ms, None, times,

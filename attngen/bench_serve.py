@@ -28,7 +28,6 @@ import attngen
 from attngen import bench, bench_dynamic
 from attngen.bench import _flex, _flex_fn, _time
 from attngen.codegen.torch_predicate import mask_mod, predicate_fn
-from attngen.runtime import dynamic
 
 BACKWARD_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))",
                      "causal & (local(1024) | strided(128))"]
@@ -130,15 +129,11 @@ def _dynamic(p, heads: int) -> tuple:
 def _flex_mask(p, q, k, heads: int, N: int):
     """(Flex block mask, seconds to build): from the pattern, or for a dynamic one from
     attngen's estimate on these inputs."""
-    parts = list(_dynamic(p, heads))
-    if not parts:
+    if not _dynamic(p, heads):
         return _flex(p, N, heads, q.device)
     kern = attngen.compile(p, head_dim=q.shape[-1], dtype=q.dtype, heads=heads)
-    est = dynamic.pick(parts, q, k, 1.0 / q.shape[-1] ** 0.5, kern.load().module)
-    t0 = time.perf_counter()
-    term = parts[0][1].dynamic
-    bm = bench_dynamic.flex_block_mask(term, term.static, parts, est, heads, N)
-    return bm, time.perf_counter() - t0
+    bm, _, build_s = bench_dynamic.flex_mask_of_kernel(kern, q, k)
+    return bm, build_s
 
 
 def _step(fn, q, k, v, do):

@@ -76,8 +76,7 @@ def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, spli
         return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous()
                            for t in (q, k_cache, v_cache))
-    page = 0 if block_table is None else k_cache.shape[2]
-    n_max = k_cache.shape[2] if block_table is None else page * block_table.shape[1]
+    n_max = _cache_keys(k_cache, block_table)
     cfg = config or _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max)
     if splits is None:
         splits = _splits(q, B * HKV, -(-n_max // cfg.block_n), cfg.waves)
@@ -103,14 +102,13 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
             torch.tensor(kernel.spec.head_group, dtype=torch.int32, device=q.device),
             torch.zeros(1, dtype=torch.int32, device=q.device))
     head_group, zero = tabs["decode", str(q.device)]
+    n_max = _cache_keys(k_cache, block_table)
     if any(g.table_slot >= 0 for g in kernel.spec.groups):  # per call: lengths move
-        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
         tab_ids, tab_count = block_lists(kernel.spec, lengths, M, cfg.block_n,
                                          -(-n_max // cfg.block_n))
     else:  # no table: nothing built, nothing launched
         tab_ids, tab_count = zero.view(1, 1, 1), zero.view(1, 1)
     if any(g.permuted for g in kernel.spec.groups):
-        n_max = k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
         key_ids, key_count = key_lists(kernel.spec, lengths, M, n_max)
     else:
         key_ids, key_count = zero.view(1, 1, 1), zero.view(1, 1)
@@ -182,10 +180,7 @@ def key_lists(spec, lengths: torch.Tensor, M: int, n_max: int
         for i0 in range(0, M, rows):
             q_pos = n - M + torch.arange(i0, min(M, i0 + rows), device=device).view(1, -1, 1)
             need |= (fn(q_pos, k_pos) & in_range).any(1)
-        rank = torch.where(need, need.cumsum(1) - 1, n_max)  # not needed: a spare column
-        out = torch.zeros((B, n_max + 1), dtype=torch.int64, device=device)
-        out.scatter_(1, rank, k_pos.view(1, -1).expand(B, -1))
-        positions.append(out[:, :n_max])
+        positions.append(_packed(need, k_pos.view(1, -1)))
         counts.append(need.sum(1))
     return (torch.stack(positions, 1).to(torch.int32).contiguous(),
             torch.stack(counts, 1).to(torch.int32).contiguous())
@@ -221,13 +216,26 @@ def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
             some |= allowed.view(B, m, n_blocks, block_n).any(3).any(1)
             every &= (allowed | ~in_range).view(B, m, n_blocks, block_n).all(3).all(1)
         every &= some
-        rank = torch.where(some, some.cumsum(1) - 1, n_blocks)  # not needed: a spare column
-        out = torch.zeros((B, n_blocks + 1), dtype=torch.int64, device=device)
-        out.scatter_(1, rank, (ids + every).expand(B, -1))
-        entries.append(out[:, :n_blocks])
+        entries.append(_packed(some, ids + every))
         counts.append(some.sum(1))
     return (torch.stack(entries, 1).to(torch.int32).contiguous(),
             torch.stack(counts, 1).to(torch.int32).contiguous())
+
+
+def _packed(flags: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per row of flags [B, K], the values [B or 1, K] where the flag is set, moved to the
+    front in order (zeros after them), without a host sync: ranks by cumsum, a scatter
+    (unflagged entries go to a spare column)."""
+    B, K = flags.shape
+    rank = torch.where(flags, flags.cumsum(1) - 1, K)
+    out = torch.zeros((B, K + 1), dtype=torch.int64, device=flags.device)
+    out.scatter_(1, rank, values.to(torch.int64).expand(B, -1))
+    return out[:, :K]
+
+
+def _cache_keys(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
+    """Key positions a row's cache can hold: N_max, or pages per row × page size."""
+    return k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
 
 
 def _check(q, k_cache, v_cache, lengths, block_table) -> None:
