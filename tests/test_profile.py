@@ -401,6 +401,28 @@ def test_the_budget_holds_at_each_length_when_asked(seed, budget, per):
     assert loss[layer, head, mean].sum() <= loss[layer, head, choice].sum() + 1e-9
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.sampled_from([0.35, 0.45, 0.6]),
+       st.sampled_from([0.5, 0.7]), st.sampled_from(["head", "kv_head"]))
+def test_the_floor_keeps_every_length_above_its_share_of_the_budget(seed, budget, floor,
+                                                                    per):
+    scores = _two_length_scores(np.random.default_rng(seed))
+    options = SearchOptions(density=budget, lengths=(1024, 2048), per=per, floor=floor)
+    choice = select(scores, options, kv_heads=2)
+    plan = build_plan(scores, choice, options, "tiny")
+    densities = [plan_density(plan, n) for n in (1024, 2048)]
+    assert np.mean(densities) <= budget + 1e-4  # the mean budget still holds
+    assert min(densities) >= floor * budget - 1e-4
+    assert plan.meta["budget"]["floor"] == floor
+    free = select(scores, SearchOptions(density=budget, lengths=(1024, 2048), per=per,
+                                        floor=0), kv_heads=2)
+    loss = objective(scores, options)  # without the floor the optimum is no worse
+    layer, head = np.arange(3)[:, None], np.arange(4)[None, :]
+    assert loss[layer, head, free].sum() <= loss[layer, head, choice].sum() + 1e-9
+    with pytest.raises(ValueError, match="floor"):
+        select(scores, SearchOptions(lengths=(1024, 2048), floor=1.5), kv_heads=2)
+
+
 def test_length_weights_weigh_the_objective_and_are_checked():
     scores = _two_length_scores(np.random.default_rng(1))
     error = scores.mixed("loss", 0.2)

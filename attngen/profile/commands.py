@@ -49,7 +49,8 @@ def run_search(model_name: str, options, out: str | Path, data=None, scores_path
     v = plan.meta["validation"]
     per_length = ", ".join(f"{d:.3f} @{n}" for n, d in plan.meta["density_per_length"].items())
     print(f"plan       {path}  density {per_length} (budget {options.density} "
-          f"{'at each length' if options.budget_at == 'each_length' else 'on the mean'}), "
+          f"{'at each length' if options.budget_at == 'each_length' else 'on the mean'}, floor "
+          f"{options.floor * options.density:.3f}), "
           f"{time.time() - start:.0f} s")
     print(f"validated  at {v['length']} tokens: density {v['density']:.3f}, answer NLL "
           f"{v['dense']['answer_nll']:.3f} dense vs {v['plan']['answer_nll']:.3f} plan")
@@ -101,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                             per=args.per, families=tuple(args.families) if args.families
                             else None, objective=args.objective,
                             answer_weight=args.answer_weight, seed=args.seed,
-                            budget_at=args.budget_at,
+                            budget_at=args.budget_at, floor=args.floor,
                             length_weights=tuple(args.length_weights)
                             if args.length_weights else None, **sizes)
     run_search(args.model, options, args.out, args.data, args.scores)
@@ -179,9 +180,11 @@ def add_parsers(subs, fmt) -> None:
     se.add_argument("--budget-at", choices=["mean", "each_length"], default="mean",
                     help="the budget bounds the mean over the calibration lengths (default; "
                     "the short lengths then get more, the long less), or holds at each one")
+    se.add_argument("--floor", type=float, default=0.7, help="the density at every "
+                    "calibration length is at least this share of --density (0: none)")
     se.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
     se.add_argument("--validate-length", type=int, default=None)
-    se.add_argument("--samples", type=int, default=2, help="calibration samples per length")
+    se.add_argument("--samples", type=int, default=6, help="calibration samples per length")
     se.add_argument("--per", choices=["head", "kv_head"], default="head",
                     help="one pattern per query head, or per KV head (GQA group)")
     se.add_argument("--families", nargs="+", choices=FAMILIES, default=None)

@@ -9,7 +9,9 @@
 4. choose one candidate per head (or per KV head) by the exact knapsack (knapsack.py):
    mean density over all heads and layers, averaged over the calibration lengths, ≤ the
    budget (`budget_at="mean"`, the default: measured best on SmolLM2, docs/profiler.md),
-   or ≤ the budget at every calibration length (`budget_at="each_length"`);
+   with at least `floor` × the budget at every length, so the mean cannot starve the
+   longest one (on SmolLM2 it kept passkey retrieval at 4K: docs/profiler.md); or ≤ the
+   budget at every calibration length (`budget_at="each_length"`);
 5. validate at a length not used in calibration: the plan's density there, and the answer
    tokens' loss under dense attention and under the plan on held-out samples.
 """
@@ -38,10 +40,11 @@ from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores
 class SearchOptions:
     density: float = 0.3  # budget: mean density over heads and layers (and lengths)
     budget_at: str = "mean"  # or "each_length": the budget holds at every length
+    floor: float = 0.7  # with the mean budget: every length ≥ floor × density (0: none)
     length_weights: tuple[float, ...] | None = None  # of the objective (default: equal)
     lengths: tuple[int, ...] = (1024, 2048, 4096)
     validate_length: int | None = None  # default: between the two longest lengths
-    samples: int = 2  # calibration samples per length, passkey and kv alternating
+    samples: int = 6  # calibration samples per length, passkey and kv alternating
     per: str = "head"  # "head" (query heads) or "kv_head" (a group shares its pattern)
     families: tuple[str, ...] | None = None  # candidate families (default all)
     answer_weight: float = 0.2  # weight of the answer rows against the spread rows
@@ -101,19 +104,24 @@ def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
     loss = objective(scores, options)  # [layers, heads, C]
     if options.budget_at not in BUDGET_AT:
         raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {options.budget_at!r}")
+    if not 0 <= options.floor <= 1:
+        raise ValueError(f"floor must be in [0, 1] (a share of the budget), got "
+                         f"{options.floor}")
     # one budget row per length, or one row for the mean over lengths
     cost = scores.density if options.budget_at == "each_length" else scores.density.mean(
         0, keepdims=True)  # [rows, layers, heads, C]
     layers, heads, C = loss.shape
+    budget = [density * layers * heads] * len(cost)
+    if options.budget_at == "mean" and options.floor > 0:  # ≥ floor × budget at each length
+        cost = np.concatenate([cost, -scores.density])
+        budget += [-options.floor * density * layers * heads] * len(scores.density)
     rows = len(cost)
     if per == "head":
-        picked = choose(loss.reshape(-1, C), cost.reshape(rows, -1, C),
-                        density * layers * heads)
+        picked = choose(loss.reshape(-1, C), cost.reshape(rows, -1, C), budget)
         return picked.reshape(layers, heads)
     group = heads // kv_heads
     picked = choose(grouped(loss.reshape(-1, C), layers * kv_heads),
-                    grouped(cost.reshape(rows, -1, C), layers * kv_heads),
-                    density * layers * heads)
+                    grouped(cost.reshape(rows, -1, C), layers * kv_heads), budget)
     return np.repeat(picked.reshape(layers, kv_heads), group, axis=1)
 
 
@@ -192,7 +200,8 @@ def build_plan(scores: Scores, choice: np.ndarray, options: SearchOptions,
                             choice]  # [L, layers, heads]
     meta = {"model": model_name, "attngen_version": attngen.__version__,
             "lengths": list(options.lengths),
-            "budget": {"density": options.density, "at": options.budget_at},
+            "budget": {"density": options.density, "at": options.budget_at,
+                       "floor": options.floor},
             "density": round(float(chosen.mean()), 4),
             "density_per_length": {str(n): round(float(d), 4)
                                    for n, d in zip(scores.lengths, chosen.mean((1, 2)))},
