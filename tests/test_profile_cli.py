@@ -42,10 +42,12 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     plan_path = tmp_path / "plan.json"
     assert main(["search", str(tiny_model_dir), "--density", "0.7", "--lengths", "256", "512",
                  "--samples", "1", "--families", "dense", "a_shape", "vertical_slash",
-                 "--budget-at", "mean", "--length-weights", "1", "2",
+                 "--budget-at", "mean", "--floor", "0.8", "--length-weights", "1", "2",
                  "--out", str(plan_path)]) == 0
     plan = json.loads(plan_path.read_text())
-    assert plan["density"] <= 0.7 and plan["budget"] == {"density": 0.7, "at": "mean"}
+    assert plan["density"] <= 0.7
+    assert plan["budget"] == {"density": 0.7, "at": "mean", "floor": 0.8}
+    assert min(plan["density_per_length"].values()) >= 0.8 * 0.7 - 1e-4
     assert plan["search"]["length_weights"] == [1.0, 2.0]
     assert set(plan["density_per_length"]) == {"256", "512"}
     assert plan["validation"]["length"] == 384
