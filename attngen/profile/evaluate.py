@@ -60,17 +60,17 @@ def matched_width(density: float, lengths: list[int], make, each: bool = False
     """The largest integer parameter x with mean density of make(x) over `lengths` ≤ density
     (with `each`: the density at every length ≤ density; density grows with x), by
     bisection. Returns x and that mean (with `each`: the largest) density."""
-    def mean_density(x: int) -> float:
+    def density_of(x: int) -> float:  # the mean over lengths, or with `each` the largest
         values = [static_density(make(x), n, n) for n in lengths]
         return float(max(values) if each else np.mean(values))
 
     lo, hi = 1, max(lengths)
-    if mean_density(lo) > density:
-        return lo, mean_density(lo)
+    if density_of(lo) > density:
+        return lo, density_of(lo)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if mean_density(mid) <= density else (lo, mid - 1)
-    return lo, mean_density(lo)
+        lo, hi = (mid, hi) if density_of(mid) <= density else (lo, mid - 1)
+    return lo, density_of(lo)
 
 
 def baselines(plan: ModelPlan, layers: int) -> dict[str, ModelPlan]:

@@ -35,6 +35,8 @@ from attngen.profile.knapsack import choose, grouped
 from attngen.profile.plan import ModelPlan
 from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores, static_density
 
+BUDGET_AT = ("each_length", "mean")
+
 
 @dataclass(frozen=True)
 class SearchOptions:
@@ -50,6 +52,15 @@ class SearchOptions:
     answer_weight: float = 0.2  # weight of the answer rows against the spread rows
     objective: str = "output_error"  # or "influence" (gradient, MoA; see profiler.md)
     seed: int = 0
+
+    def __post_init__(self):  # checked here, before any calibration is spent
+        if self.per not in ("head", "kv_head"):
+            raise ValueError(f"per must be 'head' or 'kv_head', got {self.per!r}")
+        if self.budget_at not in BUDGET_AT:
+            raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {self.budget_at!r}")
+        if not 0 <= self.floor <= 1:
+            raise ValueError(f"floor must be in [0, 1] (a share of the budget), got "
+                             f"{self.floor}")
 
     def validation_length(self) -> int:
         if self.validate_length is not None:
@@ -71,10 +82,6 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     """scores_path: an .npz the per-head scores are saved to, and read from when they were
     computed with the same model, data, lengths, samples, seed and candidates (a search at
     another budget or objective then skips calibration)."""
-    if options.per not in ("head", "kv_head"):
-        raise ValueError(f"per must be 'head' or 'kv_head', got {options.per!r}")
-    if options.budget_at not in BUDGET_AT:
-        raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {options.budget_at!r}")
     if options.validation_length() in options.lengths:
         raise ValueError("the validation length must not be a calibration length")
     haystack = haystack or Haystack.documentation("calibration", tokenizer)
@@ -95,18 +102,11 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
 
 
-BUDGET_AT = ("each_length", "mean")
-
 
 def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
     """Candidate index per (layer, query head)."""
     density, per = options.density, options.per
     loss = objective(scores, options)  # [layers, heads, C]
-    if options.budget_at not in BUDGET_AT:
-        raise ValueError(f"budget_at must be one of {BUDGET_AT}, got {options.budget_at!r}")
-    if not 0 <= options.floor <= 1:
-        raise ValueError(f"floor must be in [0, 1] (a share of the budget), got "
-                         f"{options.floor}")
     # one budget row per length, or one row for the mean over lengths
     cost = scores.density if options.budget_at == "each_length" else scores.density.mean(
         0, keepdims=True)  # [rows, layers, heads, C]

@@ -164,22 +164,16 @@ def key_lists(spec, lengths: torch.Tensor, M: int, n_max: int
     union of their classes' allowed keys), on the lengths' device without a host sync:
     positions int32 [B, slots, n_max] (ascending; padding after the count) and counts int32
     [B, slots]. Slots: the permuted parts in group order. From the part's predicate in the
-    original coordinates, M query rows at a time in chunks of LIST_CHUNK positions."""
-    from attngen.codegen.torch_predicate import predicate_fn
+    original coordinates (`_allowed_rows`)."""
 
     nodes = [part.node for g in spec.groups for part in g.permuted]
     B, device = lengths.shape[0], lengths.device
-    n = lengths.to(torch.int64).view(B, 1, 1)
-    k_pos = torch.arange(n_max, device=device).view(1, 1, -1)
-    in_range = k_pos < n
-    rows = max(1, LIST_CHUNK // (B * n_max))
+    k_pos = torch.arange(n_max, device=device)
     positions, counts = [], []
     for node in nodes:
-        fn = predicate_fn(node, M, n)
         need = torch.zeros((B, n_max), dtype=torch.bool, device=device)
-        for i0 in range(0, M, rows):
-            q_pos = n - M + torch.arange(i0, min(M, i0 + rows), device=device).view(1, -1, 1)
-            need |= (fn(q_pos, k_pos) & in_range).any(1)
+        for allowed, _ in _allowed_rows(node, lengths, M, n_max):
+            need |= allowed.any(1)
         positions.append(_packed(need, k_pos.view(1, -1)))
         counts.append(need.sum(1))
     return (torch.stack(positions, 1).to(torch.int32).contiguous(),
@@ -195,24 +189,16 @@ def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
     int32 [B, slots]. From the part's predicate evaluated for the M query positions
     (q = N_b − M + i) over n_blocks · block_n keys: O(B · M · N_max) element tests per call
     (the prefill's table is per length, and a decode's length moves every step)."""
-    from attngen.codegen.torch_predicate import predicate_fn
 
     tables = [g.table.node for g in spec.groups if g.table_slot >= 0]
     B, device = lengths.shape[0], lengths.device
-    n = lengths.to(torch.int64).view(B, 1, 1)
-    k_pos = torch.arange(n_blocks * block_n, device=device).view(1, 1, -1)
-    in_range = k_pos < n  # [B, 1, K]
     ids = torch.arange(n_blocks, device=device) * 2
-    rows = max(1, LIST_CHUNK // (B * n_blocks * block_n))  # query rows evaluated at once
     entries, counts = [], []
     for node in tables:
-        fn = predicate_fn(node, M, n)
         some = torch.zeros((B, n_blocks), dtype=torch.bool, device=device)
         every = torch.ones((B, n_blocks), dtype=torch.bool, device=device)
-        for i0 in range(0, M, rows):
-            m = min(rows, M - i0)
-            q_pos = n - M + torch.arange(i0, i0 + m, device=device).view(1, m, 1)
-            allowed = fn(q_pos, k_pos) & in_range
+        for allowed, in_range in _allowed_rows(node, lengths, M, n_blocks * block_n):
+            m = allowed.shape[1]
             some |= allowed.view(B, m, n_blocks, block_n).any(3).any(1)
             every &= (allowed | ~in_range).view(B, m, n_blocks, block_n).all(3).all(1)
         every &= some
@@ -220,6 +206,24 @@ def block_lists(spec, lengths: torch.Tensor, M: int, block_n: int, n_blocks: int
         counts.append(some.sum(1))
     return (torch.stack(entries, 1).to(torch.int32).contiguous(),
             torch.stack(counts, 1).to(torch.int32).contiguous())
+
+
+def _allowed_rows(node, lengths: torch.Tensor, M: int, keys: int):
+    """node's predicate for each batch row's newest M queries (q = N_b − M + i) over key
+    positions 0 … keys − 1, a chunk of query rows at a time (about LIST_CHUNK elements):
+    yields allowed bool [B, m, keys] (False at and beyond the row's length) and in_range
+    bool [B, 1, keys]."""
+    from attngen.codegen.torch_predicate import predicate_fn
+
+    B, device = lengths.shape[0], lengths.device
+    n = lengths.to(torch.int64).view(B, 1, 1)
+    k_pos = torch.arange(keys, device=device).view(1, 1, -1)
+    in_range = k_pos < n
+    fn = predicate_fn(node, M, n)
+    rows = max(1, LIST_CHUNK // (B * keys))
+    for i0 in range(0, M, rows):
+        q_pos = n - M + torch.arange(i0, min(M, i0 + rows), device=device).view(1, -1, 1)
+        yield fn(q_pos, k_pos) & in_range, in_range
 
 
 def _packed(flags: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

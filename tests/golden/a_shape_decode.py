@@ -85,6 +85,14 @@ def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn
 
 
 @triton.jit
+def _share(count, split_lo, split_hi):
+    """Entries [lo, hi) of a part's `count` whose place in the concatenation of every part
+    (this part's first entry at 0) falls in the split's [split_lo, split_hi)."""
+    return (tl.minimum(tl.maximum(split_lo, 0), count),
+            tl.minimum(tl.maximum(split_hi, 0), count))
+
+
+@triton.jit
 def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
                 TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB, KEY_IDS, KEY_COUNT, KEY_SLOTS, KEY_N,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -195,8 +203,7 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
         off_0_7 = off_0_6 + count_0_6
         off_0_8 = off_0_7 + count_0_7
         total_0 = off_0_8 + count_0_8
-        t_lo = tl.minimum(tl.maximum(split_lo, 0), total_0)
-        t_hi = tl.minimum(tl.maximum(split_hi, 0), total_0)
+        t_lo, t_hi = _share(total_0, split_lo, split_hi)
         for t in range(t_lo, t_hi):
             jb_0 = first_0_0 + (t - off_0_0)
             jb = jb_0
