@@ -423,6 +423,23 @@ def test_the_floor_keeps_every_length_above_its_share_of_the_budget(seed, budget
         select(scores, SearchOptions(lengths=(1024, 2048), floor=1.5), kv_heads=2)
 
 
+def test_the_floor_binds_where_the_mean_starves_the_longest_length():
+    # Fixed windows free, everything else dear: under the mean alone the knapsack takes the
+    # widest windows it can, cheap at 2048 tokens and dear at 1024, so 2048 falls below
+    # 0.8 x the budget; the floor must lift it there (the random instances above rarely bind).
+    scores = _two_length_scores(np.random.default_rng(0))
+    fixed = np.array([c.family == "a_shape" for c in scores.candidates])
+    scores.loss[...] = (np.where(fixed, 0.0, 1.0) + 0.1 * (1 - scores.density.mean(0))
+                        )[None, ..., None]
+    at_2048 = {}
+    for floor in (0.0, 0.8):
+        options = SearchOptions(density=0.35, lengths=(1024, 2048), floor=floor)
+        plan = build_plan(scores, select(scores, options, kv_heads=2), options, "tiny")
+        assert np.mean([plan_density(plan, n) for n in (1024, 2048)]) <= 0.35 + 1e-4
+        at_2048[floor] = plan_density(plan, 2048)
+    assert at_2048[0.0] < 0.8 * 0.35 <= at_2048[0.8] + 1e-4
+
+
 def test_length_weights_weigh_the_objective_and_are_checked():
     scores = _two_length_scores(np.random.default_rng(1))
     error = scores.mixed("loss", 0.2)
