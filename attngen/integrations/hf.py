@@ -5,20 +5,24 @@
     model.generate(**inputs)           # prefill and cached decoding both follow the plan
     hf.remove(model)                   # back to the implementation it had before
 
-`apply` registers the function `"attngen"` with `transformers.AttentionInterface` (and the
-SDPA mask builder under the same name, so padding masks still arrive), switches the model
-to it, and gives every attention module with a `layer_idx` its layer's pattern. A layer the
+`apply` registers the function `"attngen"` with `transformers.AttentionInterface` and, under
+the same name, a mask function that hands each layer the rows' key ranges (`KeyRanges`:
+where each row's real tokens lie in the cache) instead of an M×N mask; it switches the model
+to it and gives every attention module with a `layer_idx` its layer's pattern. A layer the
 plan does not name stays dense (causal).
 
 Queries are bottom-right aligned (DESIGN §2), so a decoding step (M = 1) or a chunk of a
-prefill with a cache (M < N) sees the rows a full prefill would. Positions are indices in
-the key/value cache: with left padding they include the pad tokens.
+prefill with a cache (M < N) sees the rows a full prefill would. Every batch row is seen in
+its own frame: with padding, positions count from the row's first real token, so a padded
+row gives what the row alone would.
 
-On CUDA tensors a static layer runs the generated Triton kernel (`attngen.attention`,
-backend "triton"). Elsewhere, and for layers with dynamic heads or a padding mask, the exact
-boolean mask of every head is built from the pattern (static masks cached per (pattern, M,
-N)) and run by torch's fused SDPA; a mask with a row that allows no key goes to
-`attngen.reference`, which defines that row's output as 0 where SDPA would give NaN.
+Backends: "kernels" runs every layer — static patterns, mixtures, dynamic heads — through
+the generated kernels (`integrations.kernel_path`: prefill and chunked prefill through the
+forward kernel, decode steps through the decode kernel reading the cache in place, no M×N
+tensor anywhere; on the CPU through TRITON_INTERPRET=1). "masks" builds the exact boolean
+mask of every head and runs torch's SDPA (the reference path; a row that allows no key goes
+to `attngen.reference`, which gives it output 0). "auto" is "kernels" on CUDA tensors and
+"masks" elsewhere.
 """
 from __future__ import annotations
 
@@ -29,13 +33,16 @@ import torch
 import torch.nn.functional as F
 
 import attngen
+from attngen.integrations import kernel_path
 from attngen.integrations.masks import MaskCache, head_mask
+from attngen.integrations.ranges import KeyRanges, key_ranges
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.profile.plan import ModelPlan, read_plan
 from attngen.reference import attention as reference_attention
 
 IMPLEMENTATION = "attngen"
+BACKENDS = ("auto", "kernels", "masks")
 _ROUTE = "_attngen_route"  # attribute on each attention module
 _PREVIOUS = "_attngen_previous_implementation"  # attribute on the model
 _CAUSAL = attngen.parse("causal")
@@ -51,7 +58,7 @@ class LayerRoute:
     layer: int
     pattern: Pattern | None
     masks: MaskCache
-    backend: str  # "auto": triton on CUDA, masks elsewhere; "masks": always masks
+    backend: str  # "kernels", "masks", or "auto" (kernels on CUDA, masks elsewhere)
     record: Recorder | None = None  # sees (layer, query, key, value) before attention
 
     def nodes(self, heads: int, kv_heads: int) -> list[Node]:
@@ -64,14 +71,15 @@ def apply(model: torch.nn.Module, plan: str | dict | ModelPlan, *, backend: str 
           record: Recorder | None = None, masks: MaskCache | None = None) -> torch.nn.Module:
     """Run `model`'s attention through attngen with `plan` (a path, a dict or a ModelPlan).
 
-    backend: "auto" (generated kernels on CUDA, exact masks elsewhere) or "masks".
+    backend: "kernels" (generated kernels for every layer, on any device), "masks" (exact
+    masks and SDPA) or "auto" (kernels on CUDA, masks elsewhere).
     record: called with (layer, query, key, value) at every attention call (profiling).
     Calling apply again replaces the plan; `remove` restores the earlier implementation."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
-    if backend not in ("auto", "masks"):
-        raise ValueError(f"backend must be 'auto' or 'masks', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     plan = read_plan(plan)
     modules = attention_modules(model)
     if not modules:
@@ -81,7 +89,7 @@ def apply(model: torch.nn.Module, plan: str | dict | ModelPlan, *, backend: str 
         raise ValueError(f"the plan names layers {unknown} that the model does not have "
                          f"(it has {len(modules)})")
     AttentionInterface.register(IMPLEMENTATION, attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(IMPLEMENTATION, key_ranges)
     masks = MaskCache() if masks is None else masks
     for layer, module in modules.items():
         setattr(module, _ROUTE, LayerRoute(layer, plan.pattern(layer), masks, backend, record))
@@ -114,26 +122,52 @@ def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
 
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-              value: torch.Tensor, attention_mask: torch.Tensor | None,
+              value: torch.Tensor, attention_mask: KeyRanges | torch.Tensor | None,
               scaling: float | None = None, dropout: float = 0.0, **kwargs
               ) -> tuple[torch.Tensor, None]:
     """The `"attngen"` AttentionInterface function: query `[B, Hq, M, D]`, key and value
-    `[B, Hkv, N, D]` → `([B, M, Hq, D], None)`."""
+    `[B, Hkv, N, D]` → `([B, M, Hq, D], None)`. attention_mask: the `KeyRanges` of this
+    forward (from `key_ranges`), or a 4-D mask a caller built itself (masks path only)."""
     route: LayerRoute | None = getattr(module, _ROUTE, None)
     if route is None:  # a module of a model that apply() was not called on
         route = LayerRoute(getattr(module, "layer_idx", -1), None, _SHARED_MASKS, "auto")
     if route.record is not None:
         route.record(route.layer, query, key, value)
-    Hq, Hkv = query.shape[1], key.shape[1]
-    nodes = route.nodes(Hq, Hkv)
-    padding = _allowed(attention_mask)
-    if (query.is_cuda and route.backend == "auto" and padding is None
-            and not any(n.is_dynamic for n in nodes)):
-        pattern = route.pattern or _CAUSAL
-        out = attngen.attention(query, key, value, pattern, scale=scaling, backend="triton")
+    B, M, N = query.shape[0], query.shape[2], key.shape[2]
+    ranges = attention_mask
+    if ranges is None:
+        ranges = KeyRanges(B, M, N - M, None)
+    backend = route.backend
+    if backend == "auto":
+        backend = "kernels" if query.is_cuda else "masks"
+    if backend == "kernels":
+        if not isinstance(ranges, KeyRanges):
+            raise ValueError("backend='kernels' takes HF's 2-D padding mask (attngen turns it "
+                             "into key ranges), not a 4-D mask built by the caller; use "
+                             "backend='masks' for custom masks")
+        out = kernel_path.attention(query, key, value, route.pattern or _CAUSAL, ranges,
+                                    scaling)
     else:
-        out = masked_attention(query, key, value, nodes, route.masks, scaling, padding)
+        out = _masks_path(query, key, value, route, ranges, scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _masks_path(query, key, value, route: LayerRoute, ranges, scale) -> torch.Tensor:
+    """The exact reference path: every row in its own frame (as the kernels see it)."""
+    nodes = route.nodes(query.shape[1], key.shape[1])
+    if not isinstance(ranges, KeyRanges):  # a caller's own 4-D mask: positions as given
+        return masked_attention(query, key, value, nodes, route.masks, scale,
+                                _allowed(ranges))
+    starts, ends, q_start = ranges.host_ranges()
+    M = query.shape[2]
+    out = torch.zeros_like(query)
+    for b, (s, e) in enumerate(zip(starts, ends)):
+        lo, hi = max(0, s - q_start), min(M, e - q_start)
+        if hi > lo:
+            out[b:b + 1, :, lo:hi] = masked_attention(
+                query[b:b + 1, :, lo:hi], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
+                nodes, route.masks, scale)
+    return out
 
 
 def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

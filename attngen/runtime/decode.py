@@ -46,7 +46,7 @@ TIMINGS: dict = {}  # shape bucket → {config: ms} of its tuning (for the bench
 def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
            lengths: torch.Tensor, pattern: Pattern | str, scale: float | None = None,
            return_lse: bool = False, splits: int | None = None,
-           block_table: torch.Tensor | None = None):
+           block_table: torch.Tensor | None = None, starts: torch.Tensor | None = None):
     """Attention of q [B, Hq, M, D] (M small: the newest M positions of each row) against a
     KV cache whose row b holds `lengths[b]` keys; the queries of row b sit at positions
     lengths[b] − M … lengths[b] − 1. Equals the last M rows of a full prefill with the same
@@ -55,25 +55,33 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
     Caches: contiguous k, v [B, Hkv, N_max, D], or paged k, v [pages, Hkv, page, D] with
     `block_table` [B, max_pages] (int; the page of keys p·page … of row b is
-    block_table[b, p], as in vLLM and FlashInfer)."""
+    block_table[b, p], as in vLLM and FlashInfer).
+
+    starts (contiguous caches only): row b's keys are cache positions starts[b] …
+    lengths[b] − 1 (left padding before them), and the pattern sees them as positions
+    0 … lengths[b] − starts[b] − 1, as if the row were alone."""
     from attngen.runtime.api import compile
 
     kernel = compile(pattern, head_dim=q.shape[3], dtype=q.dtype, heads=q.shape[1],
                      kv_heads=k_cache.shape[1], device=q.device)
-    return run(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table)
+    return run(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table,
+               starts=starts)
 
 
 def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, splits=None,
-        block_table=None, config: DecodeConfig | None = None):
+        block_table=None, config: DecodeConfig | None = None, starts=None):
     """`decode` with a compiled kernel (no compile lookup: the serving loop's call)."""
     B, H, M, D = q.shape
     HKV = k_cache.shape[1]
-    _check(q, k_cache, v_cache, lengths, block_table)
+    _check(q, k_cache, v_cache, lengths, block_table, starts)
     lengths = lengths.to(device=q.device, dtype=torch.int32)
+    if starts is not None:  # the kernel shifts each row's cache; lengths count from there
+        starts = starts.to(device=q.device, dtype=torch.int32)
+        lengths = lengths - starts
     if not supported(kernel.spec, H, HKV):
         if block_table is not None:
             k_cache, v_cache = _gather(k_cache, block_table), _gather(v_cache, block_table)
-        return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse)
+        return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous()
                            for t in (q, k_cache, v_cache))
     n_max = _cache_keys(k_cache, block_table)
@@ -81,10 +89,11 @@ def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, spli
     if splits is None:
         splits = _splits(q, B * HKV, -(-n_max // cfg.block_n), cfg.waves)
     return _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits,
-                   block_table, cfg)
+                   block_table, cfg, starts)
 
 
-def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table, cfg):
+def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table, cfg,
+            starts=None):
     B, H, M, D = q.shape
     HKV = k_cache.shape[1]
     G = H // HKV
@@ -123,14 +132,16 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
     lse = torch.empty((B, H, M), device=q.device, dtype=torch.float32)
     count = _counters(kernel, q.device, B * HKV * row_blocks) if cfg.fused else zero
     mod.attn_decode[(splits, B * HKV, row_blocks)](
-        q, k_cache, v_cache, acc, l_i, m_i, lengths, head_group, zero, pages, out, lse, count,
+        q, k_cache, v_cache, acc, l_i, m_i, lengths, zero if starts is None else starts,
+        head_group, zero, pages, out, lse, count,
         tab_ids, tab_count, tab_ids.shape[1], tab_ids.shape[2], key_ids, key_count,
         key_ids.shape[1], key_ids.shape[2], q.stride(0), q.stride(1),
         q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
         v_cache.stride(1), v_cache.stride(2), stride_pb,
         out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
         HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
-        FUSED_MERGE=cfg.fused, num_warps=cfg.warps, num_stages=cfg.stages)
+        FUSED_MERGE=cfg.fused, HAS_STARTS=starts is not None, num_warps=cfg.warps,
+        num_stages=cfg.stages)
     if not cfg.fused and splits > 1:
         mod.attn_decode_merge[(B * HKV, row_blocks)](
             acc, l_i, m_i, out, lse, out.stride(0), out.stride(1), out.stride(2), H, HKV, M,
@@ -242,7 +253,7 @@ def _cache_keys(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
     return k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
 
 
-def _check(q, k_cache, v_cache, lengths, block_table) -> None:
+def _check(q, k_cache, v_cache, lengths, block_table, starts=None) -> None:
     if k_cache.shape != v_cache.shape or k_cache.dim() != 4 or q.dim() != 4:
         raise ValueError("q must be [B, Hq, M, D] and the caches equal-shaped 4-D tensors")
     if q.shape[1] % k_cache.shape[1] or q.shape[3] != k_cache.shape[3]:
@@ -255,6 +266,11 @@ def _check(q, k_cache, v_cache, lengths, block_table) -> None:
                              "with a paged cache [pages, Hkv, page, D]")
     elif block_table.dim() != 2 or block_table.shape[0] != q.shape[0]:
         raise ValueError("block_table must be [B, max_pages]")
+    if starts is not None:
+        if block_table is not None:
+            raise ValueError("starts applies to contiguous caches only, not paged ones")
+        if starts.shape != (q.shape[0],):
+            raise ValueError(f"starts must hold one start per batch row ({q.shape[0]})")
 
 
 def _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max) -> DecodeConfig:
@@ -333,12 +349,14 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     return pages.permute(0, 2, 1, 3, 4).reshape(B, HKV, P * S, D)
 
 
-def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse):
+def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts=None):
     """Plans the split kernel does not run (dynamic parts, or the query heads of one kv
-    head in different groups): the prefill kernel, row by row."""
+    head in different groups): the prefill kernel, row by row (a host synchronisation).
+    `lengths` count from `starts`."""
     outs, lses = [], []
-    for b, n in enumerate(lengths.tolist()):
-        o, lse = kernel(q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n],
+    first = [0] * len(lengths) if starts is None else starts.tolist()
+    for b, (n, s) in enumerate(zip(lengths.tolist(), first)):
+        o, lse = kernel(q[b:b + 1], k_cache[b:b + 1, :, s:s + n], v_cache[b:b + 1, :, s:s + n],
                         scale=scale, return_lse=True)
         outs.append(o)
         lses.append(lse)

@@ -93,13 +93,13 @@ def _share(count, split_lo, split_hi):
 
 
 @triton.jit
-def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
+def attn_decode(Q, K, V, ACC, L, MX, LENS, STARTS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COUNT,
                 TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB, KEY_IDS, KEY_COUNT, KEY_SLOTS, KEY_N,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
                 H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
-                EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr):
+                EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr, HAS_STARTS: tl.constexpr):
     # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
     # ROWS = row blocks · BLOCK_R. Paged (PAGE > 0): stride_kb, stride_vb step one page.
     # Table parts: TAB_IDS int32 [B, TAB_SLOTS, TAB_KB] (a row's needed kv blocks of that
@@ -125,6 +125,10 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, HEAD_GROUP, DOC, PAGES, OUT, LSE, COU
     if PAGE == 0:
         K_ptr = K + b.to(tl.int64) * stride_kb + hkv * stride_kh
         V_ptr = V + b.to(tl.int64) * stride_vb + hkv * stride_vh
+        if HAS_STARTS:  # row b's keys begin at STARTS[b] (left padding); N counts from there
+            start = tl.load(STARTS + b).to(tl.int64)
+            K_ptr += start * stride_kn
+            V_ptr += start * stride_vn
     else:
         K_ptr = K + hkv * stride_kh
         V_ptr = V + hkv * stride_vh

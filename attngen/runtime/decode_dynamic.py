@@ -1,0 +1,109 @@
+"""Decode steps (M ≤ 64 newest queries per row) of heads with a dynamic pattern, on the device
+and without a host synchronisation, so a captured CUDA graph can hold them.
+
+The queries of row b are its newest M positions; all of them vote (MInference's last_q is 64
+and M ≤ 64), exactly as the prefill's estimate would for the last rows of a prompt of that
+length (DESIGN §5). Row b's keys are cache positions starts[b] … ends[b] − 1 and the
+pattern sees them from position 0 (the row in its own frame). The scores of the M queries
+against the whole cache are computed once and serve both the estimate and the attention, so
+such a head reads its keys and values in full: a decode step of a dynamic head costs what a
+dense one does.
+
+Supported dynamic primitives: vertical_slash with constant parameters, combined with static
+terms by |, &, - and ~. Other dynamic heads (block_topk, block_cover) raise
+NotImplementedError; the caller takes the prefill kernel row by row instead (a host
+synchronisation).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attngen.codegen.torch_predicate import predicate_fn
+from attngen.ir.node import Node
+from attngen.runtime.dynamic import VS_FORCED_COLUMNS, VS_FORCED_OFFSETS
+
+
+def supported(node: Node) -> bool:
+    """Whether `decode_heads` runs this head's pattern."""
+    if node.op == "prim":
+        return not node.is_dynamic or (
+            node.name == "vertical_slash" and not any(p.free_symbols for p in node.params))
+    return node.op in ("or", "and", "not") and all(supported(c) for c in node.children)
+
+
+def decode_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nodes: list[Node],
+                 starts: torch.Tensor, ends: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of q [B, h, M, D] against the caches k, v [B, hk, N_max, D] (h a multiple
+    of hk), query head i under nodes[i], row b's keys at starts[b] … ends[b] − 1 (int [B]).
+    Returns [B, h, M, D] in q's dtype; a row that may see no key gives 0."""
+    B, h, M, D = q.shape
+    hk, n_max = k.shape[1], k.shape[2]
+    G = h // hk
+    first = starts.to(torch.int64).view(B, 1, 1, 1)
+    n = (ends.to(torch.int64) - starts.to(torch.int64)).view(B, 1, 1, 1)
+    k_pos = torch.arange(n_max, device=q.device).view(1, 1, 1, n_max) - first
+    q_pos = n - M + torch.arange(M, device=q.device).view(1, 1, M, 1)
+    causal = (k_pos >= 0) & (k_pos <= q_pos)  # also keeps keys at or past the row's end out
+
+    scores = torch.matmul(q.reshape(B, hk, G * M, D), k.transpose(-1, -2))
+    scores = scores.float().view(B, h, M, n_max) * scale
+    allowed = torch.zeros((B, h, M, n_max), dtype=torch.bool, device=q.device)
+    heads_of: dict[Node, list[int]] = {}
+    for i, node in enumerate(nodes):
+        heads_of.setdefault(node, []).append(i)
+    frame = _Frame(q_pos, k_pos, n, M, causal)
+    for node, heads in heads_of.items():
+        index = torch.tensor(heads, device=q.device)
+        allowed[:, index] = _allowed(node, scores.index_select(1, index), frame)
+    probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
+    out = torch.matmul(probs.to(v.dtype).view(B, hk, G * M, n_max), v)
+    return out.view(B, h, M, D).to(q.dtype)
+
+
+class _Frame:
+    """Positions of one decode step, every row in its own frame."""
+
+    def __init__(self, q_pos, k_pos, n, M: int, causal):
+        self.q_pos, self.k_pos, self.n, self.M, self.causal = q_pos, k_pos, n, M, causal
+        self.in_range = (k_pos >= 0) & (k_pos < n) & (q_pos >= 0)
+
+
+def _allowed(node: Node, scores: torch.Tensor, f: _Frame) -> torch.Tensor:
+    """bool [B, heads, M, N_max] of `node` for these heads' scores."""
+    if not node.is_dynamic:
+        return predicate_fn(node, f.M, f.n)(f.q_pos, f.k_pos) & f.in_range
+    if node.op == "prim":  # vertical_slash (see `supported`)
+        v, s = (int(p) for p in node.params)
+        return _vertical_slash(scores, v, s, f)
+    parts = [_allowed(c, scores, f) for c in node.children]
+    if node.op == "or":
+        return torch.stack(torch.broadcast_tensors(*parts)).any(0)
+    if node.op == "and":
+        return torch.stack(torch.broadcast_tensors(*parts)).all(0)
+    if node.op == "not":
+        return ~parts[0] & f.in_range
+    raise NotImplementedError(f"`{node.text}` has no graph-safe decode")
+
+
+def _vertical_slash(scores: torch.Tensor, v: int, s: int, f: _Frame) -> torch.Tensor:
+    """DESIGN §5 with every one of the M queries voting, in each row's frame."""
+    B, H, M, n_max = scores.shape
+    probs = torch.softmax(scores.masked_fill(~f.causal, -math.inf), dim=-1).nan_to_num(0.0)
+    k_pos = f.k_pos.view(B, 1, n_max)
+    key_ok = (k_pos >= 0) & (k_pos < f.n.view(B, 1, 1))
+    vertical = probs.sum(2).masked_fill(~key_ok, -math.inf)
+    vertical = vertical.masked_fill(key_ok & (k_pos < min(VS_FORCED_COLUMNS, v)), math.inf)
+    offset = (f.q_pos - f.k_pos).clamp(0, n_max - 1).expand(B, H, M, n_max)  # q − k
+    slash = torch.zeros((B, H, n_max), device=scores.device).scatter_add_(
+        2, offset.reshape(B, H, -1), probs.reshape(B, H, -1))
+    d = torch.arange(n_max, device=scores.device).view(1, 1, n_max)
+    slash = slash.masked_fill(d >= f.n.view(B, 1, 1), -math.inf)
+    slash = slash.masked_fill(d < min(VS_FORCED_OFFSETS, s), math.inf)
+    keys = torch.zeros((B, H, n_max), dtype=torch.bool, device=scores.device)
+    keys.scatter_(2, vertical.topk(min(v, n_max), dim=-1).indices, True)
+    diags = torch.zeros((B, H, n_max), dtype=torch.bool, device=scores.device)
+    diags.scatter_(2, slash.topk(min(s, n_max), dim=-1).indices, True)
+    on_slash = diags.gather(2, offset.reshape(B, H, -1)).view(B, H, M, n_max)
+    return f.causal & (keys[:, :, None, :] | on_slash)
