@@ -13,7 +13,9 @@ from attngen.ir.primitives import doc
 
 
 def _t(x, like):
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device=like.device)
+    # torch.full, not as_tensor: a fill on the device, where as_tensor copies from the host
+    # (not allowed while a CUDA graph is being captured)
+    return x if isinstance(x, torch.Tensor) else torch.full((), x, device=like.device)
 
 
 def _pair(a, b):
@@ -61,7 +63,7 @@ def predicate_fn(node: Node, M_val: int, N_val: int, doc_ids: torch.Tensor | Non
     body = predicate_source(node)
     namespace = dict(_NAMESPACE, N=N_val, M=M_val, DOC=doc_ids)
     fn = eval(f"lambda q_pos, k_pos: {body}", namespace)
-    return lambda qp, kp: torch.broadcast_to(torch.as_tensor(fn(qp, kp), device=qp.device),
+    return lambda qp, kp: torch.broadcast_to(_t(fn(qp, kp), qp),
                                              torch.broadcast_shapes(qp.shape, kp.shape))
 
 

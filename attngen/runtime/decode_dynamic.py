@@ -55,11 +55,23 @@ def decode_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nodes: list[
         heads_of.setdefault(node, []).append(i)
     frame = _Frame(q_pos, k_pos, n, M, causal)
     for node, heads in heads_of.items():
-        index = torch.tensor(heads, device=q.device)
+        index = _index(tuple(heads), q.device)
         allowed[:, index] = _allowed(node, scores.index_select(1, index), frame)
     probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
     out = torch.matmul(probs.to(v.dtype).view(B, hk, G * M, n_max), v)
     return out.view(B, h, M, D).to(q.dtype)
+
+
+_INDICES: dict = {}
+
+
+def _index(heads: tuple[int, ...], device) -> torch.Tensor:
+    """The head indices as a device tensor, made once (a copy from the host is not allowed
+    while a CUDA graph is being captured)."""
+    key = (heads, str(device))
+    if key not in _INDICES:
+        _INDICES[key] = torch.tensor(heads, device=device)
+    return _INDICES[key]
 
 
 class _Frame:
