@@ -397,6 +397,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                   "them)")
         return 0
     entries = cache.entries()
+    cache.check_key()
     bad = [(e, why) for e in entries if (why := cache.verify(e)) is not None]
     if args.action == "verify":
         for e, why in bad:

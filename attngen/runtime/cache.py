@@ -108,6 +108,11 @@ def _secret() -> bytes:
     return _SECRETS[path]
 
 
+def check_key() -> None:
+    """Raise CacheError if the signing key cannot be used (made here if missing)."""
+    _secret()
+
+
 def _mac(secret: bytes, key: str, data: bytes) -> str:
     return hmac.new(secret, key.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
