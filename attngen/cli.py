@@ -383,6 +383,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from attngen.runtime import cache
     from attngen.runtime.env import cache_dir, models_dir
 
+    if args.models and args.action != "clear":
+        raise ValueError(f"--models only applies to `cache clear`, not `cache {args.action}`")
     if args.action == "clear":
         cleared = cache.clear()
         print(f"removed {cleared.removed} entries from {cache_dir()}")
