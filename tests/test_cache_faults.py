@@ -442,3 +442,15 @@ def test_converted_models_live_outside_the_kernel_cache(root, tmp_path, monkeypa
     assert (saved / "model.safetensors").exists() and cache.entries() == []
     assert main(["cache", "clear", "--models"]) == 0
     assert not saved.exists()
+
+
+def test_a_failing_build_is_reported_not_retried_in_memory(root):
+    calls = []
+
+    def build():
+        calls.append(1)
+        raise FileNotFoundError("template missing")
+
+    with pytest.raises(FileNotFoundError, match="template missing"):
+        cache.get_or_build(KEY, build)
+    assert calls == [1]

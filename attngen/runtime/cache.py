@@ -275,20 +275,10 @@ def get_or_build(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
     data = _checked_entry(entry, secret)
     if data is not None:
         return Entry(entry, False, data)
+    lock = FileLock(str(root / ".locks" / f"{key}.lock"))
     try:
         (root / ".locks").mkdir(exist_ok=True)
-        with FileLock(str(root / ".locks" / f"{key}.lock"), timeout=lock_timeout_s()):
-            data = _checked_entry(entry, secret)  # built while we waited
-            if data is not None:
-                return Entry(entry, False, data)
-            source, meta = build()
-            data = source.encode()
-            try:
-                return Entry(_publish(root, key, data, meta, secret), True, data)
-            except OSError as e:
-                _warn_once(f"unwritable:{root}", f"attngen: cannot write the kernel cache "
-                           f"{root} ({e}); kernels are built in memory")
-                return Entry(None, True, data)
+        lock.acquire(timeout=lock_timeout_s())
     except Timeout:
         _warn_once(f"timeout:{root}", f"attngen: another process has held the cache lock for "
                    f"{key[:16]} over {lock_timeout_s():g} s; building in memory")
@@ -297,6 +287,20 @@ def get_or_build(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
         _warn_once(f"unwritable:{root}", f"attngen: cannot write the kernel cache {root} "
                    f"({e}); kernels are built in memory")
         return _in_memory(key, build)
+    try:
+        data = _checked_entry(entry, secret)  # built while we waited
+        if data is not None:
+            return Entry(entry, False, data)
+        source, meta = build()
+        data = source.encode()
+        try:
+            return Entry(_publish(root, key, data, meta, secret), True, data)
+        except OSError as e:
+            _warn_once(f"unwritable:{root}", f"attngen: cannot write the kernel cache {root} "
+                       f"({e}); kernels are built in memory")
+            return Entry(None, True, data)
+    finally:
+        lock.release()
 
 
 # -- listing and clearing ------------------------------------------------------------------
