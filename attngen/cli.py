@@ -381,7 +381,7 @@ def _mb(n: int) -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from attngen.runtime import cache
-    from attngen.runtime.env import cache_dir, models_dir
+    from attngen.runtime.env import cache_dir, cache_key_file, models_dir
 
     if args.models and args.action != "clear":
         raise ValueError(f"--models only applies to `cache clear`, not `cache {args.action}`")
@@ -417,6 +417,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
               f"  {meta.get('pattern', '?')}")
     if left := cache.foreign():
         print(f"  not attngen's (clear leaves them): {', '.join(p.name for p in left)}")
+    print(f"  entries signed with the key in {cache_key_file()}")
     models = cache.models()
     print(f"{models_dir()}: {len(models)} converted models, {_mb(sum(n for _, n in models))}")
     for p, n in models:
