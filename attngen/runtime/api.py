@@ -66,7 +66,7 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
         def fallback():
             return compile(pattern, head_dim, dtype, heads, kv_heads, device,
                            {**options, "fused_loops": False})
-    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered,
+    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered, entry.source,
                     tma=bool(options["tma"]), fallback=fallback)
     _KERNELS[memo] = kernel
     return kernel

@@ -29,5 +29,5 @@ def module(kernel: Kernel, kind: str):
             return render(kernel.spec, key, attngen.__version__, kind=kind), meta
 
         entry = cache.get_or_build(key, build)
-        _MODULES[key] = _load_module(entry.path / "kernel.py", f"attngen_{kind}_{key[:16]}")
+        _MODULES[key] = _load_module(entry.source, f"attngen_{kind}_{key[:16]}", entry.path)
     return _MODULES[key]

@@ -5,9 +5,30 @@ import os
 from pathlib import Path
 
 
+def _dir_var(name: str, default: Path) -> Path:
+    """The path in $name, or `default` when it is unset, empty or blank (an empty value is
+    Path(""), the working directory: never what was meant)."""
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser() if value else default
+
+
 def cache_dir() -> Path:
-    """$ATTNGEN_CACHE_DIR, default ~/.cache/attngen."""
-    return Path(os.environ.get("ATTNGEN_CACHE_DIR", Path.home() / ".cache" / "attngen"))
+    """$ATTNGEN_CACHE_DIR, default ~/.cache/attngen: generated kernels only."""
+    return _dir_var("ATTNGEN_CACHE_DIR", Path.home() / ".cache" / "attngen")
+
+
+def cache_key_file() -> Path:
+    """The per-user secret that signs cache entries, kept outside the cache so that whoever
+    can write the cache cannot sign: $ATTNGEN_CACHE_KEY_FILE, default
+    $XDG_CONFIG_HOME/attngen/cache.key (~/.config/attngen/cache.key)."""
+    config = _dir_var("XDG_CONFIG_HOME", Path.home() / ".config")
+    return _dir_var("ATTNGEN_CACHE_KEY_FILE", config / "attngen" / "cache.key")
+
+
+def models_dir() -> Path:
+    """$ATTNGEN_MODELS_DIR, default ~/.cache/attngen-models: converted models, apart from the
+    kernel cache so that clearing kernels never deletes them."""
+    return _dir_var("ATTNGEN_MODELS_DIR", Path.home() / ".cache" / "attngen-models")
 
 
 def interpreting() -> bool:

@@ -1,10 +1,12 @@
 """A compiled kernel: the generated module, its launch, its tables and its tuning."""
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
+import linecache
 import math
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +37,16 @@ class Config:
     stages: int
 
 
-def _load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _load_module(source: bytes, name: str, where: Path | None) -> types.ModuleType:
+    """Execute `source`, the kernel.py bytes the cache checked, as module `name`; the file
+    is never read again. Its text goes to linecache under a name no file has, so that
+    Triton's @jit, which reads a function's source through inspect, sees these bytes."""
+    origin = f"<attngen {hashlib.sha256(source).hexdigest()[:16]} {where or 'in memory'}>"
+    text = source.decode()
+    linecache.cache[origin] = (len(text), None, text.splitlines(keepends=True), origin)
+    module = types.ModuleType(name)
+    module.__file__ = origin
+    exec(compile(source, origin, "exec"), module.__dict__)
     return module
 
 
@@ -59,10 +67,11 @@ class Kernel:
 
     spec: KernelSpec
     key: str
-    path: Path
+    path: Path | None  # the cache entry; None when the cache could not be used
     head_dim: int
     dtype: torch.dtype
     rendered: bool
+    code: bytes = field(default=b"", repr=False)  # the checked kernel.py: what load() runs
     tma: bool = False  # load K and V through tensor descriptors (CUDA, Triton >= 3.4)
     fallback: object = field(default=None, repr=False)  # () -> Kernel with plainer loops
     module: object = field(repr=False, default=None)
@@ -75,11 +84,11 @@ class Kernel:
 
     @property
     def source(self) -> str:
-        return (self.path / "kernel.py").read_text()
+        return self.code.decode()
 
     def load(self) -> Kernel:
         if self.module is None:
-            self.module = _load_module(self.path / "kernel.py", f"attngen_kernel_{self.key[:16]}")
+            self.module = _load_module(self.code, f"attngen_kernel_{self.key[:16]}", self.path)
         return self
 
     # -- tables for table groups ------------------------------------------------------------
@@ -249,10 +258,13 @@ class Kernel:
         return self.tuned[bucket]
 
     def _saved_tuning(self) -> dict:
+        if self.path is None:
+            return {}
         try:
-            return json.loads((self.path / "tuning.json").read_text())
+            saved = json.loads((self.path / "tuning.json").read_text())
         except (OSError, ValueError):
             return {}
+        return saved if isinstance(saved, dict) else {}
 
     def _tune(self, q, k, v, doc_ids, bucket: str) -> Config:
         import triton.testing
@@ -282,17 +294,21 @@ class Kernel:
             # 64); switch this kernel to the split-loop rendering of the same pattern.
             plain = self.fallback()
             self.spec, self.key, self.path, self.module = plain.spec, plain.key, plain.path, None
+            self.code = plain.code
             self.tma, self.fallback, self.tables = plain.tma, None, {}
             return self._tune(q, k, v, doc_ids, bucket)
         if best is None:
             raise RuntimeError(f"no kernel configuration compiled for `{self.pattern}`")
-        if not autotune():
+        if not autotune() or self.path is None:
             return best  # an untimed choice is not worth remembering
         saved = self._saved_tuning()
         saved[bucket] = [best.block_m, best.block_n, best.warps, best.stages, int(self.tma)]
         tmp = self.path / f".tuning-{os.getpid()}.json"
-        tmp.write_text(json.dumps(saved, indent=2))
-        os.replace(tmp, self.path / "tuning.json")
+        try:
+            tmp.write_text(json.dumps(saved, indent=2))
+            os.replace(tmp, self.path / "tuning.json")
+        except OSError:  # a read-only or full cache: the choice is not remembered
+            tmp.unlink(missing_ok=True)
         return best
 
 
