@@ -301,7 +301,8 @@ def _demo_kernel(pattern: attngen.Pattern) -> None:
     ref = reference(q.float(), k.float(), v.float(), pattern)
     err = (out.float() - ref.to(out.device)).abs().max().item()
     where = "Triton interpreter (CPU)" if interpreted else torch.cuda.get_device_name()
-    print(f"\nkernel     {kern.path / 'kernel.py'} "
+    entry = kern.path / "kernel.py" if kern.path is not None else "(built in memory)"
+    print(f"\nkernel     {entry} "
           f"({'rendered now' if kern.rendered else 'from the cache'})")
     print(f"ran        M=N={N}, {H} heads, head_dim {D}, {str(dtype)[6:]} on {where}: "
           f"max |out - reference| = {err:.1e}")
@@ -323,7 +324,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"wrote {args.o}")
     else:
         print(kern.source, end="")
-    print(f"# cache entry: {kern.path} ({'rendered now' if kern.rendered else 'cache hit'})",
+    state = "rendered now" if kern.rendered else "cache hit"
+    print(f"# cache entry: {kern.path or '(built in memory)'} ({state})",
           file=sys.stderr)
     return 0
 
