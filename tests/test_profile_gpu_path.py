@@ -4,6 +4,7 @@ the estimators', the chunked plan forward equals the integration's masked attent
 `attngen search` takes --device/--dtype and a named random-weight shape."""
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -15,11 +16,13 @@ from attngen.cli import main
 from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache, head_mask
 from attngen.profile.candidates import candidates
+from attngen.profile.data import RandomTokens
 from attngen.profile.model import named_model, resolve_device
 from attngen.profile.plan import ModelPlan, read_plan
 from attngen.profile.rowmask import RowMask
 from attngen.profile.runner import chunked_attention
 from attngen.profile.scoring import HeadScorer, static_density
+from attngen.runtime.dynamic import allowed
 
 L = 300  # odd sizes: not a multiple of any block or chunk
 
@@ -128,6 +131,9 @@ def test_row_masks_equal_the_pattern_and_estimator_masks(M, N):
         else:
             expected = torch.as_tensor(pattern.mask(M, N)[0])[rows][None]
         assert torch.equal(*torch.broadcast_tensors(got, expected)), str(pattern)
+    cover = attngen.parse("block_cover(0.5, 16)")  # integrations.masks does not estimate it
+    got = RowMask(cover.node, q, k, 0.25, M, N)(rows + (N - M))
+    assert torch.equal(got, allowed(cover, q[None], k[None], 0.25)[0][:, rows])
 
 
 def test_chunked_plan_attention_equals_the_integrations_masked_attention():
@@ -157,6 +163,10 @@ def test_named_shapes_and_device_choice():
         named_model("llama9:layers=2")
     with pytest.raises(ValueError, match="layers=N"):
         named_model("tiny-llama:depth=2")
+    prompts = RandomTokens(config.vocab_size)
+    a, b = (prompts.sample("kv", 77, 0.5, random.Random(1)) for _ in range(2))
+    assert a == b and len(a.prompt_ids) == 77 and len(a.answer_ids) == 5
+    assert max(a.ids) < config.vocab_size
     assert resolve_device("cpu", None) == (torch.device("cpu"), torch.float32)
     assert resolve_device("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
     if not torch.cuda.is_available():
