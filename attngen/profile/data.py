@@ -163,3 +163,30 @@ def first_number(text: str) -> str | None:
     """The first run of digits in a generated answer (exact-match scoring)."""
     found = re.search(r"\d+", text)
     return found.group(0) if found else None
+
+
+class RandomTokens:
+    """The tokenizer-free stand-in for a Haystack (named random-weight models, model.py):
+    prompts of uniformly random token ids of exactly the asked length, answers of five
+    random ids. Only time and memory mean anything on them."""
+
+    ANSWER = 5
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def fingerprint(self) -> str:
+        return f"random-tokens-{self.vocab_size}"
+
+    def _ids(self, count: int, rng: random.Random) -> list[int]:
+        return [rng.randrange(self.vocab_size) for _ in range(count)]
+
+    def sample(self, kind: str, length: int, depth: float, rng: random.Random) -> Sample:
+        if kind not in ("passkey", "kv"):
+            raise ValueError(f"unknown sample kind {kind!r}")
+        prompt, answer = self._ids(length, rng), self._ids(self.ANSWER, rng)
+        return Sample(prompt, " ".join(map(str, answer)), answer, [], kind, depth)
+
+    def text_windows(self, length: int, count: int) -> list[list[int]]:
+        rng = random.Random(length)
+        return [self._ids(length, rng) for _ in range(count)]

@@ -178,9 +178,15 @@ def _describe(plan: ModelPlan, layers: int) -> str:
 
 @torch.no_grad()
 def retrieved(model, tokenizer, sample: Sample, max_new_tokens: int) -> bool:
-    prompt = torch.tensor([sample.prompt_ids])
+    """Greedy generation reproduces the answer: its first number, or without a tokenizer
+    (random-token samples, data.RandomTokens) the answer's ids."""
+    prompt = torch.tensor([sample.prompt_ids], device=next(model.parameters()).device)
+    new = max_new_tokens if tokenizer is not None else len(sample.answer_ids)
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+                         max_new_tokens=new,
+                         pad_token_id=tokenizer.eos_token_id if tokenizer is not None else 0)
+    if tokenizer is None:
+        return out[0, prompt.shape[1]:].tolist() == sample.answer_ids
     text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
     return first_number(text) == sample.answer
 
@@ -189,7 +195,7 @@ def retrieved(model, tokenizer, sample: Sample, max_new_tokens: int) -> bool:
 def perplexity(model, windows: list[list[int]], bar=None) -> float:
     nll, count = 0.0, 0
     for ids in windows:
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=next(model.parameters()).device)
         logits = model(x, use_cache=False).logits[0, :-1].float()
         nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += len(ids) - 1

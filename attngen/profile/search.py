@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -33,6 +34,7 @@ from attngen.profile.candidates import candidates
 from attngen.profile.data import Haystack, Sample
 from attngen.profile.knapsack import choose, grouped
 from attngen.profile.plan import ModelPlan
+from attngen.profile.runner import running
 from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores, static_density
 
 BUDGET_AT = ("each_length", "mean")
@@ -91,16 +93,27 @@ def search(model, tokenizer, options: SearchOptions, haystack: Haystack | None =
     key = {"model": model_name, "lengths": list(options.lengths), "samples": options.samples,
            "seed": options.seed, "data": haystack.fingerprint(), "influence": influence,
            "candidates": [c.text for c in cands]}
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
     scores = load_scores(scores_path, cands, key) if scores_path else None
     if scores is None:
-        scores = HeadScorer(model, cands, influence=influence).run(samples, progress)
+        scorer = HeadScorer(model, cands, influence=influence)
+        scores = scorer.run(samples, progress)
+        timing = {"calibration_forward_s": scorer.seconds["forward"],
+                  "scoring_s": scorer.seconds["scoring"]}
         if scores_path:
             save_scores(scores, scores_path, key)
+    timing["calibration_total_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     choice = select(scores, options, model.config.num_key_value_heads)
     plan = build_plan(scores, choice, options, model_name)
+    timing["selection_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     validation = validate(model, haystack, plan, options, progress)
-    return ModelPlan(plan.layers, {**plan.meta, "validation": validation}, plan.layer_rows)
-
+    timing["validation_s"] = time.perf_counter() - start
+    timing = {name: round(seconds, 3) for name, seconds in timing.items()}
+    return ModelPlan(plan.layers, {**plan.meta, "validation": validation, "timing": timing},
+                     plan.layer_rows)
 
 
 def select(scores: Scores, options: SearchOptions, kv_heads: int) -> np.ndarray:
@@ -215,27 +228,30 @@ def answer_loss(model, samples: list[Sample]) -> dict:
     """Mean negative log-likelihood of the answer tokens, and how many answers are
     reproduced token for token under teacher forcing."""
     nll, exact = [], 0
+    device = next(model.parameters()).device
     for s in samples:
-        ids = torch.tensor([s.prompt_ids + s.answer_ids])
+        ids = torch.tensor([s.prompt_ids + s.answer_ids], device=device)
         logits = model(ids, use_cache=False, logits_to_keep=len(s.answer_ids) + 1).logits[0]
         logp = torch.log_softmax(logits[:-1].float(), -1)  # predictions of the answer tokens
-        target = torch.tensor(s.answer_ids)
+        target = torch.tensor(s.answer_ids, device=device)
         nll.append(-logp.gather(1, target[:, None]).mean().item())
         exact += bool((logp.argmax(-1) == target).all())
     return {"answer_nll": round(float(np.mean(nll)), 4), "answers_exact": exact,
             "samples": len(samples)}
 
 
-def plan_density(plan: ModelPlan, length: int) -> float:
-    """Mean density over layers and heads at `length`: exact for static heads; dynamic
-    heads count at the density measured during calibration."""
+def plan_density(plan: ModelPlan, length: int, device: str | None = None) -> float:
+    """Mean density over layers and heads at `length`: exact for static heads (counted on
+    `device` when given, see `static_density`); dynamic heads count at the density
+    measured during calibration."""
     values = []
     for layer, pattern in plan.layers.items():
         for row in plan.layer_rows.get(layer, {}).get("heads", []):
             p = attngen.parse(row["pattern"])
-            values.append(row["density"] if p.is_dynamic else static_density(p, length, length))
+            values.append(row["density"] if p.is_dynamic
+                          else static_density(p, length, length, device))
         if layer not in plan.layer_rows:
-            values.append(static_density(pattern, length, length))
+            values.append(static_density(pattern, length, length, device))
     return float(np.mean(values)) if values else 1.0
 
 
@@ -262,7 +278,8 @@ def measured_density(model, plan: ModelPlan, ids: list[int]) -> float:
 
     hf.apply(model, plan, backend="masks", record=record)
     try:
-        model(torch.tensor([ids]), use_cache=False, logits_to_keep=1)
+        model(torch.tensor([ids], device=next(model.parameters()).device), use_cache=False,
+              logits_to_keep=1)
     finally:
         hf.remove(model)
     return float(np.mean(values))
@@ -273,11 +290,10 @@ def validate(model, haystack: Haystack, plan: ModelPlan, options: SearchOptions,
     length = options.validation_length()
     held_out = calibration_samples(haystack, [length], 2, options.seed + 1)[length]
     dense = answer_loss(model, held_out)
-    hf.apply(model, plan, backend="masks")
-    try:
+    with running(model, plan):  # exact masks, a chunk of rows at a time (runner.py)
         sparse = answer_loss(model, held_out)
-    finally:
-        hf.remove(model)
-    return {"length": length, "density": round(plan_density(plan, length), 4),
+    device = next(model.parameters()).device
+    counted = str(device) if device.type == "cuda" else None
+    return {"length": length, "density": round(plan_density(plan, length, counted), 4),
             "dense": dense, "plan": sparse,
             "answer_ppl_ratio": round(math.exp(sparse["answer_nll"] - dense["answer_nll"]), 4)}
