@@ -47,7 +47,11 @@ def decode_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nodes: list[
     q_pos = n - M + torch.arange(M, device=q.device).view(1, 1, M, 1)
     causal = (k_pos >= 0) & (k_pos <= q_pos)  # also keeps keys at or past the row's end out
 
-    scores = torch.matmul(q.reshape(B, hk, G * M, D), k.transpose(-1, -2))
+    # one kv head at a time: a [B, N_max, D] slice of the cache is a strided batch that
+    # matmul reads in place, where [B, hk, …] of a larger cache would be copied first
+    q_groups = q.reshape(B, hk, G * M, D)
+    scores = torch.stack([torch.matmul(q_groups[:, j], k[:, j].transpose(-1, -2))
+                          for j in range(hk)], 1)
     scores = scores.float().view(B, h, M, n_max) * scale
     allowed = torch.zeros((B, h, M, n_max), dtype=torch.bool, device=q.device)
     heads_of: dict[Node, list[int]] = {}
@@ -58,8 +62,48 @@ def decode_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nodes: list[
         index = _index(tuple(heads), q.device)
         allowed[:, index] = _allowed(node, scores.index_select(1, index), frame)
     probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
-    out = torch.matmul(probs.to(v.dtype).view(B, hk, G * M, n_max), v)
+    width = max((_bound(n) or n_max) for n in nodes)
+    if width * 4 <= n_max:
+        return _gathered(probs, allowed, v, width).to(q.dtype)
+    probs = probs.to(v.dtype).view(B, hk, G * M, n_max)
+    out = torch.stack([torch.matmul(probs[:, j], v[:, j]) for j in range(hk)], 1)
     return out.view(B, h, M, D).to(q.dtype)
+
+
+def _gathered(probs: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor, width: int
+              ) -> torch.Tensor:
+    """probs · V reading only the values of allowed keys: at most `width` per query row, so
+    the `width` largest probabilities hold them all. Values that are not allowed are
+    zeroed after the gather (a NaN there must not reach the row through a zero weight)."""
+    B, h, M, n_max = probs.shape
+    hk = v.shape[1]
+    G = h // hk
+    picked = probs.topk(width, dim=-1)
+    keep = allowed.gather(-1, picked.indices)  # [B, h, M, width]
+    rows = torch.arange(B, device=v.device).view(B, 1)
+    outs = []
+    for j in range(hk):
+        index = picked.indices[:, j * G:(j + 1) * G].reshape(B, -1)
+        values = v[:, j][rows, index].view(B, G, M, width, -1)
+        values = values.masked_fill(~keep[:, j * G:(j + 1) * G, :, :, None], 0)
+        weights = picked.values[:, j * G:(j + 1) * G].to(v.dtype)
+        outs.append(torch.einsum("bgmw,bgmwd->bgmd", weights, values))
+    return torch.cat(outs, 1)
+
+
+def _bound(node: Node) -> int | None:
+    """An upper bound on the keys one query row of `node` may see, where one is known."""
+    if node.op == "prim":
+        if node.name == "vertical_slash" and not any(p.free_symbols for p in node.params):
+            return sum(int(p) for p in node.params)
+        return None
+    bounds = [_bound(c) for c in node.children]
+    if node.op == "or":
+        return None if None in bounds else sum(bounds)
+    if node.op == "and":
+        known = [b for b in bounds if b is not None]
+        return min(known) if known else None
+    return None
 
 
 _INDICES: dict = {}
