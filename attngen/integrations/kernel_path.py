@@ -106,8 +106,12 @@ def _mixture(nodes: tuple[Node, ...]) -> Pattern:
     """The pattern giving query head i the pattern nodes[i]."""
     if len(set(nodes)) == 1:
         return attngen.parse(nodes[0].text)
-    entries = "; ".join(f"{i}: {n.text}" for i, n in enumerate(nodes))
-    return attngen.parse(f"heads {{ {entries} }}")
+    entries, lo = [], 0
+    for i in range(1, len(nodes) + 1):
+        if i == len(nodes) or nodes[i] != nodes[lo]:
+            entries.append(f"{lo}..{i - 1}: {nodes[lo].text}")
+            lo = i
+    return attngen.parse(f"heads {{ {'; '.join(entries)} }}")
 
 
 def _compiled(pattern: Pattern, q: torch.Tensor, kv_heads: int):
