@@ -191,9 +191,9 @@ class FlexPlan:
         from transformers.masking_utils import AttentionMaskInterface
 
         # one compile per (shape, mask_mod): more than dynamo's default limit of 8
-        torch._dynamo.config.cache_size_limit = 256
-        if hasattr(torch._dynamo.config, "recompile_limit"):
-            torch._dynamo.config.recompile_limit = 256
+        for name in ("cache_size_limit", "recompile_limit"):  # the name changed in 2.6
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 256)
         AttentionInterface.register(self.name, self)
         # no mask from the model: this interface builds its own (a dense padding mask at
         # 128K would not fit in memory)

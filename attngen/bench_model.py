@@ -361,10 +361,13 @@ def _oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _free() -> None:
-    import gc
+def _free(failed: bool = False) -> None:
+    """Give cached GPU memory back between systems; after a failure also collect the
+    cycles (an exception's traceback holds the frames and their tensors)."""
+    if failed:
+        import gc
 
-    gc.collect()
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -459,19 +462,24 @@ def attention_layer_ms(batch: int, N: int, heads: int, kv_heads: int, head_dim: 
     q = torch.randn(shape(heads), device=device, dtype=torch.bfloat16, generator=g)
     k, v = (torch.randn(shape(kv_heads), device=device, dtype=torch.bfloat16, generator=g)
             for _ in range(2))
-    gqa = heads != kv_heads
+    r = heads // kv_heads
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def run():
+    run = lambda: sdpa(q, k, v, is_causal=True, enable_gqa=r > 1)  # noqa: E731
+    with sdpa_context(backend):
+        try:
+            run()
+        except (TypeError, RuntimeError) as e:  # torch or a back-end without enable_gqa
+            if _oom(e):
+                raise
+            k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
+            run = lambda: sdpa(q, k, v, is_causal=True)  # noqa: E731
+
+    def timed():
         with sdpa_context(backend):
-            try:
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, enable_gqa=gqa)
-            except TypeError:  # torch without enable_gqa
-                r = heads // kv_heads
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1), is_causal=True)
+            return run()
 
-    return statistics.median(timer(run, repeats))
+    return statistics.median(timer(timed, repeats))
 
 
 # -- the benchmark -------------------------------------------------------------------------
@@ -486,6 +494,7 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
     for system in SYSTEMS:
         row = {"N": N, "batch": batch, "lengths": lengths, "system": system, "ms": None,
                "note": ""}
+        failed = False
         try:
             with systems.use(system, mask):
                 fn = prefill_fn(model, ids, mask)
@@ -511,8 +520,9 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
                     last_logits[system] = logits.float()
         except Exception as e:  # one system failing must not end the run
             row["note"] = ("OOM: " if _oom(e) else "failed: ") + _short(e)
+            failed = True
         finally:
-            _free()
+            _free(failed)
         rows.append(row)
         log(row)
     summary = {"N": N, "batch": batch, "lengths": lengths}
@@ -524,6 +534,7 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
         if by["dense"].get("peak_mib") and r.get("peak_mib") is not None:
             r["peak_vs_dense"] = r["peak_mib"] / by["dense"]["peak_mib"]
     if dense:
+        failed = False
         try:
             layer_ms = attention_layer_ms(batch, N, H, Hkv, D, systems.sdpa_backend, timer,
                                           repeats, systems.device)
@@ -536,8 +547,9 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
                 summary["attngen_vs_ideal"] = by["attngen"]["vs_ideal"]
         except Exception as e:
             summary["note"] = "ideal not computed: " + _short(e)
+            failed = True
         finally:
-            _free()
+            _free(failed)
     if check and mask is not None:
         summary["ragged_check"] = ragged_check(systems, ids, lengths, last_logits)
     return rows, summary
@@ -559,6 +571,7 @@ def ragged_check(systems: Systems, ids: torch.Tensor, lengths: list[int],
     for system, padded in batch_logits.items():
         if system == "flex":
             continue  # the check covers attngen and the dense control
+        failed = False
         try:
             alone = []
             with systems.use(system, None):
@@ -574,8 +587,9 @@ def ragged_check(systems: Systems, ids: torch.Tensor, lengths: list[int],
                            "per_row": diff.tolist()}
         except Exception as e:
             out[system] = {"note": ("OOM: " if _oom(e) else "failed: ") + _short(e)}
+            failed = True
         finally:
-            _free()
+            _free(failed)
     return out
 
 
@@ -687,6 +701,7 @@ def decode_rows(systems: Systems, spec: ModelSpec, length: int, batch: int, time
         return [row]
     for system in SYSTEMS:
         row = {"system": system, "cache": length, "batch": batch, "ms": None, "note": ""}
+        failed = False
         try:
             with systems.use(system, None):
                 step = decode_step(model, cache, batch, length, device)
@@ -707,8 +722,9 @@ def decode_rows(systems: Systems, spec: ModelSpec, length: int, batch: int, time
                 row.update(ms=statistics.median(times), times_ms=times, note=how)
         except Exception as e:
             row["note"] = ("OOM: " if _oom(e) else "failed: ") + _short(e)
+            failed = True
         finally:
-            _free()
+            _free(failed)
         rows.append(row)
         log(row)
     dense = rows[0]["ms"]
@@ -752,14 +768,14 @@ def bench_model(spec_text: str, plan_source: str | None = None,
                 check: bool = True) -> dict:
     """The whole benchmark (module doc); `device` defaults to CUDA. repeats: per length
     (default_repeats) unless given. check: the ragged check at the first length."""
-    device = torch.device(device or "cuda")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("attngen bench --model needs a CUDA GPU")
     spec = parse_spec(spec_text)
     plan = load_plan(plan_source, spec.layers)
     H, Hkv, _ = spec.heads
     for p in read_plan(plan).layers.values():
         p.head_nodes(H, Hkv)  # a mixture that does not fit the model's heads fails here
+    device = torch.device(device or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("attngen bench --model needs a CUDA GPU")
     lengths = lengths or [32768, 65536, 131072]
     batches = batches or [1, 4]
     timer = Timer(device)
