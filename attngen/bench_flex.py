@@ -35,7 +35,7 @@ from attngen.profile.plan import ModelPlan
 from attngen.runtime import dynamic
 from attngen.runtime.tables import device_layout
 
-BLOCK = 128
+BLOCK = 128  # Flex block size (square)
 _CAUSAL = attngen.parse("causal")
 
 
@@ -58,11 +58,12 @@ class _Layer:
     """One (pattern, B, M, N, padding): its static block classes, mask_mod and flags."""
 
     def __init__(self, pattern: Pattern, B: int, H: int, Hkv: int, M: int, N: int,
-                 keep: torch.Tensor | None, device):
+                 keep: torch.Tensor | None, device, block: int = BLOCK):
         from attngen.codegen.render import KernelSpec
 
         self.B, self.H, self.M, self.N = B, H, M, N
-        self.grid = Grid(M, N, BLOCK, BLOCK)
+        self.block = block
+        self.grid = Grid(M, N, block, block)
         nodes = pattern.head_nodes(H, Hkv)
         self.parts = list(KernelSpec.build(pattern, H, Hkv).dynamic) if pattern.is_dynamic \
             else []
@@ -72,21 +73,21 @@ class _Layer:
         self.partial = torch.zeros(H, QB, KB, dtype=torch.bool, device=device)
         self.full = torch.zeros_like(self.partial)
         for node in static:
-            cls = device_layout(Pattern(node), M, N, block=BLOCK, device=device).classes()
+            cls = device_layout(Pattern(node), M, N, block=block, device=device).classes()
             cls = cls[0].to(device)
             for h in (h for h, n in enumerate(nodes) if n == node):
                 self.partial[h], self.full[h] = cls == 1, cls == 2
         for heads, part in self.parts:  # a dynamic head's static union: visited as well
             term = part.dynamic
             if term.static is not None:
-                cls = device_layout(Pattern(term.static), M, N, block=BLOCK,
+                cls = device_layout(Pattern(term.static), M, N, block=block,
                                     device=device).classes()[0].to(device)
                 for h in heads:
                     self.partial[h] |= cls > 0
         self.keep = keep
         if keep is not None:  # a block holding a pad key is tested element by element
-            tail = torch.zeros(B, KB * BLOCK - N, dtype=torch.bool, device=device)
-            self.pad_blocks = torch.cat([~keep, tail], 1).view(B, KB, BLOCK).any(-1)
+            tail = torch.zeros(B, KB * block - N, dtype=torch.bool, device=device)
+            self.pad_blocks = torch.cat([~keep, tail], 1).view(B, KB, block).any(-1)
         shapes = dynamic.flag_shapes(self.parts, B, H, M, N) if self.parts else ((1, 1),) * 3
         self.static_mask = None  # static layers: built once by FlexPlan.layer
         self.flags = _Flags(*(torch.zeros(s, dtype=torch.int8, device=device) for s in shapes))
@@ -169,7 +170,7 @@ class _Layer:
         partial, full = self._blocks(est)
         kv_num, kv_idx = _ordered(partial & ~full)
         full_num, full_idx = _ordered(full)
-        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=self.block,
                                         mask_mod=self.mask_mod, seq_lengths=(self.M, self.N))
 
 
@@ -178,8 +179,10 @@ class FlexPlan:
 
     name = "attngen_flex"
 
-    def __init__(self, plan: ModelPlan, heads: int, kv_heads: int, device):
+    def __init__(self, plan: ModelPlan, heads: int, kv_heads: int, device,
+                 block: int = BLOCK):
         self.plan, self.heads, self.kv_heads, self.device = plan, heads, kv_heads, device
+        self.block = block
         self.layers: dict[tuple, _Layer] = {}
         self.keep: torch.Tensor | None = None
         self.padding_key: tuple | None = None
@@ -218,7 +221,8 @@ class FlexPlan:
         key = (pattern, 1 if shared else B, H, Hkv, M, N, self.padding_key)
         if key not in self.layers:
             t0 = time.perf_counter()
-            lay = _Layer(pattern, 1 if shared else B, H, Hkv, M, N, keep, q.device)
+            lay = _Layer(pattern, 1 if shared else B, H, Hkv, M, N, keep, q.device,
+                         self.block)
             if not lay.parts:  # static: one block mask for every call
                 lay.static_mask = lay.block_mask(q, k, None)
                 if q.is_cuda:

@@ -202,3 +202,34 @@ def test_the_whole_flow_on_a_tiny_model_on_the_cpu(tmp_path):
     assert len(rows) == len(result["prefill"]) + len(result["decode"])
     bm.save(result, tmp_path / "r.json", tmp_path / "r.md")
     assert "tiny-llama:layers=2" in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.parametrize("M, padded", [(200, True), (200, False), (1, False)])
+def test_flex_plan_allows_exactly_what_the_mask_reference_allows(M, padded):
+    """The Flex system's block masks (static heads, estimated heads, padding) against
+    attngen.integrations.hf's exact masks, with eager flex_attention on the CPU."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attngen.bench_flex import FlexPlan
+    from attngen.integrations.hf import masked_attention
+    from attngen.integrations.masks import MaskCache
+
+    # vertical_slash always keeps 30 columns and 100 diagonals: these pick beyond them
+    text = ("heads { 0: causal & (sink(3) | local(9)); 1: causal & strided(5); "
+            "*: vertical_slash(34, 110) }")
+    p = attngen.parse(text)
+    B, H, Hkv, N, D = 2, 4, 2, 200, 8
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, M, D, generator=g)
+    k, v = (torch.randn(B, Hkv, N, D, generator=g) for _ in range(2))
+    mask = torch.ones(B, N, dtype=torch.long)
+    if padded:
+        mask[1, :45] = 0  # 45 pad keys: the third 16-key block holds pads and real keys
+    flex = FlexPlan(read_plan({"layers": [{"layer": 0, "pattern": text}]}), H, Hkv, "cpu",
+                    block=16)
+    flex.set_padding(mask)
+    bm = flex.layer(p, q, k).block_mask(q, k, None)
+    out = flex_attention(q, k, v, block_mask=bm, enable_gqa=True)
+    padding = mask.bool()[:, None, None, :].expand(B, 1, M, N) if padded else None
+    ref = masked_attention(q, k, v, p.head_nodes(H, Hkv), MaskCache(), None, padding)
+    assert (out - ref).abs().max() < 1e-5
