@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 
 import attngen
-from attngen.codegen.torch_predicate import mask_mod as static_mask_mod
-from attngen.codegen.torch_predicate import predicate_fn
+from attngen.codegen.torch_predicate import raw_predicate_fn
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.lower.grid import Grid
@@ -37,6 +36,20 @@ from attngen.runtime.tables import device_layout
 
 BLOCK = 128  # Flex block size (square)
 _CAUSAL = attngen.parse("causal")
+
+
+def _predicate(node: Node, M: int, N: int):
+    """f(q_pos, k_pos) -> bool of their broadcast shape, by elementwise ops only (inductor
+    fails to lower torch_predicate.predicate_fn's broadcast_to of FlexAttention's 0-d
+    indices, seen with torch 2.13)."""
+    fn = raw_predicate_fn(node, M, N)
+
+    def f(q_pos, k_pos):
+        x = fn(q_pos, k_pos)
+        every = (q_pos >= 0) & (k_pos >= 0)  # True, in the broadcast shape
+        return every & x if isinstance(x, torch.Tensor) else (every if x else ~every)
+
+    return f
 
 
 def _ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +80,6 @@ class _Layer:
         nodes = pattern.head_nodes(H, Hkv)
         self.parts = list(KernelSpec.build(pattern, H, Hkv).dynamic) if pattern.is_dynamic \
             else []
-        dyn_heads = {h for heads, _ in self.parts for h in heads}
         static = [n for n in dict.fromkeys(nodes) if not n.is_dynamic]
         QB, KB = self.grid.QB, self.grid.KB
         self.partial = torch.zeros(H, QB, KB, dtype=torch.bool, device=device)
@@ -91,22 +103,22 @@ class _Layer:
         shapes = dynamic.flag_shapes(self.parts, B, H, M, N) if self.parts else ((1, 1),) * 3
         self.static_mask = None  # static layers: built once by FlexPlan.layer
         self.flags = _Flags(*(torch.zeros(s, dtype=torch.int8, device=device) for s in shapes))
-        self.mask_mod = self._mask_mod(nodes, static, dyn_heads, device)
+        self.mask_mod = self._mask_mod(nodes, static, device)
 
-    def _mask_mod(self, nodes: list[Node], static: list[Node], dyn_heads: set[int], device):
+    def _mask_mod(self, nodes: list[Node], static: list[Node], device):
         M, N, H = self.M, self.N, self.H
         offset = N - M
-        index = {n: i for i, n in enumerate(static)}
-        static_fn = static_mask_mod(static, [index.get(n, 0) for n in nodes], M, N,
-                                    device=device) if static else None
+        static_fns = [_predicate(n, M, N) for n in static]
+        static_table = torch.tensor([static.index(n) if n in static else 0 for n in nodes],
+                                    device=device)
         part_of = [-1] * H
         for i, (heads, _) in enumerate(self.parts):
             for h in heads:
                 part_of[h] = i
         part_table = torch.tensor(part_of, device=device)
         terms = [part.dynamic for _, part in self.parts]
-        fns = [(predicate_fn(t.within, M, N) if t.within is not None else None,
-                predicate_fn(t.static, M, N) if t.static is not None else None,
+        fns = [(_predicate(t.within, M, N) if t.within is not None else None,
+                _predicate(t.static, M, N) if t.static is not None else None,
                 1 if t.kind == "vertical_slash" else int(dynamic.parameters(t.prim, M, N)[1]))
                for t in terms]
         flags, keep = self.flags, self.keep
@@ -114,7 +126,10 @@ class _Layer:
 
         def mod(b, h, q_idx, kv_idx):
             q_pos = q_idx + offset
-            out = static_fn(b, h, q_idx, kv_idx) if static_fn is not None else kv_idx <= q_pos
+            out = kv_idx <= q_pos  # (heads of dynamic parts are set below)
+            for i, f in enumerate(static_fns):
+                out = f(q_pos, kv_idx) if len(static_fns) == 1 else torch.where(
+                    static_table[h] == i, f(q_pos, kv_idx), out)
             for i, (term, (within, also, g)) in enumerate(zip(terms, fns)):
                 row = b * H + h
                 if term.kind == "vertical_slash":
