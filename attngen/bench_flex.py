@@ -202,6 +202,7 @@ class FlexPlan:
         self.keep: torch.Tensor | None = None
         self.padding_key: tuple | None = None
         self.build_s = 0.0  # static layers: block-mask build seconds (first call per shape)
+        self.per_call_s: list[float] | None = None  # a list: time each dynamic layer's build
 
     def register(self) -> None:
         import torch._dynamo
@@ -240,8 +241,7 @@ class FlexPlan:
                          self.block)
             if not lay.parts:  # static: one block mask for every call
                 lay.static_mask = lay.block_mask(q, k, None)
-                if q.is_cuda:
-                    torch.cuda.synchronize()
+                _sync(q)
                 self.build_s += time.perf_counter() - t0
             self.layers[key] = lay
         return self.layers[key]
@@ -253,9 +253,23 @@ class FlexPlan:
 
         pattern = self.plan.pattern(getattr(module, "layer_idx", -1)) or _CAUSAL
         lay = self.layer(pattern, query, key)
-        bm = lay.block_mask(query, key, scaling) if lay.parts else lay.static_mask
+        if not lay.parts:
+            bm = lay.static_mask
+        elif self.per_call_s is None:
+            bm = lay.block_mask(query, key, scaling)
+        else:  # the estimate and block-mask build alone (synchronised: not in timed runs)
+            _sync(query)
+            t0 = time.perf_counter()
+            bm = lay.block_mask(query, key, scaling)
+            _sync(query)
+            self.per_call_s.append(time.perf_counter() - t0)
         return flex_attention_forward(module, query, key, value, bm, scaling=scaling,
                                       **kwargs)
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
 
 def _no_mask(*args, **kwargs) -> None:

@@ -43,7 +43,7 @@ import torch
 
 import attngen
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import ModelPlan, read_plan
+from attngen.profile.plan import read_plan
 
 # name → (model type, config fields); rope_theta is moved into rope_parameters by
 # transformers 5 (`rope_theta` reads either)
@@ -512,7 +512,16 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
                            peak_mib=None if peak is None else (peak - weights) / 2**20)
                 if system == "flex":
                     row["block_mask_build_s"] = systems.flex.build_s
-                    row["note"] = _flex_note(systems.plan)
+                    if any(p.is_dynamic for p in systems.plan.layers.values()):
+                        systems.flex.per_call_s = []  # one more call, its builds timed
+                        try:
+                            fn()
+                            row["dynamic_mask_ms_per_call"] = 1e3 * sum(systems.flex.per_call_s)
+                        except Exception as e:  # the timings above stand
+                            row["dynamic_mask_ms_per_call_error"] = _short(e)
+                        finally:
+                            systems.flex.per_call_s = None
+                    row["note"] = _flex_note(row)
                 if system == "attngen":
                     row["backend"] = systems.attngen_backend
                     row["note"] = "first call includes kernel compile / tuning"
@@ -555,11 +564,12 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
     return rows, summary
 
 
-def _flex_note(plan: ModelPlan) -> str:
-    if any(p.is_dynamic for p in plan.layers.values()):
-        return ("dynamic heads: attngen's estimate and the block mask built in every call "
-                "(timed); static heads' masks built once (block_mask_build_s)")
-    return "block masks built once per layer shape (block_mask_build_s, not timed)"
+def _flex_note(row: dict) -> str:
+    note = f"static block masks built once: {row['block_mask_build_s']:.2f} s (not timed)"
+    if "dynamic_mask_ms_per_call" in row:
+        note += ("; dynamic heads: attngen's estimate and a block mask in every call "
+                 f"(timed), alone {row['dynamic_mask_ms_per_call']:.1f} ms per call")
+    return note
 
 
 def ragged_check(systems: Systems, ids: torch.Tensor, lengths: list[int],
