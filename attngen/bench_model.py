@@ -70,6 +70,7 @@ SHAPES: dict[str, tuple[str, dict]] = {
 }
 DEFAULT_PLAN = "duo_quarter"
 SYSTEMS = ("dense", "flex", "attngen")
+PEAK_RULE = 1.05  # the issue's rule: attngen's peak memory ÷ dense's at most this
 RAGGED = (1.0, 0.75, 0.6, 0.9)  # the rows of a batch of 4, as fractions of N
 IDEAL_RULE = ("ideal = (dense e2e - layers x one layer's dense attention) + sum over layers "
               "of density x one layer's dense attention; density = allowed / causal pairs "
@@ -125,10 +126,17 @@ def parse_spec(text: str) -> ModelSpec:
         layers = int(value)
     if name in SHAPES:
         kind, fields = SHAPES[name]
+        fields = {**fields, **({"num_hidden_layers": layers} if layers else {})}
         config = AutoConfig.for_model(kind, **fields)
-        if rope_theta(config) != fields["rope_theta"]:
-            raise ValueError(f"this transformers sets rope_theta {rope_theta(config)}, "
-                             f"not {fields['rope_theta']}")
+        theta = fields["rope_theta"]
+        if rope_theta(config) != theta:  # a transformers that wants rope_parameters
+            config = AutoConfig.for_model(kind, **{k: v for k, v in fields.items()
+                                                   if k != "rope_theta"},
+                                          rope_parameters={"rope_type": "default",
+                                                           "rope_theta": theta})
+        if rope_theta(config) != theta:
+            raise ValueError(f"{name}: this transformers sets rope_theta "
+                             f"{rope_theta(config)}, not {theta}")
         folder = None
     elif os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
@@ -542,6 +550,7 @@ def prefill_rows(systems: Systems, spec: ModelSpec, N: int, batch: int, weights:
             r["speedup_vs_dense"] = dense / r["ms"]
         if by["dense"].get("peak_mib") and r.get("peak_mib") is not None:
             r["peak_vs_dense"] = r["peak_mib"] / by["dense"]["peak_mib"]
+            r["peak_rule_met"] = r["peak_vs_dense"] <= PEAK_RULE
     if dense:
         failed = False
         try:
@@ -825,13 +834,15 @@ def markdown(result: dict) -> str:
              f"{m['statistic']}.", "",
              f"Prefill ({m['prefill_rule']}); {m['ragged']}. Every time on {card}.", "",
              "| N | batch | system | ms | × dense speed | ÷ ideal | peak MiB (− weights) | "
-             "peak ÷ dense | first call s | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"peak ÷ dense (rule ≤ {PEAK_RULE}) | first call s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["prefill"]:
+        mark = {True: " ✓", False: " ✗"}.get(r.get("peak_rule_met"), "")
         lines.append(
             f"| {r['N']} | {r['batch']} | {r['system']}"
             f"{' (' + r['backend'] + ')' if r.get('backend') else ''} | {_fmt(r['ms'], '.1f')} "
             f"| {_fmt(r.get('speedup_vs_dense'), '.2f')} | {_fmt(r.get('vs_ideal'), '.2f')} | "
-            f"{_fmt(r.get('peak_mib'), '.0f')} | {_fmt(r.get('peak_vs_dense'), '.3f')} | "
+            f"{_fmt(r.get('peak_mib'), '.0f')} | {_fmt(r.get('peak_vs_dense'), '.3f')}{mark} | "
             f"{_fmt(r.get('first_call_s'), '.1f')} | {r.get('note', '')} |")
     lines += ["", f"Ideal and attention share ({card}): {m['ideal_rule']}.", "",
               "| N | batch | dense attention / layer ms | attention share | ideal ms | "

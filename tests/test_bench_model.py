@@ -136,6 +136,7 @@ def _result() -> dict:
                 "ms": 200.0, "peak_mib": 1000.0, "speedup_vs_dense": 1.0, "note": ""},
                {"N": 32768, "batch": 1, "system": "attngen", "ms": 125.0, "peak_mib": 1020.0,
                 "speedup_vs_dense": 1.6, "vs_ideal": 1.25, "peak_vs_dense": 1.02,
+                "peak_rule_met": True,
                 "first_call_s": 12.5, "note": "first call"}]
     summary = [{"N": 32768, "batch": 1, "attention_layer_ms": 30.0, "attention_share": 0.6,
                 "ideal_ms": 100.0, "attngen_vs_ideal": 1.25, "densities": [0.5, 0.5],
@@ -151,7 +152,7 @@ def test_markdown_and_json(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == result
     md = (tmp_path / "sub" / "r.md").read_text()
     assert md.count("NVIDIA H100 80GB HBM3") >= 4  # every table names its card
-    assert "| 32768 | 1 | attngen | 125.0 | 1.60 | 1.25 | 1020 | 1.020 | 12.5 |" in md
+    assert "| 32768 | 1 | attngen | 125.0 | 1.60 | 1.25 | 1020 | 1.020 ✓ | 12.5 |" in md
     assert "| 32768 | 1 | dense (CUDNN_ATTENTION) | 200.0 | 1.00 | — |" in md
     assert "| 32768 | 1 | 30.00 | 0.60 | 100.0 | 1.25 | 0.500 | dense 1.00e-03, " \
            "attngen OOM: x |" in md
