@@ -808,6 +808,9 @@ def bench_model(spec_text: str, plan_source: str | None = None,
                        "build_s": time.perf_counter() - t0, "weights_mib": weights / 2**20},
               "prefill": [], "summary": [], "decode": []}
     systems = Systems(model, plan, device)
+    if decode_cache:  # first: short, so a run cut off in the long prefills still has it
+        result["decode"] = decode_rows(systems, spec, decode_cache, decode_batch, timer,
+                                       repeats or 20, log)
     for N in lengths:
         for batch in batches:
             rows, summary = prefill_rows(systems, spec, N, batch, weights, timer,
@@ -815,9 +818,6 @@ def bench_model(spec_text: str, plan_source: str | None = None,
                                          check and N == lengths[0] and batch > 1)
             result["prefill"] += rows
             result["summary"].append(summary)
-    if decode_cache:
-        result["decode"] = decode_rows(systems, spec, decode_cache, decode_batch, timer,
-                                       repeats or 20, log)
     return result
 
 
