@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "Writes JSON and a markdown table."),
         epilog="examples:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md\n"
                "  attngen bench --backward --lengths 32768 --out bwd.json --md bwd.md\n"
-               "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md")
+               "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md\n"
+               "  attngen bench --model llama3-8b:layers=4 --out e2e.json --md e2e.md")
     ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
                      "local, A-shape, local+strided, dilated, strided, fixed, power, radial)")
     ben.add_argument("--lengths", nargs="+", type=int, default=None)
