@@ -357,9 +357,40 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_model(args: argparse.Namespace) -> int:
+    """`attngen bench --model SPEC` (attngen.bench_model)."""
+    from attngen import bench_model
+
+    partial = Path(args.out + ".rows.jsonl")  # each row as it comes: survives a cut-off run
+    partial.unlink(missing_ok=True)
+
+    def log(row: dict) -> None:
+        print(bench_model.line(row), flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+    result = bench_model.bench_model(args.model, args.plan, lengths=args.lengths,
+                                     batches=args.batch or [1, 4],
+                                     decode_cache=args.decode_cache,
+                                     decode_batch=args.decode_batch, repeats=args.repeats,
+                                     log=log)
+    bench_model.save(result, args.out, args.md)
+    print(bench_model.markdown(result))
+    print(f"wrote {args.out}" + (f" and {args.md}" if args.md else ""))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from attngen import bench
 
+    if args.model:
+        return _bench_model(args)
+    if args.plan:
+        raise ValueError("--plan goes with --model")
+    if args.batch and len(args.batch) > 1:
+        raise ValueError("--batch takes one size, except with --model")
+    args.batch = args.batch[0] if args.batch else 8
+    args.repeats = 20 if args.repeats is None else args.repeats
     if args.backward or args.decode:
         return _bench_serve(args)
 
@@ -516,13 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "Writes JSON and a markdown table."),
         epilog="examples:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md\n"
                "  attngen bench --backward --lengths 32768 --out bwd.json --md bwd.md\n"
-               "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md")
+               "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md\n"
+               "  attngen bench --model llama3-8b:layers=4 --out e2e.json --md e2e.md")
     ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
                      "local, A-shape, local+strided, dilated, strided, fixed, power, radial)")
     ben.add_argument("--lengths", nargs="+", type=int, default=None)
     ben.add_argument("--heads", type=int, default=32)
     ben.add_argument("--head-dim", type=int, default=128)
-    ben.add_argument("--repeats", type=int, default=20)
+    ben.add_argument("--repeats", type=int, default=None, help="timed runs (default 20; "
+                     "--model: 10 below 64K, 7 below 128K, 5 from 128K, 20 for decode)")
     ben.add_argument("--check-max-n", type=int, default=8192,
                      help="compare with an fp32 reference up to this length")
     ben.add_argument("--variants", action="store_true", help="also time the non-default "
@@ -542,10 +575,25 @@ def build_parser() -> argparse.ArgumentParser:
                       "bandwidth on the bytes each pattern needs")
     ben.add_argument("--check", nargs="+", default=None, help="--backward: patterns whose "
                      "gradients are checked against fp32 (default: all)")
-    ben.add_argument("--batch", type=int, default=8, help="--decode: batch rows")
+    ben.add_argument("--batch", type=int, nargs="+", default=None, help="--decode: batch "
+                     "rows (default 8); --model: batch sizes (default 1 4; a batch above 1 "
+                     "holds ragged rows, left-padded)")
     ben.add_argument("--kv-heads", type=int, default=8, help="--decode: kv heads")
     ben.add_argument("--queries", type=int, default=1, help="--decode: queries per row")
     ben.add_argument("--page", type=int, default=64, help="--decode: keys per cache page")
+    mode.add_argument("--model", metavar="SPEC", default=None, help="a model end to end: a "
+                      "local Hugging Face model folder or a named shape with random weights ("
+                      "llama3-8b, qwen2.5-7b, tiny-llama, tiny-qwen2), optionally :layers=N; "
+                      "times dense SDPA, transformers' flex attention with the plan and "
+                      "attngen with the plan, prefill (default lengths 32768 65536 131072) "
+                      "and decode; see docs/benchmarks.md")
+    ben.add_argument("--plan", default=None, help="--model: a plan file (DESIGN §7, or a "
+                     "template with every_layer) or a bundled plan's name (default "
+                     "duo_quarter)")
+    ben.add_argument("--decode-cache", type=int, default=131072, help="--model: cached keys "
+                     "per row for the decode timing (default 131072; 0 skips decode)")
+    ben.add_argument("--decode-batch", type=int, default=8, help="--model: decode batch rows "
+                     "(default 8)")
     ben.set_defaults(run=cmd_bench)
 
     cac = subs.add_parser(

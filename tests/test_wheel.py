@@ -25,7 +25,7 @@ IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "
 CHECK = textwrap.dedent("""
     import importlib.resources, json, sys
     import attngen
-    from attngen import library
+    from attngen import bench_model, library
     p = attngen.load("streaming")
     lay = attngen.layout(p, 4096, 4096, block=128)
     plan = attngen.lower(p, 4096, 4096, block=128)
@@ -38,6 +38,7 @@ CHECK = textwrap.dedent("""
         "density": lay.density(),
         "strategy": plan.groups[0].terms[0].strategy,
         "templates": templates.is_dir(),
+        "plan": str(bench_model.plan_file(None)),
     }))
 """)
 
@@ -74,6 +75,8 @@ def test_wheel_installs_and_ships_data(tmp_path):
     for required in ["attngen/__init__.py", "attngen/cli.py", "attngen/__main__.py",
                      "attngen/templates/__init__.py", "attngen/patterns/__init__.py",
                      *(f"attngen/patterns/{s}.attn" for s in stems),
+                     *(f"attngen/patterns/plans/{p.name}"
+                       for p in (ROOT / "patterns" / "plans").glob("*.json")),
                      *(f"{sub}/__init__.py" for sub in subpackages)]:
         assert required in names, (f"{required} is missing from {wheel.name}: a new package "
                                    "must be listed in pyproject.toml [tool.setuptools] packages")
@@ -104,6 +107,7 @@ def test_wheel_installs_and_ships_data(tmp_path):
     assert got["streaming"] == "causal & (local(3968) | sink(128))"
     assert got["density"] == 1.0 and got["strategy"] == "ranges"
     assert got["templates"]
+    assert Path(got["plan"]).resolve().is_relative_to(venv.resolve()), got["plan"]
 
     # The console script and `python -m attngen` are both installed and work.
     script = venv / ("Scripts/attngen.exe" if os.name == "nt" else "bin/attngen")

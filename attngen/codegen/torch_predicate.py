@@ -58,11 +58,18 @@ def predicate_source(node: Node) -> str:
     return printer(node.predicate)
 
 
-def predicate_fn(node: Node, M_val: int, N_val: int, doc_ids: torch.Tensor | None = None):
-    """f(q_pos, k_pos) -> bool tensor, with N and M bound."""
+def raw_predicate_fn(node: Node, M_val: int, N_val: int,
+                     doc_ids: torch.Tensor | None = None):
+    """f(q_pos, k_pos) -> the printed predicate as is: a bool tensor of whatever shape its
+    terms broadcast to, or a Python bool for a constant."""
     body = predicate_source(node)
     namespace = dict(_NAMESPACE, N=N_val, M=M_val, DOC=doc_ids)
-    fn = eval(f"lambda q_pos, k_pos: {body}", namespace)
+    return eval(f"lambda q_pos, k_pos: {body}", namespace)
+
+
+def predicate_fn(node: Node, M_val: int, N_val: int, doc_ids: torch.Tensor | None = None):
+    """f(q_pos, k_pos) -> bool tensor, with N and M bound."""
+    fn = raw_predicate_fn(node, M_val, N_val, doc_ids)
     return lambda qp, kp: torch.broadcast_to(_t(fn(qp, kp), qp),
                                              torch.broadcast_shapes(qp.shape, kp.shape))
 
