@@ -1,0 +1,80 @@
+"""Where the reference plan's prefill time goes on the GPU: the mixture kernel against each of
+its groups alone (8 heads each) and dense causal, at one length, with a torch.profiler
+kernel table of the mixture call; then the shapes the HF path hands over (a transposed q,
+per-row key views of odd length) with the error's traceback if one fails.
+
+    python benchmarks/diag_gpu.py --n 32768
+"""
+import argparse
+import json
+import os
+import traceback
+
+import torch
+import triton.testing
+
+import attngen
+
+PLAN = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
+        "16..23: vertical_slash(1000, 6000); *: causal & (local(1024) | strided(128)) }")
+GROUPS = ["causal", "causal & (sink(128) | local(4096))", "vertical_slash(1000, 6000)",
+          "causal & (local(1024) | strided(128))"]
+
+
+def ms(fn):
+    return triton.testing.do_bench(fn, warmup=3, rep=15)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=32768)
+    args = ap.parse_args()
+    N, out = args.n, {"device": torch.cuda.get_device_name()}
+    torch.manual_seed(0)
+    q = torch.randn(1, N, 32, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(1, 8, N, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    rows = {}
+    for name, text, qq, kk, vv in [("plan", PLAN, q, k, v)] + [
+            (g, g, q[:, 8 * i:8 * i + 8], k[:, 2 * i:2 * i + 2], v[:, 2 * i:2 * i + 2])
+            for i, g in enumerate(GROUPS)] + [("causal32", "causal", q, k, v)]:
+        try:
+            attngen.attention(qq, kk, vv, text)
+            rows[name] = ms(lambda: attngen.attention(qq, kk, vv, text))
+        except Exception as e:
+            rows[name] = f"{type(e).__name__}: {e}"[:300]
+        print(name, rows[name], flush=True)
+    qc = q.contiguous()
+    rows["plan_contiguous_q"] = ms(lambda: attngen.attention(qc, k, v, PLAN))
+    rows["sdpa_causal_gqa"] = ms(lambda: torch.nn.functional.scaled_dot_product_attention(
+        qc, k, v, is_causal=True, enable_gqa=True))
+    print(rows, flush=True)
+    out["rows_ms"] = rows
+    kern = attngen.compile(PLAN, head_dim=128, dtype=torch.bfloat16, heads=32, kv_heads=8)
+    out["groups"] = [[p.strategy for p in g.parts] for g in kern.spec.groups]
+    out["tma"], out["periods"] = kern.tma, list(kern.spec.periods)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        attngen.attention(q, k, v, PLAN)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    print(table, flush=True)
+    out["profile"] = table
+    # the HF path's per-row views: odd lengths, a row starting past 0
+    errors = {}
+    for text in ("causal", PLAN):
+        try:
+            s, e = 1001, 8192 + 517
+            kv = torch.randn(1, 8, 9000, 128, device="cuda", dtype=torch.bfloat16)
+            attngen.attention(q[:, :, :e - s], kv[:, :, s:e], kv[:, :, s:e], text)
+            torch.cuda.synchronize()
+            errors[text] = "ok"
+        except Exception:
+            errors[text] = traceback.format_exc()[-3000:]
+        print(text, errors[text][-1500:], flush=True)
+    out["views"] = errors
+    with open(os.path.join(os.environ.get("OUT", "."), f"diag_{N}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
