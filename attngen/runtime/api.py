@@ -10,7 +10,7 @@ from attngen.codegen.render import KernelSpec, render
 from attngen.dsl import parse
 from attngen.ir.pattern import Pattern
 from attngen.runtime import cache, op
-from attngen.runtime.checks import check_inputs
+from attngen.runtime.checks import check_inputs, check_int32
 from attngen.runtime.env import interpreting
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
@@ -46,6 +46,7 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
     kernel = _KERNELS.get(memo)
     if kernel is not None:
         return kernel
+    check_int32(pattern)
     spec = KernelSpec.build(pattern, heads, kv_heads, fused_loops=options["fused_loops"])
     key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
                     device_capability(device.type, device.index), options)

@@ -156,10 +156,15 @@ class Kernel:
         if upcast(q):
             out, lse, est = self.forward(q.float(), k.float(), v.float(), scale, doc_ids)
             return out.to(q.dtype), lse, est
-        q, scale, _ = signed(q, scale)
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        est = None
+        if self.spec.dynamic:  # estimated from the caller's q and scale, whatever their sign
+            self.load()
+            sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+            est = dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
+        q, scale, _ = signed(q, scale)
         cfg = self.config(q, k, v, doc_ids)
-        return self.launch(q, k, v, cfg, scale, doc_ids)
+        return self.launch(q, k, v, cfg, scale, doc_ids, est)
 
     def check(self, q, k, v, scale, doc_ids, M: int | None = None, N: int | None = None
               ) -> None:
@@ -180,8 +185,9 @@ class Kernel:
             self.pattern.check(M, N)
             self.tables[key] = True
 
-    def launch(self, q, k, v, cfg: Config, scale, doc_ids):
-        """(out, lse, estimate) with configuration cfg."""
+    def launch(self, q, k, v, cfg: Config, scale, doc_ids, est=None):
+        """(out, lse, estimate) with configuration cfg; a dynamic pattern estimates from q
+        and scale unless given `est`."""
         self.load()
         B, H, M, D = q.shape
         HKV, N = k.shape[1], k.shape[2]
@@ -197,8 +203,8 @@ class Kernel:
         grid = (QB, B * H)
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
         sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
-        est = (dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
-               if self.spec.dynamic else None)
+        if est is None and self.spec.dynamic:
+            est = dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
         dyn = (dynamic.indices(self.spec.dynamic, est, B, H, M,
                                Grid(M, N, cfg.block_m, cfg.block_n))
                if est is not None else None)
