@@ -373,11 +373,11 @@ def test_bfloat16_under_the_interpreter_is_computed_in_fp32():
 
 
 # -- int64 offsets --------------------------------------------------------------------------
-WIDE = {"b", "h", "hkv", "r", "n0", "m0", "row0", "rows", "q_rows", "keys", "key_rows", "page",
+WIDE = {"b", "h", "hkv", "r", "n0", "m0", "rows", "q_rows", "keys", "key_rows", "page",
         "k_rows", "v_rows"}
-# offsets inside one block, one residue class's first row, one page, or one head's rows of
-# the small q and LSE tensors: int32 is exact there
-LOCAL = {"rel", "rel_m", "rel_n", "res", "i", "offs_m", "% PAGE)"}
+# offsets inside one block, one residue class's first row, one page, or rows of one head
+# (offs_n, offs_m, i: fewer than 2^31 elements, checked on the host by check_row_span)
+LOCAL = {"rel_m", "rel_n", "res", "i", "offs_m", "offs_n", "row0", "% PAGE)"}
 INDEX = r"(?:\[[^\]]*\])?"  # an optional [:, None]
 FACTOR = re.compile(rf"(\.to\(tl\.int64\){INDEX}|% PAGE\)|\){INDEX}|\b\w+{INDEX})"
                     r"\s*\*\s*stride_\w+")
@@ -386,9 +386,10 @@ FACTOR = re.compile(rf"(\.to\(tl\.int64\){INDEX}|% PAGE\)|\){INDEX}|\b\w+{INDEX}
 @pytest.mark.parametrize("kind", ["forward", "backward", "decode"])
 def test_offsets_are_widened_to_int64_before_they_are_multiplied(kind):
     """Every `x * stride_…` in the rendered kernels multiplies an int64 index (batch, head,
-    a block's first row, gathered rows) or an offset inside one block: a tensor past 2^31
-    elements never wraps an int32 product. (2^31 elements cannot be allocated here; this
-    reads the index arithmetic of the generated source.)"""
+    a program's first row, gathered rows) or a row of one head, whose span the host checks
+    (check_row_span): a tensor past 2^31 elements never wraps an int32 product. (2^31
+    elements cannot be allocated here; this reads the index arithmetic of the generated
+    source.)"""
     patterns = ["heads { 0: causal & (sink(4) | local(64)); *: causal & strided(8) }",
                 "heads { 0: sink(64) | vertical_slash(1000, 6096); *: block_topk(8, 64) }"]
     for text in patterns[:1] if kind == "decode" else patterns:
@@ -401,3 +402,15 @@ def test_offsets_are_widened_to_int64_before_they_are_multiplied(kind):
                 f"{kind} `{text}`: `{factor} * stride` may wrap in int32")
         for line in re.findall(r"^\s*(?:b|hkv|r) = .*$", source, flags=re.M):
             assert "tl.int64" in line, line
+
+
+def test_one_head_spanning_2_31_elements_is_refused():
+    """Rows within one head are int32 offsets in the kernels' inner loops (int64 there
+    spills registers): a layout whose one head spans 2^31 elements raises a ValueError."""
+    from attngen.runtime.checks import check_row_span
+
+    ok = torch.empty_strided((1, 2, 3, 16), (96, 48, 16, 1), device="meta")
+    wide = torch.empty_strided((1, 2, 3, 16), (2**33, 16, 2**30, 1), device="meta")
+    check_row_span(q=ok, k=ok, v=ok)
+    with pytest.raises(ValueError, match="k: one head's rows span"):
+        check_row_span(q=ok, k=wide, v=ok)

@@ -112,3 +112,18 @@ def _too_big(expr):
             if abs(part) > INT32_SAFE:
                 return atom
     return None
+
+
+ROW_SPAN_LIMIT = 2**31
+
+
+def check_row_span(**tensors: torch.Tensor) -> None:
+    """The kernels index rows within one head in int32 (batch and head offsets are int64):
+    one head's rows of each tensor, (length − 1) · row stride + D, must span fewer than
+    2^31 elements; a ValueError says which tensor does not, rather than a wrapped offset."""
+    for name, t in tensors.items():
+        span = (t.shape[2] - 1) * t.stride(2) + t.shape[3] if t.shape[2] else 0
+        if span >= ROW_SPAN_LIMIT:
+            raise ValueError(f"{name}: one head's rows span {span} elements (length × row "
+                             f"stride {t.stride(2)}); the kernels need fewer than 2^31: "
+                             f"use a [B, H, length, D] layout or split the sequence")

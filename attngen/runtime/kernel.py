@@ -18,7 +18,7 @@ from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
 from attngen.runtime import dynamic
-from attngen.runtime.checks import check_inputs
+from attngen.runtime.checks import check_inputs, check_row_span
 from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import block_classes, csr_of
 
@@ -172,6 +172,7 @@ class Kernel:
         the pattern's parameters at (M, N) (default: q's and k's lengths), evaluated once
         per (M, N): a parameter below its minimum raises the reference's PatternError."""
         check_inputs(q, k, v, scale=scale, doc_ids=doc_ids, needs_pattern=False)
+        check_row_span(q=q, k=k, v=v)
         if q.shape[3] != self.head_dim or q.shape[1] != len(self.spec.head_group):
             raise ValueError(f"kernel compiled for {len(self.spec.head_group)} heads of dim "
                              f"{self.head_dim}, got {q.shape[1]} heads of dim {q.shape[3]}")

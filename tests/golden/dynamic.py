@@ -92,18 +92,15 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
             v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, k.T)
         else:
-            # the block's first key row as an int64 offset (rows · stride may pass 2^31
-            # elements); offsets inside the block stay int32
-            k_blk = K_ptr + (jb * BLOCK_N).to(tl.int64) * stride_kn
-            v_blk = V_ptr + (jb * BLOCK_N).to(tl.int64) * stride_vn
-            rel = tl.arange(0, BLOCK_N)
+            # int32 row offsets: one head's rows span < 2^31 elements (runtime.checks);
+            # batch and head offsets are int64, outside the loop
             if EVEN_N and EVEN_D:
-                k = tl.load(k_blk + rel[None, :] * stride_kn + offs_d[:, None])
-                v = tl.load(v_blk + rel[:, None] * stride_vn + offs_d[None, :])
+                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
+                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
             else:  # a ragged tail of keys, or a head_dim padded up to a power of two
-                k = tl.load(k_blk + rel[None, :] * stride_kn + offs_d[:, None],
+                k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None],
                             mask=in_bounds[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_blk + rel[:, None] * stride_vn + offs_d[None, :],
+                v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
                             mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k)
         # Partial blocks only: a non-finite V entry reaches just the rows that may see its

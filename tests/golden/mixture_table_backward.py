@@ -121,16 +121,14 @@ def _mask_t(qkT, q_pos, offs_n, k_ok, N, M, DOC, res, PRED: tl.constexpr):
 
 
 @triton.jit
-def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, stride_lm, mb,
-                   offs_m, row_ok, offs_d, d_ok, BLOCK_M: tl.constexpr):
-    """Query block mb (rows offs_m) as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO,
-    the LSE in log2 units and Delta (rows past the end: zeros, +inf, 0). The block's first
-    row enters the offsets in int64 (rows · stride may pass 2^31 elements)."""
-    row0 = (mb * BLOCK_M).to(tl.int64)
-    rel = tl.arange(0, BLOCK_M)
-    qT = tl.load(Q_ptr + row0 * stride_qm + rel[None, :] * stride_qm + offs_d[:, None],
+def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, stride_lm, offs_m,
+                   row_ok, offs_d, d_ok):
+    """One query block (rows offs_m) as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO,
+    the LSE in log2 units and Delta (rows past the end: zeros, +inf, 0). Row offsets are
+    int32: one head's rows span < 2^31 elements (runtime.checks)."""
+    qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
                  mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-    do = tl.load(DO_ptr + row0 * stride_dom + rel[:, None] * stride_dom + offs_d[None, :],
+    do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
                  mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     lse2 = _lse2(tl.load(LSE_ptr + offs_m * stride_lm, mask=row_ok, other=float("inf")))
     delta = tl.load(DELTA_ptr + offs_m * stride_lm, mask=row_ok, other=0.0)
@@ -177,8 +175,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < n_queries
         qT, do, lse2, delta = _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm,
-                                             stride_dom, stride_lm, mb, offs_m, row_ok, offs_d,
-                                             d_ok, BLOCK_M)
+                                             stride_dom, stride_lm, offs_m, row_ok, offs_d, d_ok)
         qkT = tl.dot(k, qT)
         if MASKED == 1:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
@@ -206,15 +203,13 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, of
             jb = tl.load(TABLE_ptr + i)
         else:
             jb = i
-        rel = tl.arange(0, BLOCK_N)
-        offs_n = jb * BLOCK_N + rel
+        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         in_bounds = offs_n < n_keys
         kv_mask = in_bounds[:, None] & d_ok[None, :]
-        row0 = (jb * BLOCK_N).to(tl.int64)  # int64: rows · stride may pass 2^31 elements
-        k = tl.load(K_ptr + row0 * stride_kn + rel[:, None] * stride_kn + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V_ptr + row0 * stride_vn + rel[:, None] * stride_vn + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(K_ptr + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask,
+                    other=0.0)
+        v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask,
+                    other=0.0)
         qk = tl.dot(q, tl.trans(k))
         # Partial blocks: masked pairs (p = 0) must not multiply a non-finite K or V entry
         # into a row that cannot see it; full blocks let every row see every key.
