@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from attngen.ir.pattern import Pattern
-from attngen.runtime.checks import DTYPES
+from attngen.runtime.checks import DTYPES, check_row_span
 from attngen.runtime.derived import module
 from attngen.runtime.env import autotune, interpreting
 
@@ -82,6 +82,7 @@ def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, spli
         block_table = torch.as_tensor(block_table, dtype=torch.int64)
     _check(q, k_cache, v_cache, lengths, block_table)
     _check_bounds(kernel, q, k_cache, lengths, block_table, scale)
+    check_row_span(k_cache=k_cache, v_cache=v_cache)
     if upcast(q):  # bfloat16 under the interpreter: fp32 inside
         res = run(kernel, q.float(), k_cache.float(), v_cache.float(), lengths, scale,
                   return_lse, splits, block_table, config)

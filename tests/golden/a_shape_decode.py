@@ -90,9 +90,9 @@ def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, n_pages, stride_kp, 
     (a partial block), else only the cache length bounds the keys."""
     offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
     in_bounds = offs_n < N
-    if PAGE == 0:  # int64 row offsets: a cache may pass 2^31 elements
-        k_rows = offs_n.to(tl.int64) * stride_kn
-        v_rows = offs_n.to(tl.int64) * stride_vn
+    if PAGE == 0:  # one head's rows span < 2^31 elements (runtime.checks.check_row_span)
+        k_rows = offs_n * stride_kn
+        v_rows = offs_n * stride_vn
     elif PAGE % BLOCK_N == 0:  # the block lies inside one page
         page = _page(tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE), n_pages)
         k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
