@@ -269,6 +269,23 @@ def test_a_block_table_naming_a_missing_page_is_refused():
     assert torch.isfinite(out).all()
 
 
+def test_device_lengths_are_checked_on_the_device_without_a_sync(monkeypatch):
+    """Lengths and block tables on an accelerator are checked by torch._assert_async (a
+    CUDA graph can hold it). Meta tensors stand in for CUDA ones here: reading their
+    values on the host (a sync) would raise."""
+    from attngen.runtime.decode import _check_bounds
+
+    asserted = []
+    monkeypatch.setattr(torch, "_assert_async", lambda t, msg: asserted.append(msg))
+    kernel = attngen.compile("causal", head_dim=16, dtype=torch.float32, heads=2, kv_heads=1,
+                             device="cpu")
+    q, _, _ = _qkv(M=2, N=64)
+    pages = torch.randn(4, 1, 16, 16)
+    _check_bounds(kernel, q, pages, torch.tensor([100], device="meta"),
+                  torch.tensor([[0, 7]], device="meta"), None)
+    assert any("lengths" in m for m in asserted) and any("block_table" in m for m in asserted)
+
+
 def test_unchecked_lengths_and_pages_never_read_outside_the_cache():
     """The launch without the host checks (what a CUDA caller gets before its device-side
     assertion fires): lengths clamp to the cache, pages to the cache's pages. The cache sits

@@ -291,7 +291,8 @@ def _check_bounds(kernel, q, k_cache, lengths, block_table, scale) -> None:
     check_scale(scale)
     cap = _cache_keys(k_cache, block_table)
     page = k_cache.shape[2]
-    on_device = lengths.is_cuda or (block_table is not None and block_table.is_cuda)
+    on_device = lengths.device.type != "cpu" or (block_table is not None
+                                                 and block_table.device.type != "cpu")
     if not on_device:
         low, high = int(lengths.min()), int(lengths.max())
         if low < 0 or high > cap:
@@ -308,7 +309,7 @@ def _check_bounds(kernel, q, k_cache, lengths, block_table, scale) -> None:
         for n in sorted(set(lengths.tolist())):
             kernel.check_lengths(q.shape[2], n)
         return
-    device = lengths.device if lengths.is_cuda else block_table.device
+    device = lengths.device if lengths.device.type != "cpu" else block_table.device
     n = lengths.to(device=device, dtype=torch.int64)
     ok = ((n >= 0) & (n <= cap)).all()
     torch._assert_async(ok, "attngen.decode: lengths outside 0..cache capacity")
