@@ -304,8 +304,8 @@ def _check_bounds(kernel, q, k_cache, lengths, block_table, scale) -> None:
             entries = block_table.to(torch.int64)[used]
             pages = k_cache.shape[0]
             if entries.numel() and (int(entries.min()) < 0 or int(entries.max()) >= pages):
-                raise ValueError(f"block_table names pages outside 0..{k_cache.shape[0] - 1} "
-                                 f"(the paged cache holds {k_cache.shape[0]} pages)")
+                raise ValueError(f"block_table names pages outside 0..{pages - 1} (the "
+                                 f"paged cache holds {pages} pages)")
         for n in sorted(set(lengths.tolist())):
             kernel.check_lengths(q.shape[2], n)
         return
