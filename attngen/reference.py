@@ -17,6 +17,10 @@ differentiable in q, k and v and runs on any device (it is also the CPU backend 
 - A row with no allowed key gives output exactly 0 and LSE exactly -inf, and no NaN
   appears in the forward or the backward pass (the softmax max is detached and replaced by
   0 on such rows; the normaliser is replaced by 1 there).
+- A non-finite value in q, k or v reaches only the rows that may attend to that query or
+  key (a masked score is never multiplied into the output): a row that may attend to a
+  key whose row of v is non-finite gives NaN, every other row is what it would be with
+  that value replaced. doc_ids must be integers (float ids are refused).
 
 The M×N mask is never built. The allowed set is the elementwise predicate of the
 pattern, evaluated exactly by `attngen.ir.pattern.evaluate_node` for one chunk of
@@ -88,6 +92,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     cdtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) else torch.float32
     qc, kc, vc = q.to(cdtype), k.to(cdtype), v.to(cdtype)
+    # A non-finite value in a row of V reaches only the rows that may attend to that key:
+    # the product p·V runs on V with those values zeroed (a masked p = 0 times NaN would
+    # otherwise poison every row), and the rows that see such a key become NaN.
+    finite = torch.isfinite(vc)
+    bad = None
+    if not bool(finite.all()):
+        bad = ~finite.all(-1)  # [B, Hkv, N]
+        vc = torch.where(finite, vc, torch.zeros((), dtype=cdtype, device=vc.device))
     tile = min(TILE_ROWS, M)
     chunk = -(-chunk_rows // tile) * tile
     # Without autograd, tiles go straight into preallocated results: many small long-lived
@@ -107,7 +119,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             for t0 in range(c0, c1, tile):
                 t1 = min(t0 + tile, c1)
                 m_t = None if group_masks is None else group_masks[g][:, t0 - c0:t1 - c0]
-                o, l = _tile(qc[:, heads, t0:t1], k_g, v_g, m_t, scale)
+                o, l = _tile(qc[:, heads, t0:t1], k_g, v_g, m_t, scale,
+                             None if bad is None else bad[:, g])
                 if grad:
                     outs[g].append(o)
                     lses[g].append(l)
@@ -122,9 +135,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
-          scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+          scale: float, bad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One tile of rows for the G query heads of one kv head: q `[B, G, T, D]`,
-    k `[B, N, D]`, v `[B, N, Dv]`, allowed `[G or 1, T, N]` or None (all keys)."""
+    k `[B, N, D]`, v `[B, N, Dv]`, allowed `[G or 1, T, N]` or None (all keys); bad `[B, N]`
+    or None: keys whose row of v was non-finite (v holds zeros there); rows that may
+    attend to one give NaN."""
     B, G, T, D = q.shape
     s = torch.matmul(q.reshape(B, G * T, D), k.transpose(-1, -2)).view(B, G, T, -1) * scale
     if allowed is not None:
@@ -137,6 +152,9 @@ def _tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tens
     safe = torch.where(empty, torch.ones_like(denom), denom)
     o = torch.matmul(e.view(B, G * T, -1), v).view(B, G, T, -1) / safe
     o = o.masked_fill(empty, 0.0)
+    if bad is not None:
+        hit = bad[:, None, None, :] if allowed is None else bad[:, None, None, :] & allowed
+        o = o.masked_fill(hit.any(-1, keepdim=True), math.nan)
     lse = torch.where(empty, torch.full_like(m, -math.inf), m + torch.log(safe))
     return o, lse.squeeze(-1)
 
@@ -180,6 +198,8 @@ def _mask_source(pattern, mask, Hq: int, Hkv: int, M: int, N: int, doc_ids,
     if doc_ids is not None:
         doc_ids = np.asarray(doc_ids.detach().cpu() if isinstance(doc_ids, torch.Tensor)
                              else doc_ids)
+        if doc_ids.dtype.kind not in "iu":  # 0.0 and 0.5 are not one document
+            raise TypeError(f"doc_ids must hold integers, got {doc_ids.dtype}")
         if doc_ids.shape != (N,):
             raise ValueError(f"doc_ids must have shape [N] = [{N}], got {list(doc_ids.shape)}")
     cols = np.arange(N, dtype=np.int64)[None, :]

@@ -10,6 +10,7 @@ from attngen.codegen.render import KernelSpec, render
 from attngen.dsl import parse
 from attngen.ir.pattern import Pattern
 from attngen.runtime import cache, op
+from attngen.runtime.checks import check_inputs, check_int32
 from attngen.runtime.env import interpreting
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
@@ -45,6 +46,7 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
     kernel = _KERNELS.get(memo)
     if kernel is not None:
         return kernel
+    check_int32(pattern)
     spec = KernelSpec.build(pattern, heads, kv_heads, fused_loops=options["fused_loops"])
     key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
                     device_capability(device.type, device.index), options)
@@ -81,6 +83,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
     "reference" (dense PyTorch oracle), or "auto" (triton where it can run). The triton
     backend is the custom op `torch.ops.attngen.attention` (runtime.op: one node under
     torch.compile), differentiable in q, k and v through the generated backward kernels."""
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    check_inputs(q, k, v, pattern, scale, doc_ids)  # the same checks on every backend
     if backend == "auto":
         backend = "triton" if (q.is_cuda or interpreting()) else "reference"
     if backend == "reference":
@@ -88,8 +93,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
 
         return reference(q, k, v, _pattern(pattern), scale=scale, return_lse=return_lse,
                          doc_ids=doc_ids, kv_heads_pattern=k.shape[1])
-    if backend != "triton":
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
     text = pattern if isinstance(pattern, str) else str(pattern)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, lse, *_ = op.attention_op(q, k, v, text, scale, doc_ids)  # and the estimate

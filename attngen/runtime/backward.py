@@ -91,6 +91,13 @@ def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
     since d LSE_i / d S_ij = P_ij it only shifts Delta. estimate: the forward's
     (runtime.dynamic.Estimate) for dynamic patterns; each pass builds its block lists from
     it for its own block sizes (runtime.dynamic.indices / transposed), never re-estimating."""
+    from attngen.runtime.kernel import signed, upcast
+
+    if upcast(q):
+        grads = launch(kernel, q.float(), k.float(), v.float(), out.float(), lse, dout.float(),
+                       dlse, scale, doc_ids, config, estimate)
+        return tuple(g.to(q.dtype) for g in grads)
+    q, scale, sign = signed(q, scale)  # as the forward ran; dq' is sign · dq
     q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous()
                           for t in (q, k, v, out, dout))
     cfg_kv, cfg_q = config or configs(kernel, q, k, v, out, lse, dout, doc_ids, estimate)
@@ -99,6 +106,8 @@ def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
            estimate)
     _phase(kernel, "dq", cfg_q, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
            estimate)
+    if sign != 1.0:
+        dq = dq * sign
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -137,6 +146,8 @@ def _passes(kernel) -> int:
 def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
            estimate=None):
     """Every launch of one pass ("dkdv" or "dq"): the identity-order part, then each class."""
+    from attngen.runtime.kernel import doc_tensor
+
     mod = module(kernel, "backward")
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
@@ -144,8 +155,7 @@ def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, d
         kernel.tables[str(q.device)] = torch.tensor(kernel.spec.head_group, dtype=torch.int32,
                                                     device=q.device)
     head_group = kernel.tables[str(q.device)]
-    doc = (doc_ids.to(device=q.device, dtype=torch.int32) if doc_ids is not None
-           else head_group[:1] * 0)
+    doc = doc_tensor(doc_ids, q.device)
     sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
     QB, KB = -(-M // cfg.block_m), -(-N // cfg.block_n)
     tile_d = 1 << (D - 1).bit_length()

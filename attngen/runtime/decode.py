@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from attngen.ir.pattern import Pattern
+from attngen.runtime.checks import DTYPES, check_row_span
 from attngen.runtime.derived import module
 from attngen.runtime.env import autotune, interpreting
 
@@ -59,7 +60,15 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
     starts (contiguous caches only): row b's keys are cache positions starts[b] …
     lengths[b] − 1 (left padding before them), and the pattern sees them as positions
-    0 … lengths[b] − starts[b] − 1, as if the row were alone."""
+    0 … lengths[b] − starts[b] − 1, as if the row were alone.
+
+    lengths must lie in 0 … the cache's capacity (N_max, or max_pages · page), and the
+    block_table entries a row uses (its first ceil(lengths[b] / page)) must name existing
+    pages. CPU tensors and Python ints are checked before the launch (ValueError); CUDA
+    tensors by a device-side assertion (`torch._assert_async`: no host synchronisation, so
+    a decode step stays capturable in a CUDA graph; a violation fails the stream, as an
+    out-of-range index does). Either way the kernel clamps lengths and page numbers to the
+    cache, so no value can make it read outside the cache."""
     from attngen.runtime.api import compile
 
     kernel = compile(pattern, head_dim=q.shape[3], dtype=q.dtype, heads=q.shape[1],
@@ -71,20 +80,33 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, splits=None,
         block_table=None, config: DecodeConfig | None = None, starts=None):
     """`decode` with a compiled kernel (no compile lookup: the serving loop's call)."""
+    from attngen.runtime.kernel import signed, upcast
+
+    lengths = _as_lengths(lengths, q)
+    if block_table is not None and not isinstance(block_table, torch.Tensor):
+        block_table = torch.as_tensor(block_table, dtype=torch.int64)
+    _check(q, k_cache, v_cache, lengths, block_table, starts)
+    _check_bounds(kernel, q, k_cache, lengths, block_table, scale)
+    check_row_span(k_cache=k_cache, v_cache=v_cache)
+    if upcast(q):  # bfloat16 under the interpreter: fp32 inside
+        res = run(kernel, q.float(), k_cache.float(), v_cache.float(), lengths, scale,
+                  return_lse, splits, block_table, config, starts)
+        return (res[0].to(q.dtype), res[1]) if return_lse else res.to(q.dtype)
+    q, scale, _ = signed(q, scale)
     B, H, M, D = q.shape
     HKV = k_cache.shape[1]
-    _check(q, k_cache, v_cache, lengths, block_table, starts)
-    lengths = lengths.to(device=q.device, dtype=torch.int32)
+    n_max = _cache_keys(k_cache, block_table)
+    # clamped on the device (no sync): the lists built from lengths stay inside the cache
+    lengths = lengths.to(device=q.device, dtype=torch.int32).clamp(0, n_max)
     if starts is not None:  # the kernel shifts each row's cache; lengths count from there
-        starts = starts.to(device=q.device, dtype=torch.int32)
-        lengths = lengths - starts
+        starts = starts.to(device=q.device, dtype=torch.int32).clamp(0, n_max)
+        lengths = (lengths - starts).clamp(min=0)
     if not supported(kernel.spec, H, HKV):
         if block_table is not None:
             k_cache, v_cache = _gather(k_cache, block_table), _gather(v_cache, block_table)
         return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous()
                            for t in (q, k_cache, v_cache))
-    n_max = _cache_keys(k_cache, block_table)
     cfg = config or _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max)
     if splits is None:
         splits = _splits(q, B * HKV, -(-n_max // cfg.block_n), cfg.waves)
@@ -138,7 +160,8 @@ def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, blo
         key_ids.shape[1], key_ids.shape[2], q.stride(0), q.stride(1),
         q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
         v_cache.stride(1), v_cache.stride(2), stride_pb,
-        out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D,
+        out.stride(0), out.stride(1), out.stride(2), H, HKV, M, splits, sm_scale, D, n_max,
+        k_cache.shape[0] if block_table is not None else 1,
         HEAD_DIM=tile_d, BLOCK_R=block_r, BLOCK_N=cfg.block_n, PAGE=page, EVEN_D=D == tile_d,
         FUSED_MERGE=cfg.fused, HAS_STARTS=starts is not None, num_warps=cfg.warps,
         num_stages=cfg.stages)
@@ -253,9 +276,72 @@ def _cache_keys(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
     return k_cache.shape[2] if block_table is None else k_cache.shape[2] * block_table.shape[1]
 
 
+def _as_lengths(lengths, q) -> torch.Tensor:
+    """lengths as a tensor: a Python int (every row) or a sequence of ints becomes a CPU
+    tensor (checked eagerly); a tensor is kept (integer dtype required)."""
+    if isinstance(lengths, torch.Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+        return lengths
+    if isinstance(lengths, int) and not isinstance(lengths, bool):
+        return torch.full((q.shape[0],), lengths, dtype=torch.int64)
+    try:
+        return torch.as_tensor(lengths, dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"lengths must be an int, a sequence of ints or an integer tensor, "
+                        f"got {type(lengths).__name__}") from None
+
+
+def _check_bounds(kernel, q, k_cache, lengths, block_table, scale) -> None:
+    """lengths within the cache, the used block_table entries naming existing pages, and the
+    pattern's parameters at each length. Eager (ValueError, PatternError) for CPU tensors;
+    a device-side assertion for CUDA tensors (no host synchronisation; the pattern's
+    parameters are then not checked per row)."""
+    from attngen.runtime.checks import check_scale
+
+    check_scale(scale)
+    cap = _cache_keys(k_cache, block_table)
+    page = k_cache.shape[2]
+    on_device = lengths.device.type != "cpu" or (block_table is not None
+                                                 and block_table.device.type != "cpu")
+    if not on_device:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 0 or high > cap:
+            raise ValueError(f"lengths must lie in 0..{cap} (the cache holds {cap} keys per "
+                             f"row), got {lengths.tolist()}")
+        if block_table is not None:
+            used = (torch.arange(block_table.shape[1])
+                    < (lengths.view(-1, 1).to(torch.int64) + page - 1) // page)
+            entries = block_table.to(torch.int64)[used]
+            pages = k_cache.shape[0]
+            if entries.numel() and (int(entries.min()) < 0 or int(entries.max()) >= pages):
+                raise ValueError(f"block_table names pages outside 0..{pages - 1} (the "
+                                 f"paged cache holds {pages} pages)")
+        for n in sorted(set(lengths.tolist())):
+            kernel.check_lengths(q.shape[2], n)
+        return
+    device = lengths.device if lengths.device.type != "cpu" else block_table.device
+    n = lengths.to(device=device, dtype=torch.int64)
+    ok = ((n >= 0) & (n <= cap)).all()
+    torch._assert_async(ok, "attngen.decode: lengths outside 0..cache capacity")
+    if block_table is not None:
+        bt = block_table.to(device=device, dtype=torch.int64)
+        used = (torch.arange(bt.shape[1], device=device).view(1, -1)
+                < (n.view(-1, 1) + page - 1) // page)
+        good = ((bt >= 0) & (bt < k_cache.shape[0])) | ~used
+        torch._assert_async(good.all(), "attngen.decode: block_table names a missing page")
+
+
 def _check(q, k_cache, v_cache, lengths, block_table, starts=None) -> None:
     if k_cache.shape != v_cache.shape or k_cache.dim() != 4 or q.dim() != 4:
         raise ValueError("q must be [B, Hq, M, D] and the caches equal-shaped 4-D tensors")
+    if len({q.dtype, k_cache.dtype, v_cache.dtype}) > 1 or q.dtype not in DTYPES:
+        raise TypeError(f"q and the caches must share one dtype of float16, bfloat16 or "
+                        f"float32, got q {q.dtype}, k_cache {k_cache.dtype}, "
+                        f"v_cache {v_cache.dtype}")
+    if not q.device == k_cache.device == v_cache.device:
+        raise ValueError(f"q and the caches must be on one device, got q {q.device}, "
+                         f"k_cache {k_cache.device}, v_cache {v_cache.device}")
     if q.shape[1] % k_cache.shape[1] or q.shape[3] != k_cache.shape[3]:
         raise ValueError(f"q {list(q.shape)} does not fit the cache {list(k_cache.shape)}")
     if lengths.shape != (q.shape[0],):

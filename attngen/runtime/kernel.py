@@ -20,6 +20,7 @@ from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
 from attngen.runtime import dynamic
+from attngen.runtime.checks import check_inputs, check_row_span
 from attngen.runtime.env import autotune, interpreting
 from attngen.runtime.tables import block_classes, csr_of
 
@@ -160,15 +161,43 @@ class Kernel:
                 ) -> tuple[torch.Tensor, torch.Tensor, dynamic.Estimate | None]:
         """(out, lse, estimate): `estimate` is what a dynamic pattern picked for these
         inputs (None for static patterns); pass it to `backward`, which never estimates."""
-        _check(q, k, v, self.head_dim, len(self.spec.head_group))
+        self.check(q, k, v, scale, doc_ids)
+        if upcast(q):
+            out, lse, est = self.forward(q.float(), k.float(), v.float(), scale, doc_ids)
+            return out.to(q.dtype), lse, est
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        est = None
+        if self.spec.dynamic:  # estimated from the caller's q and scale, whatever their sign
+            self.load()
+            sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+            est = dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
+        q, scale, _ = signed(q, scale)
+        cfg = self.config(q, k, v, doc_ids)
+        return self.launch(q, k, v, cfg, scale, doc_ids, est)
+
+    def check(self, q, k, v, scale, doc_ids, M: int | None = None, N: int | None = None
+              ) -> None:
+        """The inputs' checks (runtime.checks), the compiled head count and head_dim, and
+        the pattern's parameters at (M, N) (default: q's and k's lengths), evaluated once
+        per (M, N): a parameter below its minimum raises the reference's PatternError."""
+        check_inputs(q, k, v, scale=scale, doc_ids=doc_ids, needs_pattern=False)
+        check_row_span(q=q, k=k, v=v)
+        if q.shape[3] != self.head_dim or q.shape[1] != len(self.spec.head_group):
+            raise ValueError(f"kernel compiled for {len(self.spec.head_group)} heads of dim "
+                             f"{self.head_dim}, got {q.shape[1]} heads of dim {q.shape[3]}")
         if self.spec.uses_doc and doc_ids is None:
             raise ValueError(f"`{self.pattern}` needs doc_ids: one int per key position")
-        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        cfg = self.config(q, k, v, doc_ids)
-        return self.launch(q, k, v, cfg, scale, doc_ids)
+        self.check_lengths(q.shape[2] if M is None else M, k.shape[2] if N is None else N)
 
-    def launch(self, q, k, v, cfg: Config, scale, doc_ids):
-        """(out, lse, estimate) with configuration cfg."""
+    def check_lengths(self, M: int, N: int) -> None:
+        key = ("checked", M, N)
+        if key not in self.tables:
+            self.pattern.check(M, N)
+            self.tables[key] = True
+
+    def launch(self, q, k, v, cfg: Config, scale, doc_ids, est=None):
+        """(out, lse, estimate) with configuration cfg; a dynamic pattern estimates from q
+        and scale unless given `est`."""
         self.load()
         B, H, M, D = q.shape
         HKV, N = k.shape[1], k.shape[2]
@@ -179,14 +208,13 @@ class Kernel:
                                                       device=q.device)
         head_group = self.tables[str(q.device)]
         tab_off, tab_idx = self._tables(M, N, cfg, q.device, doc_ids)
-        doc = (doc_ids.to(device=q.device, dtype=torch.int32) if doc_ids is not None
-               else torch.zeros(1, dtype=torch.int32, device=q.device))
+        doc = doc_tensor(doc_ids, q.device)
         QB = -(-M // cfg.block_m)
         grid = (QB, B * H)
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
         sm_scale = float(scale if scale is not None else 1.0 / math.sqrt(D))
-        est = (dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
-               if self.spec.dynamic else None)
+        if est is None and self.spec.dynamic:
+            est = dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
         dyn = (dynamic.indices(self.spec.dynamic, est, B, H, M,
                                Grid(M, N, cfg.block_m, cfg.block_n))
                if est is not None else None)
@@ -237,6 +265,7 @@ class Kernel:
         pattern needs its forward's `estimate` (from `forward`): the backward reuses it."""
         from attngen.runtime import backward
 
+        self.check(q, k, v, scale, doc_ids)
         if self.spec.dynamic and estimate is None:
             raise ValueError(f"`{self.pattern}` is input-dependent: its backward needs the "
                              "estimate of its forward (kernel.forward returns it)")
@@ -323,20 +352,32 @@ def _group_csr(node, grid: Grid, device, doc_ids):
             for c in (lay.partial[0], lay.full[0])]
 
 
-def _check(q, k, v, head_dim: int, heads: int) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be 4-D: [B, H, M, D] and [B, Hkv, N, D]")
-    B, H, M, D = q.shape
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k and v must be [B={B}, Hkv, N, D={D}], got {list(k.shape)} and "
-                         f"{list(v.shape)}")
-    if H % k.shape[1]:
-        raise ValueError(f"{H} query heads are not a multiple of {k.shape[1]} kv heads")
-    if D != head_dim or H != heads:
-        raise ValueError(f"kernel compiled for {heads} heads of dim {head_dim}, "
-                         f"got {H} heads of dim {D}")
-    if D % 8 or not 16 <= D <= 256:
-        raise ValueError(f"head_dim must be a multiple of 8 in 16..256, got {D}")
+def doc_tensor(doc_ids, device) -> torch.Tensor:
+    """The kernels' DOC argument: the ids as int64 (compared exactly, never truncated), or a
+    placeholder."""
+    if doc_ids is None:
+        return torch.zeros(1, dtype=torch.int64, device=device)
+    return doc_ids.to(device=device, dtype=torch.int64)
+
+
+def signed(q: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, float, float]:
+    """(q', scale', sign) with scale · q·k = scale' · q'·k and scale' > 0: the kernels'
+    online softmax takes the row maximum of unscaled scores and masks with -inf before
+    scaling, which needs a positive scale. A zero or negative scale (rare) costs one copy of
+    q: q' = 0·q or −q, exact in every dtype. The gradient of q is sign · the gradient of q'
+    (that of k is unchanged)."""
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if s > 0:
+        return q, s, 1.0
+    if s == 0:
+        return q * 0, 1.0, 0.0
+    return -q, -s, -1.0
+
+
+def upcast(q: torch.Tensor) -> bool:
+    """bfloat16 under the interpreter: NumPy has no bfloat16, so the kernels would read its
+    bits wrongly; the launch runs in fp32 and casts the results back."""
+    return q.dtype == torch.bfloat16 and interpreting()
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -24,6 +24,27 @@ def _mod(a, b):
 
 
 @triton.jit
+def _finite(x):
+    """x with NaN and ±inf entries replaced by 0: an operand of a partial block's product,
+    where a masked pair's exact 0 times NaN would reach a row or key that cannot see it."""
+    return tl.where(x * 0 == 0, x, tl.zeros_like(x))
+
+
+@triton.jit
+def _finite_v(v, qk, acc):
+    """A partial block's V and running output: when V holds a NaN or ±inf (rare; one test
+    on the common path), those entries become 0 and the rows that may attend to such a key
+    (masked score > -inf) become NaN, so only they see it."""
+    if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
+        bad = v * 0 != 0
+        key_bad = tl.max(bad.to(tl.int32), 1) > 0
+        hit = key_bad[None, :] & (qk != float("-inf"))
+        acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
+        v = tl.where(bad, tl.zeros_like(v), v)
+    return v, acc
+
+
+@triton.jit
 def _allowed_0(q_pos, k_pos, N, M, DOC, res):
     # causal & (local(4096) | sink(128))
     return (((k_pos - q_pos) <= 0) & (((k_pos - 128) < 0) | (((k_pos - q_pos) <= 0) & (((-k_pos) + q_pos - 4096) < 0))))
@@ -52,24 +73,32 @@ def _softmax_step(acc, l_i, m_i, qk, v, qk_scale):
 
 
 @triton.jit
-def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn, stride_vp,
-                 stride_vn, offs_d, d_ok, q_pos, jb, need_mask, N, M, DOC, qk_scale,
-                 PRED: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+def _page(page, n_pages):
+    """Page numbers read from the block table, clamped to the cache's pages [0, n_pages):
+    an entry naming a page that does not exist (the host checks it, runtime.decode) can
+    never address memory outside the cache."""
+    return tl.minimum(tl.maximum(page, 0), n_pages - 1).to(tl.int64)
+
+
+@triton.jit
+def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, n_pages, stride_kp, stride_kn,
+                 stride_vp, stride_vn, offs_d, d_ok, q_pos, jb, need_mask, N, M, DOC,
+                 qk_scale, PRED: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
                  EVEN_D: tl.constexpr):
     """The forward's online softmax (_attn_inner) over kv block jb, with key rows addressed
     through the page table when PAGE > 0; the predicate is evaluated when need_mask != 0
     (a partial block), else only the cache length bounds the keys."""
     offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
     in_bounds = offs_n < N
-    if PAGE == 0:
+    if PAGE == 0:  # one head's rows span < 2^31 elements (runtime.checks.check_row_span)
         k_rows = offs_n * stride_kn
         v_rows = offs_n * stride_vn
     elif PAGE % BLOCK_N == 0:  # the block lies inside one page
-        page = tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE).to(tl.int64)
+        page = _page(tl.load(PAGES_ptr + (jb * BLOCK_N) // PAGE), n_pages)
         k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
         v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
     else:
-        page = tl.load(PAGES_ptr + offs_n // PAGE, mask=in_bounds, other=0).to(tl.int64)
+        page = _page(tl.load(PAGES_ptr + offs_n // PAGE, mask=in_bounds, other=0), n_pages)
         k_rows = page * stride_kp + (offs_n % PAGE) * stride_kn
         v_rows = page * stride_vp + (offs_n % PAGE) * stride_vn
     k = tl.load(K_ptr + k_rows[None, :] + offs_d[:, None],
@@ -77,8 +106,9 @@ def _decode_step(acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kp, stride_kn
     v = tl.load(V_ptr + v_rows[:, None] + offs_d[None, :],
                 mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
     qk = tl.dot(q, k)
-    if need_mask != 0:
+    if need_mask != 0:  # a partial block: non-finite V reaches only rows that see its key
         qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, 0, PRED)
+        v, acc = _finite_v(v, qk, acc)
     else:
         qk = tl.where(in_bounds[None, :], qk, float("-inf"))
     return _softmax_step(acc, l_i, m_i, qk, v, qk_scale)
@@ -97,7 +127,7 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, STARTS, HEAD_GROUP, DOC, PAGES, OUT, 
                 TAB_IDS, TAB_COUNT, TAB_SLOTS, TAB_KB, KEY_IDS, KEY_COUNT, KEY_SLOTS, KEY_N,
                 stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_pb, stride_ob, stride_oh, stride_om,
-                H, HKV, M, SPLITS, sm_scale, D, HEAD_DIM: tl.constexpr,
+                H, HKV, M, SPLITS, sm_scale, D, N_CAP, n_pages, HEAD_DIM: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PAGE: tl.constexpr,
                 EVEN_D: tl.constexpr, FUSED_MERGE: tl.constexpr, HAS_STARTS: tl.constexpr):
     # ACC: fp32 [SPLITS, B·HKV, ROWS, HEAD_DIM]; L, MX: fp32 [SPLITS, B·HKV, ROWS], where
@@ -109,10 +139,16 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, STARTS, HEAD_GROUP, DOC, PAGES, OUT, 
     s = tl.program_id(0)
     bhkv = tl.program_id(1)
     rb = tl.program_id(2)
-    b = bhkv // HKV
-    hkv = bhkv % HKV
+    b = (bhkv // HKV).to(tl.int64)  # int64 offsets: a cache may pass 2^31 elements
+    hkv = (bhkv % HKV).to(tl.int64)
     G = H // HKV
-    N = tl.load(LENS + b)
+    # this row's length, clamped to the cache (the host checks it, runtime.decode): an
+    # unchecked length can never address keys outside the cache
+    if HAS_STARTS:  # a left-padded row: its keys are the cache's start … start + N − 1
+        start = tl.minimum(tl.maximum(tl.load(STARTS + b), 0), N_CAP).to(tl.int64)
+        N = tl.minimum(tl.maximum(tl.load(LENS + b), 0), N_CAP - start).to(tl.int32)
+    else:
+        N = tl.minimum(tl.maximum(tl.load(LENS + b), 0), N_CAP)
     offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < G * M
     h = hkv * G + tl.minimum(offs_r // M, G - 1)
@@ -123,10 +159,9 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, STARTS, HEAD_GROUP, DOC, PAGES, OUT, 
                 + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q_pos = i + (N - M)  # bottom-right alignment to this row's cache
     if PAGE == 0:
-        K_ptr = K + b.to(tl.int64) * stride_kb + hkv * stride_kh
-        V_ptr = V + b.to(tl.int64) * stride_vb + hkv * stride_vh
+        K_ptr = K + b * stride_kb + hkv * stride_kh
+        V_ptr = V + b * stride_vb + hkv * stride_vh
         if HAS_STARTS:  # row b's keys begin at STARTS[b] (left padding); N counts from there
-            start = tl.load(STARTS + b).to(tl.int64)
             K_ptr += start * stride_kn
             V_ptr += start * stride_vn
     else:
@@ -245,7 +280,7 @@ def attn_decode(Q, K, V, ACC, L, MX, LENS, STARTS, HEAD_GROUP, DOC, PAGES, OUT, 
             jb = tl.where(in_seg, jb_8, jb)
             need = tl.where(in_seg, 1, need)
             acc, l_i, m_i = _decode_step(
-                acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, stride_kb, stride_kn, stride_vb,
+                acc, l_i, m_i, q, K_ptr, V_ptr, PAGES_ptr, n_pages, stride_kb, stride_kn, stride_vb,
                 stride_vn, offs_d, d_ok, q_pos, jb, need, N, M, DOC, qk_scale,
                 PRED=0, PAGE=PAGE, BLOCK_N=BLOCK_N, EVEN_D=EVEN_D)
         split_lo -= total_0
@@ -277,8 +312,8 @@ def _merge_rows(ACC, L, MX, OUT, LSE, stride_ob, stride_oh, stride_om, bhkv, rb,
     """Exact log-sum-exp merge of the splits' states of one row block into OUT [B, H, M, D]
     (the query's dtype) and LSE [B, H, M] (natural log); a row no split saw gives 0 and
     -inf. Loads bypass L1 (.cg): the states were written by other programs."""
-    b = bhkv // HKV
-    hkv = bhkv % HKV
+    b = (bhkv // HKV).to(tl.int64)  # int64 offsets: a cache may pass 2^31 elements
+    hkv = (bhkv % HKV).to(tl.int64)
     G = H // HKV
     offs_r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = offs_r < G * M

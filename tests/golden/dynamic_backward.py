@@ -27,6 +27,27 @@ def _mod(a, b):
 
 
 @triton.jit
+def _finite(x):
+    """x with NaN and ±inf entries replaced by 0: an operand of a partial block's product,
+    where a masked pair's exact 0 times NaN would reach a row or key that cannot see it."""
+    return tl.where(x * 0 == 0, x, tl.zeros_like(x))
+
+
+@triton.jit
+def _finite_v(v, qk, acc):
+    """A partial block's V and running output: when V holds a NaN or ±inf (rare; one test
+    on the common path), those entries become 0 and the rows that may attend to such a key
+    (masked score > -inf) become NaN, so only they see it."""
+    if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
+        bad = v * 0 != 0
+        key_bad = tl.max(bad.to(tl.int32), 1) > 0
+        hit = key_bad[None, :] & (qk != float("-inf"))
+        acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
+        v = tl.where(bad, tl.zeros_like(v), v)
+    return v, acc
+
+
+@triton.jit
 def _allowed_0(q_pos, k_pos, N, M, DOC, res):
     # sink(64)
     return ((k_pos - 64) < 0)
@@ -63,16 +84,18 @@ def attn_bwd_delta(O, DO, DLSE, DELTA, stride_ob, stride_oh, stride_om, stride_d
     fp32 [B, H, M], one read of O and dO."""
     m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b = (bh // H).to(tl.int64)  # int64 offsets: a tensor may pass 2^31 elements
+    h = (bh % H).to(tl.int64)
+    rel_m = tl.arange(0, BLOCK_M)
+    offs_m = m * BLOCK_M + rel_m
+    m0 = (m * BLOCK_M).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < M
     mask = row_ok[:, None] & (offs_d < D)[None, :]
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
+    o = tl.load(O + b * stride_ob + h * stride_oh + m0 * stride_om + rel_m[:, None] * stride_om
                 + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + m0 * stride_dom
+                 + rel_m[:, None] * stride_dom + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     if HAS_DLSE:
         delta -= tl.load(DLSE + bh * M + offs_m, mask=row_ok, other=0.0)
@@ -159,9 +182,10 @@ def _bwd_dq_dyn(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, offs
             offs_n = k_first + tl.arange(0, BLOCK_N)
             valid = offs_n < N
         kv_mask = valid[:, None] & d_ok[None, :]
-        k = tl.load(K_ptr + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask,
+        rows = offs_n.to(tl.int64)  # rows · stride may pass 2^31 elements
+        k = tl.load(K_ptr + rows[:, None] * stride_kn + offs_d[None, :], mask=kv_mask,
                     other=0.0)
-        v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask,
+        v = tl.load(V_ptr + rows[:, None] * stride_vn + offs_d[None, :], mask=kv_mask,
                     other=0.0)
         qk = tl.dot(q, tl.trans(k))
         if GATHER:
@@ -172,6 +196,8 @@ def _bwd_dq_dyn(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, offs
         qk = tl.where(allowed, qk, float("-inf"))
         if PRED >= 0:
             qk = _mask(qk, q_pos, offs_n, valid, N, M, DOC, res, PRED)
+        k = _finite(k)  # partial: masked pairs must not meet a non-finite K or V entry
+        v = _finite(v)
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
@@ -200,7 +226,7 @@ def _bwd_dkdv_dyn(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, st
         qkT = tl.where(tl.trans(allowed), qkT, float("-inf"))
         if PRED >= 0:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
     return dk, dv
 
 
@@ -226,15 +252,16 @@ def _bwd_dkdv_cols(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, s
         qkT = tl.where(allowed, qkT, float("-inf"))
         if PRED >= 0:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, key_ok, N, M, DOC, res, PRED)
-        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
+        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
     return dk, dv
 
 
 @triton.jit
 def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, stride_lm, offs_m,
                    row_ok, offs_d, d_ok):
-    """One query block as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO, the LSE in
-    log2 units and Delta (rows past the end: zeros, +inf, 0)."""
+    """One query block (rows offs_m) as the dK/dV pass reads it: Qᵀ [HEAD_DIM, BLOCK_M], dO,
+    the LSE in log2 units and Delta (rows past the end: zeros, +inf, 0). Row offsets are
+    int32: one head's rows span < 2^31 elements (runtime.checks)."""
     qT = tl.load(Q_ptr + offs_m[None, :] * stride_qm + offs_d[:, None],
                  mask=row_ok[None, :] & d_ok[:, None], other=0.0)
     do = tl.load(DO_ptr + offs_m[:, None] * stride_dom + offs_d[None, :],
@@ -245,12 +272,21 @@ def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, str
 
 
 @triton.jit
-def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale):
+def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, PARTIAL: tl.constexpr):
     """Adds one query block's terms to a kv block's dK, dV, given its masked transposed
-    scores Sᵀ: dV += Pᵀ·dO, dK += dSᵀ·Q (dK is scaled once, at the store)."""
+    scores Sᵀ: dV += Pᵀ·dO, dK += dSᵀ·Q (dK is scaled once, at the store). PARTIAL (a
+    masked block): masked pairs add exactly 0 whatever non-finite values a query row holds
+    (its q, dO, Delta or LSE), so they reach only the keys that row may see."""
     pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
+    if PARTIAL:
+        seen = qkT != float("-inf")
+        pT = tl.where(seen, pT, 0.0)
+        do = _finite(do)
+        qT = _finite(qT)
     dv += tl.dot(pT.to(do.dtype), do)
     dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
+    if PARTIAL:
+        dsT = tl.where(seen, dsT, 0.0)
     dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     return dk, dv
 
@@ -279,10 +315,15 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
         qkT = tl.dot(k, qT)
         if MASKED == 1:
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
+            dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
         elif MASKED == 2:
             if (mb < full_lo) | (mb > full_hi):
                 qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-        dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale)
+                dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
+            else:
+                dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, False)
+        else:
+            dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, False)
     return dk, dv
 
 
@@ -306,11 +347,17 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, of
         v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask,
                     other=0.0)
         qk = tl.dot(q, tl.trans(k))
+        # Partial blocks: masked pairs (p = 0) must not multiply a non-finite K or V entry
+        # into a row that cannot see it; full blocks let every row see every key.
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
+            k = _finite(k)
+            v = _finite(v)
         elif MASKED == 2:
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
+                k = _finite(k)
+                v = _finite(v)
             elif not EVEN_N:
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
@@ -333,16 +380,20 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
     # DK and DV: [B, HKV, N, D] buffers sharing strides stride_g* (fp32 when ACCUMULATE)
     n = tl.program_id(0)
     bhkv = tl.program_id(1)
-    b = bhkv // HKV
-    hkv = bhkv % HKV
-    offs_n = n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # batch, head and first row enter the offsets in int64 (a tensor may pass 2^31
+    # elements); offsets inside a block stay int32
+    b = (bhkv // HKV).to(tl.int64)
+    hkv = (bhkv % HKV).to(tl.int64)
+    rel_n = tl.arange(0, BLOCK_N)
+    offs_n = n * BLOCK_N + rel_n
+    n0 = (n * BLOCK_N).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < D
     k_ok = offs_n < N
     kv_mask = k_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn
+    k = tl.load(K + b * stride_kb + hkv * stride_kh + n0 * stride_kn + rel_n[:, None] * stride_kn
                 + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn
+    v = tl.load(V + b * stride_vb + hkv * stride_vh + n0 * stride_vn + rel_n[:, None] * stride_vn
                 + offs_d[None, :], mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -429,7 +480,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, TABT_OFFSETS, TAB
                 tl.load(DYNT_FULL_OFF + trow), tl.load(DYNT_FULL_OFF + trow + 1), 0, -1,
                 DYNT_FULL_IDX, N, M, DOC, res, qk_scale, PRED=0,
                 MASKED=0, FROM_TABLE=True, BLOCK_M=BLOCK_M)
-    g_off = b * stride_gb + hkv * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
+    g_off = (b * stride_gb + hkv * stride_gh + n0 * stride_gn + rel_n[:, None] * stride_gn
+             + offs_d[None, :])
     _add_rows(DK + g_off, dk * sm_scale, kv_mask, ACCUMULATE)
     _add_rows(DV + g_off, dv, kv_mask, ACCUMULATE)
 
@@ -448,19 +500,20 @@ def attn_bwd_dkdv_cols(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, COLS, COL_CO
     dK, dV row is still owned by one program (adds in a fixed order, no atomics)."""
     c = tl.program_id(0)
     bhkv = tl.program_id(1)
-    b = bhkv // HKV
-    hkv = bhkv % HKV
+    b = (bhkv // HKV).to(tl.int64)  # int64 offsets: a tensor may pass 2^31 elements
+    hkv = (bhkv % HKV).to(tl.int64)
     count = tl.load(COL_COUNTS + bhkv)
     if c * BLOCK_N < count:
         slot = c * BLOCK_N + tl.arange(0, BLOCK_N)
         k_ok = slot < count
         offs_n = tl.load(COLS + bhkv * col_width + slot, mask=k_ok, other=0)
+        key_rows = offs_n.to(tl.int64)
         offs_d = tl.arange(0, HEAD_DIM)
         d_ok = offs_d < D
         kv_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn
+        k = tl.load(K + b * stride_kb + hkv * stride_kh + key_rows[:, None] * stride_kn
                     + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn
+        v = tl.load(V + b * stride_vb + hkv * stride_vh + key_rows[:, None] * stride_vn
                     + offs_d[None, :], mask=kv_mask, other=0.0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -481,7 +534,7 @@ def attn_bwd_dkdv_cols(Q, K, V, DO, LSE, DELTA, DK, DV, HEAD_GROUP, COLS, COL_CO
                     DELTA + (b * H + h) * M, stride_qm, stride_dom, offs_n, picked, offs_d,
                     d_ok, q_off, M, start, CROSSED + (b * H + h) * QB * KB, KB, N, M, DOC,
                     res, qk_scale, PRED=1, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-        g_off = b * stride_gb + hkv * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :]
+        g_off = b * stride_gb + hkv * stride_gh + key_rows[:, None] * stride_gn + offs_d[None, :]
         _add_rows(DK + g_off, dk * sm_scale, kv_mask, True)
         _add_rows(DV + g_off, dv, kv_mask, True)
 
@@ -498,20 +551,22 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, HEAD_GROUP, TAB_OFFSETS, TAB_INDICE
     # DQ: a [B, H, M, D] buffer with strides stride_g* (fp32 when ACCUMULATE)
     m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets, as in attn_bwd_dkdv
     h = bh % H
-    hkv = h // (H // HKV)
-    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    hkv = (h // (H // HKV)).to(tl.int64)
+    rel_m = tl.arange(0, BLOCK_M)
+    offs_m = m * BLOCK_M + rel_m
+    m0 = (m * BLOCK_M).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < D
     row_ok = offs_m < M
     io_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+    q = tl.load(Q + b * stride_qb + h * stride_qh + m0 * stride_qm + rel_m[:, None] * stride_qm
                 + offs_d[None, :], mask=io_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :], mask=io_mask, other=0.0)
-    lse2 = _lse2(tl.load(LSE + bh * M + offs_m, mask=row_ok, other=float("inf")))
-    delta = tl.load(DELTA + bh * M + offs_m, mask=row_ok, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + m0 * stride_dom
+                 + rel_m[:, None] * stride_dom + offs_d[None, :], mask=io_mask, other=0.0)
+    lse2 = _lse2(tl.load(LSE + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=float("inf")))
+    delta = tl.load(DELTA + bh.to(tl.int64) * M + offs_m, mask=row_ok, other=0.0)
     q_pos = offs_m + (N - M)  # bottom-right alignment
     K_ptr = K + b * stride_kb + hkv * stride_kh
     V_ptr = V + b * stride_vb + hkv * stride_vh
@@ -585,5 +640,5 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, HEAD_GROUP, TAB_OFFSETS, TAB_INDICE
             DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, PRED=0,
             MASKED=0, FROM_TABLE=True, EVEN_N=EVEN_N,
             BLOCK_N=BLOCK_N)
-    _add_rows(DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm
+    _add_rows(DQ + b * stride_gb + h * stride_gh + m0 * stride_gm + rel_m[:, None] * stride_gm
               + offs_d[None, :], dq * sm_scale, io_mask, ACCUMULATE)

@@ -25,6 +25,27 @@ def _mod(a, b):
 
 
 @triton.jit
+def _finite(x):
+    """x with NaN and ±inf entries replaced by 0: an operand of a partial block's product,
+    where a masked pair's exact 0 times NaN would reach a row or key that cannot see it."""
+    return tl.where(x * 0 == 0, x, tl.zeros_like(x))
+
+
+@triton.jit
+def _finite_v(v, qk, acc):
+    """A partial block's V and running output: when V holds a NaN or ±inf (rare; one test
+    on the common path), those entries become 0 and the rows that may attend to such a key
+    (masked score > -inf) become NaN, so only they see it."""
+    if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
+        bad = v * 0 != 0
+        key_bad = tl.max(bad.to(tl.int32), 1) > 0
+        hit = key_bad[None, :] & (qk != float("-inf"))
+        acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
+        v = tl.where(bad, tl.zeros_like(v), v)
+    return v, acc
+
+
+@triton.jit
 def _allowed_0(q_pos, k_pos, N, M, DOC, res):
     # causal & (local(64) | sink(4))
     return (((k_pos - q_pos) <= 0) & (((k_pos - 4) < 0) | (((k_pos - q_pos) <= 0) & (((-k_pos) + q_pos - 64) < 0))))
@@ -70,6 +91,8 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
             v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, k.T)
         else:
+            # int32 row offsets: one head's rows span < 2^31 elements (runtime.checks);
+            # batch and head offsets are int64, outside the loop
             if EVEN_N and EVEN_D:
                 k = tl.load(K_ptr + offs_n[None, :] * stride_kn + offs_d[:, None])
                 v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :])
@@ -79,11 +102,15 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                 v = tl.load(V_ptr + offs_n[:, None] * stride_vn + offs_d[None, :],
                             mask=in_bounds[:, None] & d_ok[None, :], other=0.0)
             qk = tl.dot(q, k)
+        # Partial blocks only: a non-finite V entry reaches just the rows that may see its
+        # key (_finite_v); full blocks let every row see every key, so need no test.
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
+            v, acc = _finite_v(v, qk, acc)
         elif MASKED == 2:
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
+                v, acc = _finite_v(v, qk, acc)
             elif not EVEN_N:
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
@@ -140,15 +167,21 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
     else:  # one pattern: row-major order keeps a head's K and V hot in L2
         m = tl.program_id(0)
         bh = tl.program_id(1)
-    b = bh // H
+    # batch, head and first row enter the offsets in int64 (a tensor may pass 2^31
+    # elements); offsets inside a block stay int32
+    b = (bh // H).to(tl.int64)
     h = bh % H
-    hkv = h // (H // HKV)  # grouped-query attention: K and V are indexed, never repeated
-    offs_m = m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # grouped-query attention: K and V are indexed, never repeated
+    hkv = (h // (H // HKV)).to(tl.int64)
+    h = h.to(tl.int64)
+    rel_m = tl.arange(0, BLOCK_M)
+    offs_m = m * BLOCK_M + rel_m
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < D
     row_ok = offs_m < M
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q_off = b * stride_qb + h * stride_qh + (m * BLOCK_M).to(tl.int64) * stride_qm
+    q = tl.load(Q + q_off + rel_m[:, None] * stride_qm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q_pos = offs_m + (N - M)  # bottom-right alignment
     if USE_TMA:
         K_ptr = K
@@ -242,9 +275,10 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
 
     out, lse = _finish(acc, l_i, m_i)
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+    o_off = b * stride_ob + h * stride_oh + (m * BLOCK_M).to(tl.int64) * stride_om
+    tl.store(O + o_off + rel_m[:, None] * stride_om + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + bh * M + offs_m, lse, mask=row_ok)
+    tl.store(LSE + bh.to(tl.int64) * M + offs_m, lse, mask=row_ok)
 
 
 @triton.jit
@@ -261,10 +295,11 @@ def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC, O_PREV,
     res = pid % PERIOD
     m = QB_CLASS - 1 - pid // PERIOD  # the longest query blocks start first
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets, as in attn_fwd
     h = bh % H
-    hkv = h // (H // HKV)
+    hkv = (h // (H // HKV)).to(tl.int64)
     group = tl.load(HEAD_GROUP + h)
+    h = h.to(tl.int64)
     n_keys = (N - res + PERIOD - 1) // PERIOD  # keys of this class (all operands >= 0)
     first = -_floordiv(res - (N - M), PERIOD)  # class position of its first query (< 0 if M > N)
     m_class = n_keys - first  # queries of this class
@@ -274,7 +309,7 @@ def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC, O_PREV,
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < D
     row_ok = offs_m < m_class
-    rows = res + (first + offs_m) * PERIOD - (N - M)  # query rows in the caller's tensors
+    rows = (res + (first + offs_m) * PERIOD - (N - M)).to(tl.int64)  # the caller's rows
     q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm
                 + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     q_pos = first + offs_m  # class positions, bottom-right aligned within the class
@@ -317,7 +352,7 @@ def attn_fwd_mod8(Q, K, V, O, LSE, HEAD_GROUP, DOC, O_PREV,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=False)
 
-    lse_ptrs = LSE + bh * M + rows
+    lse_ptrs = LSE + bh.to(tl.int64) * M + rows
     io_mask = row_ok[:, None] & d_ok[None, :]
     # Heads with nothing in these classes still pass O_PREV through to O.
     if MERGE:  # O_PREV: the earlier passes' output, kept in fp32 so it is rounded once
