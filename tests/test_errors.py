@@ -3,6 +3,7 @@ clear message, a rendered source line and a caret under the fault (DESIGN §3, E
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -278,3 +279,188 @@ def test_token_soup_in_context(template, tokens):
     except PatternError as err:
         assert err.line is not None and 1 <= err.line and err.col is not None and 1 <= err.col
         err.render()
+
+
+# -- hardening (issue 16): inputs that used to hang, blow up or raise a raw exception ----------
+def test_min_of_q_and_k_is_negative_when_m_exceeds_n():
+    # q = i + N − M is negative for the first queries when M > N: q is not nonnegative
+    p = attngen.parse("where(min(q, k) < 0)")
+    assert str(p) != "~full"
+    assert p.mask(2, 1)[0, :, 0].tolist() == [True, False]
+
+
+def test_huge_period_costs_a_few_residue_classes(monkeypatch):
+    from attngen.lower import cost
+
+    calls = []
+    shape = cost.class_shape
+    monkeypatch.setattr(cost, "class_shape", lambda *a: calls.append(a) or shape(*a))
+    plan = attngen.lower("causal & strided(1000000)", 16, 16, block=8)
+    assert plan.blocks >= 2 and len(calls) <= 8
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 50), st.integers(1, 50), st.integers(1, 70), st.integers(1, 9))
+def test_permutation_cost_equals_the_walk_over_residues(M, N, period, bm):
+    from attngen.ir import simplify as S
+    from attngen.lower.atoms import atoms_of, numeric
+    from attngen.lower.cost import permutation_cost, ranges_cost
+    from attngen.lower.grid import Grid
+    from attngen.lower.permute import class_shape
+
+    node, g = S.prim("causal"), Grid(M, N, bm, bm)
+    blocks = masked = 0
+    for r in range(period):
+        m, n = class_shape(M, N, period, r)
+        if m == 0:
+            continue
+        if n == 0:
+            blocks += -(-m // bm)
+            continue
+        b, p = ranges_cost(atoms_of(node, numeric(m, n)), Grid(m, n, bm, bm))
+        blocks, masked = blocks + b + -(-m // bm), masked + p
+    assert permutation_cost(node, period, True, g) == (blocks, masked)
+
+
+def test_doubling_definitions_expand_once():
+    lines = ["def a0() = local(4)"] + [f"def a{i}() = a{i - 1}() | a{i - 1}()"
+                                       for i in range(1, 60)]
+    assert str(attngen.parse("\n".join(lines))) == "local(4)"
+
+
+def test_exponential_definitions_are_refused_by_name():
+    lines = ["def a0(w) = local(w)"] + [f"def a{i}(w) = a{i - 1}(2 * w) | a{i - 1}(2 * w + 1)"
+                                        for i in range(1, 30)]
+    with pytest.raises(PatternError, match=r"`a\d+` expands to more than \d+ terms"):
+        attngen.parse("\n".join(lines) + "\na29(1)")
+
+
+@pytest.mark.parametrize("call, limit", [
+    (lambda: attngen.layout("causal", 100_000, block=1), "ATTNGEN_MAX_BLOCKS"),
+    (lambda: attngen.layout("causal", 1 << 31, block=128), "ATTNGEN_MAX_LENGTH"),
+    (lambda: attngen.lower("causal", 1 << 31), "ATTNGEN_MAX_LENGTH"),
+    (lambda: attngen.parse("local(4)").mask(64, heads=100_000_000), "ATTNGEN_MAX_HEADS"),
+    (lambda: attngen.parse("local(4)").mask(1 << 16), "ATTNGEN_MAX_MASK_ELEMENTS"),
+    (lambda: attngen.layout("local(4)", 64, heads=100_000_000), "ATTNGEN_MAX_HEADS"),
+])
+def test_sizes_beyond_the_limits_fail_before_allocating(call, limit):
+    with pytest.raises(ValueError, match=f"limit of .*{limit}"):
+        call()
+
+
+def test_limits_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ATTNGEN_MAX_BLOCKS", str(300 * 300 - 1))
+    with pytest.raises(ValueError, match="ATTNGEN_MAX_BLOCKS"):
+        attngen.layout("causal", 300, block=1)
+    monkeypatch.setenv("ATTNGEN_MAX_BLOCKS", str(300 * 300))
+    assert attngen.layout("causal", 300, block=1).block_counts() == (0, 300 * 301 // 2)
+
+
+def test_heads_builder_does_not_materialise_ranges():
+    p = attngen.heads({range(0, 10**12): attngen.local(4), "*": attngen.causal})
+    with pytest.raises(PatternError, match="head index 999999999999 is out of range"):
+        p.head_nodes(2)  # once the heads are known, a larger range is an error
+    with pytest.raises(PatternError, match="head 5 is assigned twice"):
+        attngen.heads({range(0, 10**12): attngen.local(4), (5,): attngen.causal})
+
+
+def test_deep_nesting_is_refused_at_the_offending_token():
+    err = _raise("(" * 141 + "causal" + ")" * 141, None)
+    assert (err.line, err.col) == (1, 102) and "deeper than 100" in err.message
+    err = _raise("where(" + "(" * 150 + "q < k" + ")" * 150 + ")", None)
+    assert "deeper than 100" in err.message
+    err = _raise("local(" + "-" * 200 + "4)", None)
+    assert "deeper than 100" in err.message
+    assert attngen.parse("(" * 90 + "causal" + ")" * 90) == attngen.causal
+
+
+def test_long_flat_chains_need_no_recursion():
+    union = " | ".join(f"columns({i})" for i in range(3000))
+    assert len(attngen.parse(union).node.children) == 3000
+    conj = " and ".join(f"q - k != {i}" for i in range(1000))
+    mask = attngen.parse(f"where({conj})").mask(4, 4)[0]
+    assert torch.equal(mask, ~attngen.causal.mask(4)[0])  # only q - k < 0 is left
+    total = " + ".join(["1"] * 3000)
+    assert str(attngen.parse(f"local({total})")) == "local(3000)"
+
+
+def test_deep_definition_chains_are_refused():
+    lines = ["def d0() = causal"] + [f"def d{i}() = d{i - 1}() & ~sink({i})"
+                                     for i in range(1, 150)]
+    with pytest.raises(PatternError, match="definitions nest deeper than 100"):
+        attngen.parse("\n".join(lines))
+
+
+def test_pattern_text_size_is_limited(tmp_path):
+    with pytest.raises(PatternError, match="ATTNGEN_MAX_PATTERN_CHARS"):
+        attngen.parse("causal" + " " * 2_000_000)
+    path = tmp_path / "big.attn"
+    path.write_text("# " + "x" * 3_000_000 + "\ncausal\n")
+    with pytest.raises(PatternError, match="ATTNGEN_MAX_PATTERN_CHARS"):
+        attngen.load(path)
+
+
+@pytest.mark.parametrize("source, evaluate", [
+    ("where(q // (q - k) == 0)", (16, 16, 1)),
+    ("where(q % (M - N) == 0)", (16, 16, 1)),
+    ("where((q - k) % (k - 3) == 0)", (8, 8, 1)),
+])
+def test_division_by_zero_at_evaluation_is_a_pattern_error(source, evaluate):
+    p = attngen.parse(source)
+    with pytest.raises(PatternError, match="division by zero"):
+        p.mask(evaluate[0], evaluate[1])
+    with pytest.raises(PatternError, match="division by zero"):
+        attngen.layout(p, evaluate[0], evaluate[1], block=4)
+
+
+@pytest.mark.parametrize("source, col, message", [
+    ("local(" + "1" + "0" * 100 + ")", 7, "is too large"),
+    ("where(q - k < 1000000000000000000000000000000)", 15, "is too large"),
+    ("heads { 99999999999999999999: local(4); *: causal }", 9, "is too large"),
+    ("local(" + "9" * 5000 + ")", 7, "(5000 digits) is too large"),
+    ("sink(4294967297)", 6, "is too large"),
+    ("local(65536 * 65536)", 7, "local: parameter w = 4294967296 is too large"),
+    ("where(q * 100000 * 100000 > k)", 7, "the constant 10000000000 is too large"),
+    ("local(0.0000000000000000000000001)", 7, "decimals"),
+    ("local(N * N)", 7, "products of two variables are not supported"),
+    ("where(q * q < k)", 7, "products of two variables are not supported"),
+    ("where((q // 2) * (k // 2) < 4)", 7, "products of two variables are not supported"),
+    ("local(\u0663)", 7, "unexpected character"),
+    ("sink(\uff14)", 6, "unexpected character"),
+])
+def test_bad_constants_and_products_are_located_pattern_errors(source, col, message):
+    err = _raise(source, None)
+    assert (err.line, err.col) == (1, col), err.render()
+    assert message in err.message, err.render()
+
+
+def test_rational_comparison_is_cleared_of_denominators():
+    p = attngen.parse("where(q // M < 0.5*k)")
+    assert str(p) == "where(2*(q // M) < k)"
+    assert attngen.parse(str(p)) == p
+    q = torch.arange(5)[:, None] + 2
+    k = torch.arange(7)[None, :]
+    assert torch.equal(p.mask(5, 7)[0], (q // 5) < 0.5 * k)
+    assert str(attngen.parse("where(-2*k + q < 5)")) == "where(-2*k + q < 5)"
+
+
+def test_rational_comparison_compiles_and_matches_the_reference(interpreter):
+    from attngen.reference import attention as reference
+
+    p = attngen.parse("where(q // M < 0.5*k) & causal")
+    kern = attngen.compile(p, head_dim=16, dtype=torch.float32, heads=1, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 24, 16, generator=g) for _ in range(3))
+    assert torch.allclose(kern(q, k, v), reference(q, k, v, p), atol=1e-4)
+
+
+def test_load_of_a_missing_file_is_a_pattern_error(tmp_path):
+    with pytest.raises(PatternError, match="no pattern file"):
+        attngen.load(tmp_path / "missing.attn")
+    with pytest.raises(PatternError, match="no bundled pattern"):
+        attngen.load("nosuch")
+    with pytest.raises(PatternError, match="is not a file"):
+        attngen.load(tmp_path)
+    (tmp_path / "bad.attn").write_bytes(b"causal \xff\xfe")
+    with pytest.raises(PatternError, match="not UTF-8"):
+        attngen.load(tmp_path / "bad.attn")

@@ -57,9 +57,11 @@ def permutation_cost(classes: Node, period: int, exact: bool, g: Grid) -> tuple[
     """Blocks of `classes` (the term in class coordinates) summed over the residue classes,
     plus one block per query block for merging the pass into the output."""
     shapes: dict[tuple[int, int], int] = {}
-    for r in range(period):
+    # class_shape is constant between these residues, so a huge period costs nothing more
+    cuts = sorted({0, period, g.N % period, (g.N - g.M) % period})
+    for r, end in zip(cuts, cuts[1:]):
         shape = class_shape(g.M, g.N, period, r)
-        shapes[shape] = shapes.get(shape, 0) + 1
+        shapes[shape] = shapes.get(shape, 0) + end - r
     blocks = masked = 0
     for (m, n), count in shapes.items():
         if m == 0:

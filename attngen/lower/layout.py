@@ -8,7 +8,7 @@ import torch
 
 from attngen.errors import PatternError
 from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern, evaluate_node
+from attngen.ir.pattern import Pattern, check_sizes, evaluate_node
 from attngen.lower.classify import classify
 from attngen.lower.grid import Grid
 from attngen.lower.runs import FULL, PARTIAL, Runs
@@ -170,10 +170,27 @@ def distinct_heads(pattern: Pattern, heads: int, kv_heads: int | None
 
 
 def _block(block) -> tuple[int, int]:
-    bm, bn = (block, block) if isinstance(block, int) else tuple(block)
+    try:
+        bm, bn = (block, block) if isinstance(block, int) else tuple(block)
+    except (TypeError, ValueError):
+        raise TypeError(f"block is an int or a (BM, BN) pair, got {block!r}") from None
+    if any(isinstance(b, bool) or not isinstance(b, int | np.integer) for b in (bm, bn)):
+        raise TypeError(f"block sizes must be ints, got {block!r}")
     if bm < 1 or bn < 1:
         raise ValueError(f"block sizes must be positive, got {block}")
     return int(bm), int(bn)
+
+
+def checked_grid(M: int, N: int, bm: int, bn: int) -> Grid:
+    """The grid, if its query blocks × kv blocks are within $ATTNGEN_MAX_BLOCKS."""
+    from attngen.runtime.env import max_blocks  # every limit is read in one place
+
+    grid = Grid(M, N, bm, bn)
+    if grid.QB * grid.KB > max_blocks():
+        raise ValueError(f"M={M}, N={N} with {bm}x{bn} blocks make {grid.QB}x{grid.KB} blocks, "
+                         f"more than the limit of {max_blocks()} (use larger blocks, or raise "
+                         "$ATTNGEN_MAX_BLOCKS)")
+    return grid
 
 
 def layout(pattern: Pattern | str, M: int, N: int | None = None,
@@ -185,13 +202,12 @@ def layout(pattern: Pattern | str, M: int, N: int | None = None,
 
         pattern = parse(pattern)
     N = M if N is None else N
-    if M < 1 or N < 1:
-        raise ValueError(f"M and N must be positive, got M={M}, N={N}")
+    check_sizes(M, N, heads)
     if pattern.is_dynamic:
         raise PatternError(f"`{pattern}` is input-dependent: its layout exists only at run time")
     pattern.check(M, N)
     bm, bn = _block(block)
-    grid = Grid(M, N, bm, bn)
+    grid = checked_grid(M, N, bm, bn)
     if doc_ids is not None:
         doc_ids = np.asarray(doc_ids.cpu() if isinstance(doc_ids, torch.Tensor) else doc_ids,
                              dtype=np.int64)
