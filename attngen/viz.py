@@ -167,8 +167,19 @@ def save_panels(rows: list[tuple[str, str | None, np.ndarray | None, np.ndarray 
                         Patch(facecolor=COLOURS[1], label="partial"),
                         Patch(facecolor=COLOURS[0], edgecolor="#888888", label="empty / masked")],
                loc="outside lower center", ncol=3, fontsize=8)
-    path = Path(path)
+    path = png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
     return path
+
+
+def png_path(path: str | Path) -> Path:
+    """Where a picture asked for at `path` goes: into a directory as pattern.png, and with a
+    .png suffix when it has none (matplotlib would add it silently)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "pattern.png"
+    return path if path.suffix else path.with_name(path.name + ".png")
