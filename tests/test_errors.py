@@ -2,6 +2,10 @@
 clear message, a rendered source line and a caret under the fault (DESIGN §3, Errors)."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -464,3 +468,93 @@ def test_load_of_a_missing_file_is_a_pattern_error(tmp_path):
     (tmp_path / "bad.attn").write_bytes(b"causal \xff\xfe")
     with pytest.raises(PatternError, match="not UTF-8"):
         attngen.load(tmp_path / "bad.attn")
+
+
+# -- plan.json (issue 16, deliverable 4) --------------------------------------------------------
+SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+           "name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+@pytest.mark.parametrize("plan, message", [
+    ({"model": "m"}, "has no 'layers'"),
+    ([{"layer": 0, "pattern": "causal"}], "a plan is a JSON object"),
+    ({"layers": {"0": "causal"}}, "'layers' must be a list"),
+    ({"layers": [{"layer": 1.9, "pattern": "causal"}]}, "'layer' must be an integer, got 1.9"),
+    ({"layers": [{"layer": True, "pattern": "causal"}]}, "'layer' must be an integer, got true"),
+    ({"layers": [{"layer": None, "pattern": "causal"}]}, "'layer' must be an integer, got null"),
+    ({"layers": [{"layer": "0", "pattern": "causal"}]}, "'layer' must be an integer"),
+    ({"layers": [{"layer": -1, "pattern": "causal"}]}, "'layer' must be at least 0"),
+    ({"layers": [{"layer": 0, "pattern": 42}]}, "'pattern' must be a string, got 42"),
+    ({"layers": [{"layer": 0, "pattern": None}]}, "'pattern' must be a string, got null"),
+    ({"layers": [{"layer": 0}]}, "needs 'layer' and 'pattern'"),
+    ({"layers": ["causal"]}, "needs 'layer' and 'pattern'"),
+    ({"layers": [{"layer": 0, "pattern": "causal", "heads": 3}]}, "'heads' must be a list"),
+    ({"model": 7, "layers": []}, "'model' must be a string"),
+    ({"version": "1", "layers": []}, "'version' must be an integer"),
+])
+def test_plan_schema_is_checked(plan, message):
+    from attngen.profile.plan import read_plan
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_plan(plan)
+
+
+def test_plan_pattern_errors_name_the_layer(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"layers": [{"layer": 0, "pattern": "causal"},
+                                           {"layer": 3, "pattern": "causal & loacl(4)"}]}))
+    with pytest.raises(PatternError) as info:
+        read_plan(path)
+    assert info.value.render().startswith(f"{path} layer 3:1:10: error: unknown pattern")
+    deep = {"layers": [{"layer": 5, "pattern": "(" * 300 + "causal" + ")" * 300}]}
+    with pytest.raises(PatternError, match="deeper than 100") as info:
+        read_plan(deep)
+    assert info.value.span.file == "plan layer 5"
+
+
+def test_plan_files_that_cannot_be_read(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    with pytest.raises(FileNotFoundError, match="no plan file"):
+        read_plan(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        read_plan(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("plan, config, message", [
+    ({"model": "Qwen2.5-0.5B", "layers": []}, SMOLLM2, "made for model `Qwen2.5-0.5B`"),
+    ({"num_heads": 8, "layers": []}, SMOLLM2, "the plan is for 8 heads, the model has 9"),
+    ({"num_layers": 24, "layers": []}, SMOLLM2, "the plan is for 24 layers"),
+    ({"layers": [{"layer": 30, "pattern": "causal"}]}, SMOLLM2, "names layers [30]"),
+    ({"layers": [{"layer": 2, "pattern": "heads { 0..11: local(4); *: causal }"}]}, SMOLLM2,
+     "plan layer 2: head index 11 is out of range"),
+    ({"layers": [{"layer": 2, "pattern": "causal", "heads": [{"head": 0}] * 12}]}, SMOLLM2,
+     "plan layer 2 lists 12 heads, the model has 9"),
+])
+def test_plan_for_another_model_is_refused(plan, config, message):
+    from attngen.profile.plan import check_plan
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_plan(plan, config)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_PLANS = sorted(p for p in ROOT.glob("docs/results/**/plan.json")
+                         if "shards" not in p.parts)  # shards/plan.json: search work lists
+
+
+@pytest.mark.parametrize("path", COMMITTED_PLANS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_plans_validate(path):
+    from attngen.profile.plan import check_plan, read_plan
+
+    plan = read_plan(path)
+    assert plan.layers and check_plan(plan, SMOLLM2) is plan
+    gguf_name = {**SMOLLM2, "name_or_path": "/cache/models/SmolLM2-135M-Instruct.Q4_1"}
+    check_plan(plan, gguf_name)
+
+
+def test_committed_plans_exist():
+    assert len(COMMITTED_PLANS) >= 3
