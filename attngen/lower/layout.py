@@ -213,6 +213,13 @@ def layout(pattern: Pattern | str, M: int, N: int | None = None,
                              dtype=np.int64)
         if doc_ids.shape != (N,):
             raise ValueError(f"doc_ids must have shape [{N}], got {list(doc_ids.shape)}")
+    return build_layout(pattern, grid, heads, kv_heads, doc_ids)
+
+
+def build_layout(pattern: Pattern, grid: Grid, heads: int = 1, kv_heads: int | None = None,
+                 doc_ids: np.ndarray | None = None) -> BlockLayout:
+    """`layout` on a checked grid, without the size limits (the planner's own reference grid
+    is not the user's size)."""
     nodes, head_index = distinct_heads(pattern, heads, kv_heads)
     runs = [classify(n, grid, doc_ids) for n in nodes]
     return BlockLayout(
