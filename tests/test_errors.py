@@ -458,6 +458,25 @@ def test_rational_comparison_compiles_and_matches_the_reference(interpreter):
     assert torch.allclose(kern(q, k, v), reference(q, k, v, p), atol=1e-4)
 
 
+@pytest.mark.parametrize("source", ["band(2147483647, 2147483647)", "local(2147483647)",
+                                    "dilated(65536, 65536)"])
+def test_constants_that_overflow_int32_in_kernels_are_refused(source):
+    # these ran and gave wrong results (q + r wrapped around in int32)
+    with pytest.raises(PatternError, match="too large"):
+        attngen.parse(source)
+
+
+@pytest.mark.parametrize("source", ["band(1073741824, 1073741824)", "local(1073741824)",
+                                    "dilated(32768, 32768) | sink(1073741824)"])
+def test_largest_constants_run_right(interpreter, source):
+    from attngen.reference import attention as reference
+
+    p = attngen.parse(source)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1, 20, 16, generator=g) for _ in range(3))
+    assert torch.allclose(attngen.attention(q, k, v, p), reference(q, k, v, p), atol=1e-4)
+
+
 def test_load_of_a_missing_file_is_a_pattern_error(tmp_path):
     with pytest.raises(PatternError, match="no pattern file"):
         attngen.load(tmp_path / "missing.attn")

@@ -177,7 +177,7 @@ def test_recursive_definitions(names):
 
 
 head_range = st.tuples(st.integers(0, 12), st.integers(0, 12)).map(sorted).map(tuple)
-big_range = st.tuples(st.integers(0, (1 << 31) - 1), st.integers(0, (1 << 31) - 1)
+big_range = st.tuples(st.integers(0, 1 << 30), st.integers(0, 1 << 30)
                       ).map(sorted).map(tuple)
 
 
@@ -217,7 +217,7 @@ def test_heads_ranges(ranges, star, heads):
                                                 "block_topk(4, {})", "local({} * 2)"]))
 def test_huge_integers(value, template):
     p = outcome(lambda: attngen.parse(template.format(value)))
-    if value >= 1 << 31:
+    if value > 1 << 30:  # kernels compute in int32; sums of two constants must fit
         assert isinstance(p, PatternError) and "too large" in p.message
     elif isinstance(p, attngen.Pattern) and not p.is_dynamic and not p.is_mixture:
         outcome(lambda: attngen.layout(p, 33, 17, block=8))

@@ -39,7 +39,8 @@ def _check_constants(expr: sympy.Basic, span) -> None:
     for atom in expr.atoms(sympy.Rational):
         if abs(atom.p) > MAX_CONSTANT or atom.q > MAX_CONSTANT:
             raise PatternError(f"the constant {sympy.sstr(atom)} is too large: constants must "
-                               f"be at most {MAX_CONSTANT} in size", span)
+                               f"be at most {MAX_CONSTANT} in size (2^30: kernels use int32)",
+                               span)
 
 
 class Elaborator:

@@ -5,12 +5,13 @@ import re
 from dataclasses import dataclass
 
 from attngen.errors import PatternError, Span
+from attngen.ir.build import MAX_CONSTANT
 
 KEYWORDS = {"def", "heads", "kv_heads", "where", "and", "or", "not"}
 
 # Positions and parameters are int32 in kernels: a larger literal is a mistake, and refusing
 # it here keeps 5000-digit numbers away from int() and numpy.
-MAX_LITERAL = (1 << 31) - 1
+MAX_LITERAL = MAX_CONSTANT
 _MAX_DECIMALS = 18
 
 _TOKEN = re.compile(
@@ -65,7 +66,8 @@ def _number_problem(text: str) -> str | None:
     digits = whole.lstrip("0")
     if len(digits) > len(str(MAX_LITERAL)) or int(digits or "0") > MAX_LITERAL:
         shown = text if len(text) <= 24 else f"{text[:12]}… ({len(text)} digits)"
-        return f"the number {shown} is too large: constants must be at most {MAX_LITERAL}"
+        return (f"the number {shown} is too large: constants must be at most {MAX_LITERAL} "
+                "(2^30: kernels use int32)")
     if len(decimals) > _MAX_DECIMALS:
         return f"the number has {len(decimals)} decimals; at most {_MAX_DECIMALS} are allowed"
     return None

@@ -16,7 +16,9 @@ from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import PRIMITIVES
 
-MAX_CONSTANT = (1 << 31) - 1  # kernels compute positions and parameters in int32
+# Kernels compute positions and parameters in int32: with constants and positions below
+# 2^30, sums such as q + r (band) stay below 2^31.
+MAX_CONSTANT = 1 << 30
 
 
 def primitive(name: str, args: list, span: Span | None = None,
@@ -49,8 +51,8 @@ def primitive(name: str, args: list, span: Span | None = None,
         if any(abs(a.p) > MAX_CONSTANT or a.q > MAX_CONSTANT
                for a in written.atoms(sympy.Rational)):
             raise PatternError(f"{name}: parameter {pname} = {sympy.sstr(written)} is too large: "
-                               f"constants must be at most {MAX_CONSTANT} (kernels use int32)",
-                               vspan)
+                               f"constants must be at most {MAX_CONSTANT} (2^30: kernels use "
+                               "int32)", vspan)
         if not value.free_symbols and pname in spec.minimum and value < spec.minimum[pname]:
             what = "window" if name in ("local", "dilated", "band") else "size"
             shown = sympy.sstr(written) + (f" (floored to {value})" if written != value else "")
@@ -60,6 +62,10 @@ def primitive(name: str, args: list, span: Span | None = None,
                 and not 0 < value <= 1:
             raise PatternError(f"block_cover: gamma = {value} must lie in (0, 1]", vspan)
         values.append(value)
+    if name == "dilated" and not any(v.free_symbols for v in values) \
+            and values[0] * values[1] > MAX_CONSTANT:  # the kernel computes w·d
+        raise PatternError(f"dilated: w·d = {values[0] * values[1]} is too large: it must be at "
+                           f"most {MAX_CONSTANT} (2^30: kernels use int32)", span)
     return S.prim(name, tuple(values))
 
 
