@@ -637,8 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted after the command too: `attngen show … --debug`
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([a for a in argv if a != "--debug"])
     except SystemExit as e:  # --help, --version, or a usage error (status 2)
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
@@ -653,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attngen {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every error ends as one message (a traceback with --debug)
-        if args.debug:
+        if debug:
             traceback.print_exc()
         status = exit_status(e)
         if isinstance(e, PatternError):
@@ -664,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             text = str(e) if isinstance(e, ValueError | TypeError | OSError | NoDevice) \
                 else f"{type(e).__name__}: {e}"
             print(f"attngen {args.command}: error: {text}", file=sys.stderr)
-        if status == 1 and not args.debug and not isinstance(e, OSError | NoDevice):
+        if status == 1 and not debug and not isinstance(e, OSError | NoDevice):
             print("(attngen --debug … shows the traceback)", file=sys.stderr)
         return status
 

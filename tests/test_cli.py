@@ -248,8 +248,10 @@ def test_bad_arguments_give_a_message_and_a_status(capsys, monkeypatch, files, a
     assert message in err
 
 
-def test_debug_shows_the_traceback(capsys):
-    rc, _, err = run(capsys, "--debug", "show", "where(q % (M - N) == 0)", "--n", "8")
+@pytest.mark.parametrize("where", [0, 3])
+def test_debug_shows_the_traceback(capsys, where):
+    argv = ["show", "where(q % (M - N) == 0)", "--n", "8"]
+    rc, _, err = run(capsys, *argv[:where], "--debug", *argv[where:])
     assert rc == 2 and "Traceback" in err and "division by zero" in err
 
 
