@@ -360,6 +360,14 @@ def test_limits_are_read_from_the_environment(monkeypatch):
     assert attngen.layout("causal", 300, block=1).block_counts() == (0, 300 * 301 // 2)
 
 
+@pytest.mark.parametrize("value, message", [("abc", "must be an integer"),
+                                            ("0", "must be at least 1")])
+def test_bad_limit_variables_are_named(monkeypatch, value, message):
+    monkeypatch.setenv("ATTNGEN_MAX_LENGTH", value)
+    with pytest.raises(ValueError, match=f"ATTNGEN_MAX_LENGTH {message}"):
+        attngen.layout("causal", 8)
+
+
 def test_heads_builder_does_not_materialise_ranges():
     p = attngen.heads({range(0, 10**12): attngen.local(4), "*": attngen.causal})
     with pytest.raises(PatternError, match="head index 999999999999 is out of range"):
