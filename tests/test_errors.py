@@ -526,6 +526,15 @@ def test_plan_schema_is_checked(plan, message):
         read_plan(plan)
 
 
+def test_empty_plan(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    assert read_plan({}).layers == {} and read_plan({"layers": []}).layers == {}
+    (tmp_path / "plan.json").write_text("{}")  # a file must say what it plans
+    with pytest.raises(ValueError, match="has no 'layers'"):
+        read_plan(tmp_path / "plan.json")
+
+
 def test_plan_pattern_errors_name_the_layer(tmp_path):
     from attngen.profile.plan import read_plan
 

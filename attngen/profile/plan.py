@@ -78,6 +78,8 @@ def read_plan(source: str | Path | dict | ModelPlan) -> ModelPlan:
         raise ValueError(f"{name}: a plan is a JSON object with a list of "
                          "{'layer': i, 'pattern': text} under 'layers' (DESIGN §7), got "
                          f"{type(source).__name__}")
+    if not source and name == "plan":  # `{}` in code: no layer planned (the profiler's own)
+        return ModelPlan({})
     if "layers" not in source:
         raise ValueError(f"{name} has no 'layers': a plan lists {{'layer': i, 'pattern': text}}"
                          " per layer (DESIGN §7)")
