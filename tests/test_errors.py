@@ -339,6 +339,15 @@ def test_exponential_definitions_are_refused_by_name():
         attngen.parse("\n".join(lines) + "\na29(1)")
 
 
+@pytest.mark.parametrize("argument, first", [("min(w, N) + max(w, M)", "4"),
+                                             ("w // 2 + w // 3 + N", "N")])
+def test_arguments_that_double_per_level_are_refused(argument, first):
+    lines = ["def a0(w) = local(w)"] + [f"def a{i}(w) = a{i - 1}({argument})"
+                                        for i in range(1, 41)]
+    with pytest.raises(PatternError, match=r"a\d+: argument w grew beyond \d+ terms"):
+        attngen.parse("\n".join(lines) + f"\na40({first})")
+
+
 @pytest.mark.parametrize("call, limit", [
     (lambda: attngen.layout("causal", 100_000, block=1), "ATTNGEN_MAX_BLOCKS"),
     (lambda: attngen.layout("causal", 1 << 31, block=128), "ATTNGEN_MAX_LENGTH"),

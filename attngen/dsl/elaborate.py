@@ -20,7 +20,8 @@ from attngen.ir.primitives import PRIMITIVES
 _INT_FUNCS = {"min": sympy.Min, "max": sympy.Max, "abs": sympy.Abs}
 _SET_OPS = {"|", "&", "-"}
 MAX_DEF_DEPTH = 100  # definitions calling definitions
-MAX_EXPANSION = 100_000  # pattern terms elaborated in all: bounds defs that double each level
+MAX_EXPANSION = 20_000  # pattern terms elaborated in all: bounds defs that double each level
+MAX_ARGUMENT_SIZE = 500  # sympy terms of one def argument (written out as a tree)
 
 
 def _chain(tree, ops) -> list:
@@ -32,6 +33,23 @@ def _chain(tree, ops) -> list:
         tree = tree.left
     out.append((None, tree))
     return out[::-1]
+
+
+def _tree_size(e: sympy.Basic) -> int:
+    """Terms of e written out as a tree (shared subterms counted each time), computed on the
+    DAG so an exponentially large tree costs nothing to measure."""
+    sizes: dict[int, int] = {}
+    stack = [(e, False)]
+    while stack:
+        x, done = stack.pop()
+        if id(x) in sizes:
+            continue
+        if done:
+            sizes[id(x)] = 1 + sum(sizes[id(a)] for a in x.args)
+        else:
+            stack.append((x, True))
+            stack.extend((a, False) for a in x.args if id(a) not in sizes)
+    return sizes[id(e)]
 
 
 def _check_constants(expr: sympy.Basic, span) -> None:
@@ -153,6 +171,10 @@ class Elaborator:
         env: dict[str, sympy.Expr] = {}
         for i, p in enumerate(d.params):
             env[p.name] = args[i] if i < len(args) else self.arith(p.default, env)
+            if _tree_size(env[p.name]) > MAX_ARGUMENT_SIZE:  # a parameter used twice per level
+                raise PatternError(f"{d.name}: argument {p.name} grew beyond "
+                                   f"{MAX_ARGUMENT_SIZE} terms (a parameter used several times "
+                                   "in the argument of a nested call doubles each level)", span)
         key = (d.name, tuple(env[p.name] for p in d.params))
         if key in self.calls:
             return self.calls[key]
