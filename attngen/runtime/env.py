@@ -51,7 +51,7 @@ def _limit(name: str, default: int) -> int:
 
 def max_pattern_chars() -> int:
     """Longest pattern text (or pattern file) parsed ($ATTNGEN_MAX_PATTERN_CHARS)."""
-    return _limit("ATTNGEN_MAX_PATTERN_CHARS", 100_000)
+    return _limit("ATTNGEN_MAX_PATTERN_CHARS", 20_000)
 
 
 def max_length() -> int:
