@@ -169,6 +169,10 @@ def distinct_heads(pattern: Pattern, heads: int, kv_heads: int | None
     return tuple(distinct), np.array([distinct[n] for n in head_nodes], dtype=np.int64)
 
 
+MAX_BLOCK_SIDE = 1 << 16
+MAX_BLOCK_AREA = 1 << 24
+
+
 def _block(block) -> tuple[int, int]:
     try:
         bm, bn = (block, block) if isinstance(block, int) else tuple(block)
@@ -178,6 +182,10 @@ def _block(block) -> tuple[int, int]:
         raise TypeError(f"block sizes must be ints, got {block!r}")
     if bm < 1 or bn < 1:
         raise ValueError(f"block sizes must be positive, got {block}")
+    if max(bm, bn) > MAX_BLOCK_SIDE or bm * bn > MAX_BLOCK_AREA:
+        raise ValueError(f"block {bm}x{bn} is too large: sides at most {MAX_BLOCK_SIDE} and "
+                         f"area at most {MAX_BLOCK_AREA} (a partial block is evaluated "
+                         "element by element)")
     return int(bm), int(bn)
 
 
