@@ -158,7 +158,11 @@ def _block_chars() -> str:
 
 def _density_lines(lay: attngen.BlockLayout) -> list[str]:
     partial, full = lay.block_counts()
-    return [f"density    {lay.density():.4f}  (allowed pairs / causal pairs, exact)",
+    try:
+        density = f"density    {lay.density():.4f}  (allowed pairs / causal pairs, exact)"
+    except ValueError as e:  # too many partial-block elements to count
+        density = f"density    not computed: {e}"
+    return [density,
             (f"blocks     {partial} partial + {full} full of {viz.causal_blocks(lay)} causal "
              f"blocks: block density {viz.block_density(lay):.2%}")]
 

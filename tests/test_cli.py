@@ -265,6 +265,11 @@ def test_unexpected_errors_exit_1_without_traceback(capsys, monkeypatch):
     assert "RuntimeError: something inside broke" in err and "--debug" in err
 
 
+def test_density_that_is_too_dear_is_skipped(capsys):
+    rc, out, err = run(capsys, "layout", "causal", "--n", "4194304", "--block", "4096")
+    assert rc == 0 and "density    not computed: the exact count would evaluate" in out
+
+
 @pytest.mark.parametrize("target, written", [("dir", "dir/pattern.png"), ("pic", "pic.png"),
                                              ("pic.png", "pic.png")])
 def test_png_goes_where_it_says(capsys, tmp_path, target, written):

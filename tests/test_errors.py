@@ -363,6 +363,13 @@ def test_sizes_beyond_the_limits_fail_before_allocating(call, limit):
         call()
 
 
+def test_exact_density_is_refused_before_a_huge_count():
+    lay = attngen.layout("causal", 1 << 22, block=4096)  # 1024 partial blocks of 2^24
+    assert lay.block_counts() == (1024, 1024 * 1023 // 2)
+    with pytest.raises(ValueError, match="would evaluate 17179869184 elements"):
+        lay.density()
+
+
 def test_limits_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("ATTNGEN_MAX_BLOCKS", str(300 * 300 - 1))
     with pytest.raises(ValueError, match="ATTNGEN_MAX_BLOCKS"):

@@ -120,8 +120,14 @@ class BlockLayout:
         return p, f
 
     def allowed_elements(self) -> int:
-        """Allowed (q, k) pairs over all heads: FULL blocks by area, PARTIAL ones counted."""
+        """Allowed (q, k) pairs over all heads: FULL blocks by area, PARTIAL ones counted
+        element by element (refused beyond MAX_COUNTED elements, before counting)."""
         g = self.grid
+        work = sum(len(c.indices) for c in self.partial) * g.BM * g.BN
+        if work > MAX_COUNTED:
+            raise ValueError(f"the exact count would evaluate {work} elements of partial "
+                             f"blocks, more than {MAX_COUNTED}: use smaller blocks or a "
+                             "smaller M, N")
         total = 0
         per_pattern = []
         for i, node in enumerate(self.nodes):
@@ -170,6 +176,7 @@ def distinct_heads(pattern: Pattern, heads: int, kv_heads: int | None
 
 
 MAX_BLOCK_SIDE = 1 << 16
+MAX_COUNTED = 1 << 30  # partial-block elements allowed_elements evaluates (seconds)
 MAX_BLOCK_AREA = 1 << 24
 
 
