@@ -28,6 +28,7 @@ from attngen.dsl import load_text
 from attngen.errors import PatternError, did_you_mean
 from attngen.ir.node import walk
 from attngen.ir.pattern import check_sizes
+from attngen.lower.layout import check_dense
 from attngen.profile import commands as profile_commands
 
 MAX_ASCII_N = 64  # element picture up to this many keys (and queries)
@@ -290,6 +291,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
             print(f"  {label:<8} {int(c.sum()):>10}   {_stats(c)}")
     print("\n".join(_density_lines(lay)))
     if args.out:
+        width = max(int(c.counts.max(initial=1)) for c in lay.partial + lay.full)
+        check_dense("layout --out's FlexAttention tensors", lay.heads * g.QB * width)
         saved = {**lay.to_flex(), "pattern": str(p), "M": g.M, "N": g.N,
                  "block": (g.BM, g.BN), "heads": lay.heads}
         if lay.heads * g.QB * g.KB <= MAX_SAVED_CLASSES:

@@ -235,6 +235,8 @@ def files(tmp_path):
     (["show", "local(4)", "--n", "64", "--heads", "100000000"], 2, "ATTNGEN_MAX_HEADS"),
     (["show", "heads { 0..999999999: local(4); *: causal }"], 2, "pass --heads"),
     (["layout", "causal", "--n", "100000", "--block", "1"], 2, "ATTNGEN_MAX_BLOCKS"),
+    (["layout", "causal", "--n", "65536", "--block", "64", "--heads", "256", "--out",
+      "{tmp}/big.pt"], 2, "ATTNGEN_MAX_MASK_ELEMENTS"),
     (["show", "where(q // (q - k) == 0)", "--n", "16"], 2, "division by zero"),
     (["show", "{tmp}/missing.attn"], 2, "no such file"),
     (["show", "{tmp}/dir/x.attn"], 2, "no such file"),

@@ -363,6 +363,13 @@ def test_sizes_beyond_the_limits_fail_before_allocating(call, limit):
         call()
 
 
+def test_dense_block_classes_are_bounded(monkeypatch):
+    lay = attngen.layout("causal", 64 * 64, block=64)
+    monkeypatch.setenv("ATTNGEN_MAX_MASK_ELEMENTS", str(64 * 64 - 1))
+    with pytest.raises(ValueError, match="ATTNGEN_MAX_MASK_ELEMENTS"):
+        lay.pattern_classes(0)
+
+
 def test_exact_density_is_refused_before_a_huge_count():
     lay = attngen.layout("causal", 1 << 22, block=4096)  # 1024 partial blocks of 2^24
     assert lay.block_counts() == (1024, 1024 * 1023 // 2)

@@ -55,11 +55,16 @@ class BlockLayout:
         H, QB, KB = self.shape
         out = np.zeros((H, QB, KB), dtype=np.uint8)
         for h in range(H):
-            i = self.head_index[h]
-            for csr, value in ((self.partial[i], PARTIAL), (self.full[i], FULL)):
-                rows = np.repeat(np.arange(QB), csr.counts)
-                out[h, rows, csr.indices] = value
+            out[h] = self.pattern_classes(self.head_index[h])
         return torch.from_numpy(out)
+
+    def pattern_classes(self, i: int) -> np.ndarray:
+        """[QB, KB] uint8 classes of distinct head pattern i (self.nodes[i])."""
+        check_dense("the block classes", self.grid.QB * self.grid.KB)
+        out = np.zeros((self.grid.QB, self.grid.KB), dtype=np.uint8)
+        for csr, value in ((self.partial[i], PARTIAL), (self.full[i], FULL)):
+            out[np.repeat(np.arange(self.grid.QB), csr.counts), csr.indices] = value
+        return out
 
     def to_flex(self, width: int | None = None) -> dict[str, torch.Tensor]:
         """FlexAttention's kv_num_blocks/kv_indices (partial) and full_* tensors [1, H, QB, W],
@@ -99,6 +104,7 @@ class BlockLayout:
     def mask_mod(self, device):
         """A FlexAttention mask_mod evaluating the exact predicate (dense, for small sizes)."""
         g = self.grid
+        check_dense("mask_mod", len(self.nodes) * g.M * g.N)
         rows = np.arange(g.M)[:, None] + g.offset
         cols = np.arange(g.N)[None, :]
         per_pattern = torch.from_numpy(np.stack([
@@ -144,6 +150,15 @@ class BlockLayout:
     def density(self) -> float:
         """Allowed pairs ÷ causal pairs (bottom-right aligned), averaged over heads."""
         return self.allowed_elements() / (causal_pairs(self.grid.M, self.grid.N) * self.heads)
+
+
+def check_dense(what: str, elements: int) -> None:
+    """Dense per-head tables are for small sizes: refuse before allocating a large one."""
+    from attngen.runtime.env import max_mask_elements  # every limit is read in one place
+
+    if elements > max_mask_elements():
+        raise ValueError(f"{what} would allocate {elements} elements, more than the limit of "
+                         f"{max_mask_elements()} (raise it with $ATTNGEN_MAX_MASK_ELEMENTS)")
 
 
 def causal_pairs(M: int, N: int) -> int:

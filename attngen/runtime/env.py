@@ -71,5 +71,7 @@ def max_heads() -> int:
 
 
 def max_mask_elements() -> int:
-    """Most heads × M × N elements of a dense mask ($ATTNGEN_MAX_MASK_ELEMENTS)."""
+    """Most elements of a dense mask (heads × M × N) or dense block table (query blocks ×
+    kv blocks of a picture, heads × query blocks × width of `layout --out`)
+    ($ATTNGEN_MAX_MASK_ELEMENTS)."""
     return _limit("ATTNGEN_MAX_MASK_ELEMENTS", 1 << 27)
