@@ -4,8 +4,9 @@
     attngen layout streaming --n 8192 --block 128 --out layout.pt
     attngen demo
 
-Every error about the user's input (a PatternError, a bad argument) is printed to stderr
-and exits with status 2, never with a traceback.
+Every error about the user's input (a PatternError, a bad argument, a missing file) is
+printed to stderr and exits with status 2; a failure (no GPU, a file that cannot be written,
+an error at run time) exits with status 1. No traceback is shown unless `--debug` is given.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import re
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,8 @@ from attngen import library, viz
 from attngen.dsl import load_text
 from attngen.errors import PatternError, did_you_mean
 from attngen.ir.node import walk
+from attngen.ir.pattern import check_sizes
+from attngen.lower.layout import check_dense
 from attngen.profile import commands as profile_commands
 
 MAX_ASCII_N = 64  # element picture up to this many keys (and queries)
@@ -66,7 +70,29 @@ def default_heads(p: attngen.Pattern) -> int:
     if not p.is_mixture:
         return 1
     n = p.node
-    return max((r.hi for r in n.ranges), default=-1) + 1 + (n.default >= 0)
+    heads = max((r.hi for r in n.ranges), default=-1) + 1 + (n.default >= 0)
+    try:
+        check_sizes(heads=heads)
+    except ValueError as e:
+        raise ValueError(f"showing every head of the {n.name} block needs {heads} heads: {e}; "
+                         "pass --heads") from None
+    return heads
+
+
+def check_heads(heads: int, kv_heads: int | None) -> None:
+    """--heads and --kv-heads: positive, and the query heads a multiple of the kv heads (as
+    for a `heads { … }` pattern, also for a plain one)."""
+    for what, v in (("--heads", heads), ("--kv-heads", kv_heads)):
+        if v is not None and v < 1:
+            raise ValueError(f"{what} must be at least 1, got {v}")
+    if kv_heads is not None and heads % kv_heads:
+        raise ValueError(f"--heads {heads} is not a multiple of --kv-heads {kv_heads}")
+
+
+def positive(what: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, got {value}")
+    return value
 
 
 def uses_document(p: attngen.Pattern) -> bool:
@@ -83,10 +109,10 @@ class Problem:
         self.block = args.block
         self.heads = default_heads(p) if args.heads is None else args.heads
         self.kv_heads = getattr(args, "kv_heads", None)
-        for what, v in (("--n", self.N), ("--m", self.M), ("--heads", self.heads),
-                        ("--kv-heads", self.kv_heads or 1)):
-            if v < 1:
-                raise ValueError(f"{what} must be at least 1, got {v}")
+        for what, v in (("--n", self.N), ("--m", self.M)):
+            positive(what, v)
+        check_heads(self.heads, self.kv_heads)
+        check_sizes(self.M, self.N, self.heads)
         self.doc_ids = None
         self.docs = getattr(args, "docs", 4)
         if uses_document(p):  # ids are a run-time input; show equal-length documents
@@ -133,7 +159,11 @@ def _block_chars() -> str:
 
 def _density_lines(lay: attngen.BlockLayout) -> list[str]:
     partial, full = lay.block_counts()
-    return [f"density    {lay.density():.4f}  (allowed pairs / causal pairs, exact)",
+    try:
+        density = f"density    {lay.density():.4f}  (allowed pairs / causal pairs, exact)"
+    except ValueError as e:  # too many partial-block elements to count
+        density = f"density    not computed: {e}"
+    return [density,
             (f"blocks     {partial} partial + {full} full of {viz.causal_blocks(lay)} causal "
              f"blocks: block density {viz.block_density(lay):.2%}")]
 
@@ -172,18 +202,44 @@ def _dynamic_inputs(pb: Problem, args: argparse.Namespace
     """q [1, H, M, D], k [1, Hkv, N, D] from --inputs (batch 0), else seeded random."""
     kv_heads = pb.kv_heads or pb.heads
     if args.inputs:
-        saved = torch.load(args.inputs, map_location="cpu", weights_only=True)
-        q, k = (saved["q"], saved["k"]) if isinstance(saved, dict) else saved[:2]
+        q, k = _load_inputs(args.inputs)
         if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
             raise ValueError(f"{args.inputs}: want q [B, H, M, D] and k [B, Hkv, N, D], got "
                              f"{list(q.shape)} and {list(k.shape)}")
         pb.M, pb.N, pb.heads = q.shape[2], k.shape[2], q.shape[1]
         pb.kv_heads = k.shape[1]
         return q[:1].float(), k[:1].float(), f"q, k from {args.inputs} (batch 0)"
+    positive("--head-dim", args.head_dim)
     g = torch.Generator().manual_seed(args.seed)
     q = torch.randn(1, pb.heads, pb.M, args.head_dim, generator=g)
     k = torch.randn(1, kv_heads, pb.N, args.head_dim, generator=g)
     return q, k, f"random q, k (seed {args.seed}, head dim {args.head_dim})"
+
+
+def _load_inputs(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k from a torch.save file of {'q': …, 'k': …} (or a sequence q, k, …)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--inputs: no such file: {path}")
+    want = "a torch.save file of {'q': [B, H, M, D], 'k': [B, Hkv, N, D]}"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file it cannot read
+        first = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"--inputs {path} is not {want} ({type(e).__name__}: {first})") from None
+    if isinstance(saved, dict):
+        if "q" not in saved or "k" not in saved:
+            raise ValueError(f"--inputs {path} has keys {sorted(map(str, saved))}; want {want}")
+        q, k = saved["q"], saved["k"]
+    elif isinstance(saved, list | tuple) and len(saved) >= 2:
+        q, k = saved[:2]
+    else:
+        raise ValueError(f"--inputs {path} holds a {type(saved).__name__}; want {want}")
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)):
+        raise ValueError(f"--inputs {path}: q and k must be tensors; want {want}")
+    if not (q.is_floating_point() and k.is_floating_point()):
+        raise ValueError(f"--inputs {path}: q and k must be floating point, got {q.dtype} and "
+                         f"{k.dtype}")
+    return q, k
 
 
 def _show_dynamic(p: attngen.Pattern, pb: Problem, args: argparse.Namespace) -> None:
@@ -219,6 +275,9 @@ def _stats(counts: np.ndarray) -> str:
 def cmd_layout(args: argparse.Namespace) -> int:
     p = resolve(args.pattern, args.name)
     pb = Problem(p, args)
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give a file name such as "
+                         f"{Path(args.out) / 'layout.pt'}")
     lay = pb.layout()
     g = lay.grid
     print(f"pattern    {p}")
@@ -232,6 +291,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
             print(f"  {label:<8} {int(c.sum()):>10}   {_stats(c)}")
     print("\n".join(_density_lines(lay)))
     if args.out:
+        width = max(int(c.counts.max(initial=1)) for c in lay.partial + lay.full)
+        check_dense("layout --out's FlexAttention tensors", lay.heads * g.QB * width)
         saved = {**lay.to_flex(), "pattern": str(p), "M": g.M, "N": g.N,
                  "block": (g.BM, g.BN), "heads": lay.heads}
         if lay.heads * g.QB * g.KB <= MAX_SAVED_CLASSES:
@@ -239,7 +300,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
         else:
             print(f"note       classes() left out: {lay.heads}x{g.QB}x{g.KB} is too large")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(saved, args.out)
+        with open(args.out, "wb") as f:  # an unwritable path fails here as an OSError
+            torch.save(saved, f)
         print(f"wrote      {args.out}  ({', '.join(saved)})")
     return 0
 
@@ -317,6 +379,10 @@ _PATTERN_HELP = ("pattern-language text, a path to a .attn file, or a bundled pa
 def cmd_compile(args: argparse.Namespace) -> int:
     p = resolve(args.pattern, args.name)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    positive("--head-dim", args.head_dim)
+    check_heads(args.heads, args.kv_heads)
+    check_sizes(heads=args.heads)
+    _check_device(args.device)
     kern = attngen.compile(p, head_dim=args.head_dim, dtype=dtype, heads=args.heads,
                            kv_heads=args.kv_heads, device=args.device)
     if args.o:
@@ -328,6 +394,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"# cache entry: {kern.path or '(built in memory)'} ({state})",
           file=sys.stderr)
     return 0
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NoDevice("--device cuda: this torch has no CUDA device (use --device cpu for "
+                       "the Triton interpreter)")
+
+
+class NoDevice(RuntimeError):
+    """The command needs hardware this machine lacks (exit status 1)."""
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
@@ -383,6 +467,9 @@ def _bench_model(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from attngen import bench
 
+    if not torch.cuda.is_available():
+        raise NoDevice("attngen bench needs a CUDA GPU (it times kernels on one), and this "
+                       "machine has none")
     if args.model:
         return _bench_model(args)
     if args.plan:
@@ -486,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  attngen layout streaming --n 8192 --out layout.pt\n  attngen demo\n\n"
                "`attngen COMMAND --help` tells more.")
     parser.add_argument("--version", action="version", version=f"attngen {attngen.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of "
+                        "an error")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     show = subs.add_parser(
@@ -633,8 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted after the command too: `attngen show … --debug`
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([a for a in argv if a != "--debug"])
     except SystemExit as e:  # --help, --version, or a usage error (status 2)
         return e.code if isinstance(e.code, int) else 2
     if args.command is None:
@@ -642,16 +733,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except PatternError as e:
-        print(e, file=sys.stderr)
-    except NotImplementedError as e:
-        print(f"attngen {args.command}: not available: {e}", file=sys.stderr)
-    except ValueError as e:
-        print(f"attngen {args.command}: error: {e}", file=sys.stderr)
     except BrokenPipeError:  # `attngen demo | head`
         sys.stdout = open(os.devnull, "w")
         return 0
-    except OSError as e:
-        print(f"attngen {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    return 2
+    except KeyboardInterrupt:
+        print(f"attngen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every error ends as one message (a traceback with --debug)
+        if debug:
+            traceback.print_exc()
+        status = exit_status(e)
+        if isinstance(e, PatternError):
+            print(e, file=sys.stderr)
+        elif isinstance(e, NotImplementedError):
+            print(f"attngen {args.command}: not available: {e}", file=sys.stderr)
+        else:
+            text = str(e) if isinstance(e, ValueError | TypeError | OSError | NoDevice) \
+                else f"{type(e).__name__}: {e}"
+            print(f"attngen {args.command}: error: {text}", file=sys.stderr)
+        if status == 1 and not debug and not isinstance(e, OSError | NoDevice):
+            print("(attngen --debug … shows the traceback)", file=sys.stderr)
+        return status
+
+
+def exit_status(e: BaseException) -> int:
+    """2 for a usage error (bad argument, pattern or file name), 1 for a failure."""
+    if isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return 2
+    if isinstance(e, PatternError | ValueError | TypeError | NotImplementedError):
+        return 2
+    return 1

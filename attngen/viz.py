@@ -110,7 +110,8 @@ def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[
     rows = dict(list(rows.items())[:MAX_PNG_ROWS])
     masks = ({i: Pattern(lay.nodes[i]).mask(M, N, doc_ids=doc_ids)[0].numpy() for i in rows}
              if M * N <= MAX_PIXELS else None)
-    classes = lay.classes().numpy() if g.QB * g.KB <= MAX_PIXELS else None
+    classes = ({i: lay.pattern_classes(i) for i in rows} if g.QB * g.KB <= MAX_PIXELS
+               else None)
     partial, full = lay.block_counts()
     title = "\n".join(textwrap.wrap(str(pattern), 110)[:6])
     title += (f"\nM={M}  N={N}  heads={heads}   density {lay.density():.4f} of causal"
@@ -119,7 +120,7 @@ def save_png(pattern: Pattern, M: int, N: int | None = None, block: int | tuple[
     panels = [(f"{heads_text(hs)}: " if heads > 1 else "",
                lay.nodes[i].text if pattern.is_mixture else None,
                None if masks is None else masks[i],
-               None if classes is None else classes[hs[0]]) for i, hs in rows.items()]
+               None if classes is None else classes[i]) for i, hs in rows.items()]
     return save_panels(panels, title, (g.BM, g.BN), path)
 
 
@@ -167,8 +168,19 @@ def save_panels(rows: list[tuple[str, str | None, np.ndarray | None, np.ndarray 
                         Patch(facecolor=COLOURS[1], label="partial"),
                         Patch(facecolor=COLOURS[0], edgecolor="#888888", label="empty / masked")],
                loc="outside lower center", ncol=3, fontsize=8)
-    path = Path(path)
+    path = png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
     return path
+
+
+def png_path(path: str | Path) -> Path:
+    """Where a picture asked for at `path` goes: into a directory as pattern.png, and with a
+    .png suffix when it has none (matplotlib would add it silently)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "pattern.png"
+    return path if path.suffix else path.with_name(path.name + ".png")

@@ -197,3 +197,85 @@ def test_python_m_attngen_error_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error: unknown pattern `loacl`" in result.stderr and "^^^^^" in result.stderr
+
+
+# -- hardening (issue 16): no traceback for any bad argument or file ---------------------------
+@pytest.fixture
+def files(tmp_path):
+    torch.save([1, 2], tmp_path / "notatorch.pt")
+    torch.save({"k": torch.zeros(1, 1, 4, 4)}, tmp_path / "noq.pt")
+    (tmp_path / "garbage.pt").write_text("hello")
+    (tmp_path / "dir").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["bench", "--lengths", "64"], 1, "needs a CUDA GPU"),
+    (["layout", "causal", "--n", "64", "--out", "{tmp}/dir"], 2, "is a directory"),
+    (["layout", "causal", "--n", "64", "--out", "{tmp}/garbage.pt/x.pt"], 1, "garbage.pt"),
+    (["compile", "causal", "--device", "cuda"], 1, "no CUDA device"),
+    (["compile", "causal", "--device", "tpu"], 2, "--device must be cpu or cuda"),
+    (["compile", "causal", "--heads", "0"], 2, "--heads must be at least 1"),
+    (["compile", "causal", "--head-dim", "-8"], 2, "--head-dim must be at least 1"),
+    (["compile", "causal", "--heads", "4", "--kv-heads", "3"], 2, "not a multiple"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--inputs", "{tmp}/notatorch.pt"], 2,
+     "must be tensors"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--inputs", "{tmp}/noq.pt"], 2,
+     "has keys ['k']"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--inputs", "{tmp}/garbage.pt"], 2,
+     "is not a torch.save file"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--inputs", "{tmp}/nosuch.pt"], 2,
+     "no such file"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--head-dim", "0"], 2,
+     "--head-dim must be at least 1"),
+    (["show", "vertical_slash(4, 4)", "--n", "16", "--head-dim", "-3"], 2,
+     "--head-dim must be at least 1"),
+    (["show", "causal", "--n", "16", "--heads", "4", "--kv-heads", "3"], 2, "not a multiple"),
+    (["show", "causal", "--n", "2147483648"], 2, "ATTNGEN_MAX_LENGTH"),
+    (["show", "local(4)", "--n", "64", "--heads", "100000000"], 2, "ATTNGEN_MAX_HEADS"),
+    (["show", "heads { 0..999999999: local(4); *: causal }"], 2, "pass --heads"),
+    (["layout", "causal", "--n", "100000", "--block", "1"], 2, "ATTNGEN_MAX_BLOCKS"),
+    (["layout", "causal", "--n", "65536", "--block", "64", "--heads", "256", "--out",
+      "{tmp}/big.pt"], 2, "ATTNGEN_MAX_MASK_ELEMENTS"),
+    (["show", "where(q // (q - k) == 0)", "--n", "16"], 2, "division by zero"),
+    (["show", "{tmp}/missing.attn"], 2, "no such file"),
+    (["show", "{tmp}/dir/x.attn"], 2, "no such file"),
+    (["eval", "--plan", "{tmp}/noplan.json"], 2, "noplan.json"),
+])
+def test_bad_arguments_give_a_message_and_a_status(capsys, monkeypatch, files, argv, status,
+                                                    message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, out, err = run(capsys, *[a.replace("{tmp}", str(files)) for a in argv])
+    assert (rc, "Traceback" in out + err) == (status, False), err
+    assert message in err
+
+
+@pytest.mark.parametrize("where", [0, 3])
+def test_debug_shows_the_traceback(capsys, where):
+    argv = ["show", "where(q % (M - N) == 0)", "--n", "8"]
+    rc, _, err = run(capsys, *argv[:where], "--debug", *argv[where:])
+    assert rc == 2 and "Traceback" in err and "division by zero" in err
+
+
+def test_unexpected_errors_exit_1_without_traceback(capsys, monkeypatch):
+    def broken(*args, **kw):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(attngen, "layout", broken)
+    rc, _, err = run(capsys, "layout", "causal", "--n", "8")
+    assert rc == 1 and "Traceback" not in err
+    assert "RuntimeError: something inside broke" in err and "--debug" in err
+
+
+def test_density_that_is_too_dear_is_skipped(capsys):
+    rc, out, err = run(capsys, "layout", "causal", "--n", "4194304", "--block", "4096")
+    assert rc == 0 and "density    not computed: the exact count would evaluate" in out
+
+
+@pytest.mark.parametrize("target, written", [("dir", "dir/pattern.png"), ("pic", "pic.png"),
+                                             ("pic.png", "pic.png")])
+def test_png_goes_where_it_says(capsys, tmp_path, target, written):
+    (tmp_path / "dir").mkdir()
+    rc, out, _ = run(capsys, "show", "causal", "--n", "8", "--png", str(tmp_path / target))
+    assert rc == 0 and f"wrote      {tmp_path / written}\n" in out
+    assert_png(tmp_path / written)

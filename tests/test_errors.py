@@ -2,7 +2,12 @@
 clear message, a rendered source line and a caret under the fault (DESIGN §3, Errors)."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -278,3 +283,340 @@ def test_token_soup_in_context(template, tokens):
     except PatternError as err:
         assert err.line is not None and 1 <= err.line and err.col is not None and 1 <= err.col
         err.render()
+
+
+# -- hardening (issue 16): inputs that used to hang, blow up or raise a raw exception ----------
+def test_min_of_q_and_k_is_negative_when_m_exceeds_n():
+    # q = i + N − M is negative for the first queries when M > N: q is not nonnegative
+    p = attngen.parse("where(min(q, k) < 0)")
+    assert str(p) != "~full"
+    assert p.mask(2, 1)[0, :, 0].tolist() == [True, False]
+
+
+def test_huge_period_costs_a_few_residue_classes(monkeypatch):
+    from attngen.lower import cost
+
+    calls = []
+    shape = cost.class_shape
+    monkeypatch.setattr(cost, "class_shape", lambda *a: calls.append(a) or shape(*a))
+    plan = attngen.lower("causal & strided(1000000)", 16, 16, block=8)
+    assert plan.blocks >= 2 and len(calls) <= 8
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 50), st.integers(1, 50), st.integers(1, 70), st.integers(1, 9))
+def test_permutation_cost_equals_the_walk_over_residues(M, N, period, bm):
+    from attngen.ir import simplify as S
+    from attngen.lower.atoms import atoms_of, numeric
+    from attngen.lower.cost import permutation_cost, ranges_cost
+    from attngen.lower.grid import Grid
+    from attngen.lower.permute import class_shape
+
+    node, g = S.prim("causal"), Grid(M, N, bm, bm)
+    blocks = masked = 0
+    for r in range(period):
+        m, n = class_shape(M, N, period, r)
+        if m == 0:
+            continue
+        if n == 0:
+            blocks += -(-m // bm)
+            continue
+        b, p = ranges_cost(atoms_of(node, numeric(m, n)), Grid(m, n, bm, bm))
+        blocks, masked = blocks + b + -(-m // bm), masked + p
+    assert permutation_cost(node, period, True, g) == (blocks, masked)
+
+
+def test_doubling_definitions_expand_once():
+    lines = ["def a0() = local(4)"] + [f"def a{i}() = a{i - 1}() | a{i - 1}()"
+                                       for i in range(1, 60)]
+    assert str(attngen.parse("\n".join(lines))) == "local(4)"
+
+
+def test_exponential_definitions_are_refused_by_name():
+    lines = ["def a0(w) = local(w)"] + [f"def a{i}(w) = a{i - 1}(2 * w) | a{i - 1}(2 * w + 1)"
+                                        for i in range(1, 30)]
+    with pytest.raises(PatternError, match=r"`a\d+` expands to more than \d+ terms"):
+        attngen.parse("\n".join(lines) + "\na29(1)")
+
+
+@pytest.mark.parametrize("argument, first", [("min(w, N) + max(w, M)", "4"),
+                                             ("w // 2 + w // 3 + N", "N")])
+def test_arguments_that_double_per_level_are_refused(argument, first):
+    lines = ["def a0(w) = local(w)"] + [f"def a{i}(w) = a{i - 1}({argument})"
+                                        for i in range(1, 41)]
+    with pytest.raises(PatternError, match=r"a\d+: argument w grew beyond \d+ terms"):
+        attngen.parse("\n".join(lines) + f"\na40({first})")
+
+
+@pytest.mark.parametrize("call, limit", [
+    (lambda: attngen.layout("causal", 100_000, block=1), "ATTNGEN_MAX_BLOCKS"),
+    (lambda: attngen.layout("causal", 1 << 31, block=128), "ATTNGEN_MAX_LENGTH"),
+    (lambda: attngen.lower("causal", 1 << 31), "ATTNGEN_MAX_LENGTH"),
+    (lambda: attngen.parse("local(4)").mask(64, heads=100_000_000), "ATTNGEN_MAX_HEADS"),
+    (lambda: attngen.parse("local(4)").mask(1 << 16), "ATTNGEN_MAX_MASK_ELEMENTS"),
+    (lambda: attngen.layout("local(4)", 64, heads=100_000_000), "ATTNGEN_MAX_HEADS"),
+    (lambda: attngen.layout("causal", 64, block=99_999_999_999), "sides at most 65536"),
+    (lambda: attngen.lower("causal", 64, block=(8192, 8192)), "area at most 16777216"),
+])
+def test_sizes_beyond_the_limits_fail_before_allocating(call, limit):
+    with pytest.raises(ValueError, match=f"(limit of .*{limit}|{limit})"):
+        call()
+
+
+def test_dense_block_classes_are_bounded(monkeypatch):
+    lay = attngen.layout("causal", 64 * 64, block=64)
+    monkeypatch.setenv("ATTNGEN_MAX_MASK_ELEMENTS", str(64 * 64 - 1))
+    with pytest.raises(ValueError, match="ATTNGEN_MAX_MASK_ELEMENTS"):
+        lay.pattern_classes(0)
+
+
+def test_exact_density_is_refused_before_a_huge_count():
+    lay = attngen.layout("causal", 1 << 22, block=4096)  # 1024 partial blocks of 2^24
+    assert lay.block_counts() == (1024, 1024 * 1023 // 2)
+    with pytest.raises(ValueError, match="would evaluate 17179869184 elements"):
+        lay.density()
+
+
+def test_limits_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ATTNGEN_MAX_BLOCKS", str(300 * 300 - 1))
+    with pytest.raises(ValueError, match="ATTNGEN_MAX_BLOCKS"):
+        attngen.layout("causal", 300, block=1)
+    monkeypatch.setenv("ATTNGEN_MAX_BLOCKS", str(300 * 300))
+    assert attngen.layout("causal", 300, block=1).block_counts() == (0, 300 * 301 // 2)
+
+
+@pytest.mark.parametrize("value, message", [("abc", "must be an integer"),
+                                            ("0", "must be at least 1")])
+def test_bad_limit_variables_are_named(monkeypatch, value, message):
+    monkeypatch.setenv("ATTNGEN_MAX_LENGTH", value)
+    with pytest.raises(ValueError, match=f"ATTNGEN_MAX_LENGTH {message}"):
+        attngen.layout("causal", 8)
+
+
+def test_heads_builder_does_not_materialise_ranges():
+    p = attngen.heads({range(0, 10**12): attngen.local(4), "*": attngen.causal})
+    with pytest.raises(PatternError, match="head index 999999999999 is out of range"):
+        p.head_nodes(2)  # once the heads are known, a larger range is an error
+    with pytest.raises(PatternError, match="head 5 is assigned twice"):
+        attngen.heads({range(0, 10**12): attngen.local(4), (5,): attngen.causal})
+
+
+def test_deep_nesting_is_refused_at_the_offending_token():
+    err = _raise("(" * 141 + "causal" + ")" * 141, None)
+    assert (err.line, err.col) == (1, 102) and "deeper than 100" in err.message
+    err = _raise("where(" + "(" * 150 + "q < k" + ")" * 150 + ")", None)
+    assert "deeper than 100" in err.message
+    err = _raise("local(" + "-" * 200 + "4)", None)
+    assert "deeper than 100" in err.message
+    assert attngen.parse("(" * 90 + "causal" + ")" * 90) == attngen.causal
+
+
+def test_long_flat_chains_need_no_recursion(monkeypatch):
+    monkeypatch.setenv("ATTNGEN_MAX_PATTERN_CHARS", "100000")
+    union = " | ".join(f"columns({i})" for i in range(3000))
+    assert len(attngen.parse(union).node.children) == 3000
+    conj = " and ".join(f"q - k != {i}" for i in range(1000))
+    mask = attngen.parse(f"where({conj})").mask(4, 4)[0]
+    assert torch.equal(mask, ~attngen.causal.mask(4)[0])  # only q - k < 0 is left
+    total = " + ".join(["1"] * 3000)
+    assert str(attngen.parse(f"local({total})")) == "local(3000)"
+
+
+def test_deep_definition_chains_are_refused():
+    lines = ["def d0() = causal"] + [f"def d{i}() = d{i - 1}() & ~sink({i})"
+                                     for i in range(1, 150)]
+    with pytest.raises(PatternError, match="definitions nest deeper than 100"):
+        attngen.parse("\n".join(lines))
+
+
+def test_pattern_text_size_is_limited(tmp_path):
+    with pytest.raises(PatternError, match="ATTNGEN_MAX_PATTERN_CHARS"):
+        attngen.parse("causal" + " " * 2_000_000)
+    path = tmp_path / "big.attn"
+    path.write_text("# " + "x" * 3_000_000 + "\ncausal\n")
+    with pytest.raises(PatternError, match="ATTNGEN_MAX_PATTERN_CHARS"):
+        attngen.load(path)
+
+
+@pytest.mark.parametrize("source, evaluate", [
+    ("where(q // (q - k) == 0)", (16, 16, 1)),
+    ("where(q % (M - N) == 0)", (16, 16, 1)),
+    ("where((q - k) % (k - 3) == 0)", (8, 8, 1)),
+])
+def test_division_by_zero_at_evaluation_is_a_pattern_error(source, evaluate):
+    p = attngen.parse(source)
+    with pytest.raises(PatternError, match="division by zero"):
+        p.mask(evaluate[0], evaluate[1])
+    with pytest.raises(PatternError, match="division by zero"):
+        attngen.layout(p, evaluate[0], evaluate[1], block=4)
+
+
+@pytest.mark.parametrize("source, col, message", [
+    ("local(" + "1" + "0" * 100 + ")", 7, "is too large"),
+    ("where(q - k < 1000000000000000000000000000000)", 15, "is too large"),
+    ("heads { 99999999999999999999: local(4); *: causal }", 9, "is too large"),
+    ("local(" + "9" * 5000 + ")", 7, "(5000 digits) is too large"),
+    ("sink(4294967297)", 6, "is too large"),
+    ("local(65536 * 65536)", 7, "local: parameter w = 4294967296 is too large"),
+    ("where(q * 100000 * 100000 > k)", 7, "the constant 10000000000 is too large"),
+    ("local(0.0000000000000000000000001)", 7, "decimals"),
+    ("local(N * N)", 7, "products of two variables are not supported"),
+    ("where(q * q < k)", 7, "products of two variables are not supported"),
+    ("where((q // 2) * (k // 2) < 4)", 7, "products of two variables are not supported"),
+    ("local(\u0663)", 7, "unexpected character"),
+    ("sink(\uff14)", 6, "unexpected character"),
+])
+def test_bad_constants_and_products_are_located_pattern_errors(source, col, message):
+    err = _raise(source, None)
+    assert (err.line, err.col) == (1, col), err.render()
+    assert message in err.message, err.render()
+
+
+def test_rational_comparison_is_cleared_of_denominators():
+    p = attngen.parse("where(q // M < 0.5*k)")
+    assert str(p) == "where(2*(q // M) < k)"
+    assert attngen.parse(str(p)) == p
+    q = torch.arange(5)[:, None] + 2
+    k = torch.arange(7)[None, :]
+    assert torch.equal(p.mask(5, 7)[0], (q // 5) < 0.5 * k)
+    assert str(attngen.parse("where(-2*k + q < 5)")) == "where(-2*k + q < 5)"
+
+
+def test_rational_comparison_compiles_and_matches_the_reference(interpreter):
+    from attngen.reference import attention as reference
+
+    p = attngen.parse("where(q // M < 0.5*k) & causal")
+    kern = attngen.compile(p, head_dim=16, dtype=torch.float32, heads=1, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 24, 16, generator=g) for _ in range(3))
+    assert torch.allclose(kern(q, k, v), reference(q, k, v, p), atol=1e-4)
+
+
+@pytest.mark.parametrize("source", ["band(2147483647, 2147483647)", "local(2147483647)",
+                                    "dilated(65536, 65536)"])
+def test_constants_that_overflow_int32_in_kernels_are_refused(source):
+    # these ran and gave wrong results (q + r wrapped around in int32)
+    with pytest.raises(PatternError, match="too large"):
+        attngen.parse(source)
+
+
+@pytest.mark.parametrize("source", ["band(1073741824, 1073741824)", "local(1073741824)",
+                                    "dilated(32768, 32768) | sink(1073741824)"])
+def test_largest_constants_run_right(interpreter, source):
+    from attngen.reference import attention as reference
+
+    p = attngen.parse(source)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1, 20, 16, generator=g) for _ in range(3))
+    assert torch.allclose(attngen.attention(q, k, v, p), reference(q, k, v, p), atol=1e-4)
+
+
+def test_load_of_a_missing_file_is_a_pattern_error(tmp_path):
+    with pytest.raises(PatternError, match="no pattern file"):
+        attngen.load(tmp_path / "missing.attn")
+    with pytest.raises(PatternError, match="no bundled pattern"):
+        attngen.load("nosuch")
+    with pytest.raises(PatternError, match="is not a file"):
+        attngen.load(tmp_path)
+    (tmp_path / "bad.attn").write_bytes(b"causal \xff\xfe")
+    with pytest.raises(PatternError, match="not UTF-8"):
+        attngen.load(tmp_path / "bad.attn")
+
+
+# -- plan.json (issue 16, deliverable 4) --------------------------------------------------------
+SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+           "name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+@pytest.mark.parametrize("plan, message", [
+    ({"model": "m"}, "has no 'layers'"),
+    ([{"layer": 0, "pattern": "causal"}], "a plan is a JSON object"),
+    ({"layers": {"0": "causal"}}, "'layers' must be a list"),
+    ({"layers": [{"layer": 1.9, "pattern": "causal"}]}, "'layer' must be an integer, got 1.9"),
+    ({"layers": [{"layer": True, "pattern": "causal"}]}, "'layer' must be an integer, got true"),
+    ({"layers": [{"layer": None, "pattern": "causal"}]}, "'layer' must be an integer, got null"),
+    ({"layers": [{"layer": "0", "pattern": "causal"}]}, "'layer' must be an integer"),
+    ({"layers": [{"layer": -1, "pattern": "causal"}]}, "'layer' must be at least 0"),
+    ({"layers": [{"layer": 0, "pattern": 42}]}, "'pattern' must be a string, got 42"),
+    ({"layers": [{"layer": 0, "pattern": None}]}, "'pattern' must be a string, got null"),
+    ({"layers": [{"layer": 0}]}, "needs 'layer' and 'pattern'"),
+    ({"layers": ["causal"]}, "needs 'layer' and 'pattern'"),
+    ({"layers": [{"layer": 0, "pattern": "causal", "heads": 3}]}, "'heads' must be a list"),
+    ({"model": 7, "layers": []}, "'model' must be a string"),
+    ({"version": "1", "layers": []}, "'version' must be an integer"),
+])
+def test_plan_schema_is_checked(plan, message):
+    from attngen.profile.plan import read_plan
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_plan(plan)
+
+
+def test_empty_plan(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    assert read_plan({}).layers == {} and read_plan({"layers": []}).layers == {}
+    (tmp_path / "plan.json").write_text("{}")  # a file must say what it plans
+    with pytest.raises(ValueError, match="has no 'layers'"):
+        read_plan(tmp_path / "plan.json")
+
+
+def test_plan_pattern_errors_name_the_layer(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"layers": [{"layer": 0, "pattern": "causal"},
+                                           {"layer": 3, "pattern": "causal & loacl(4)"}]}))
+    with pytest.raises(PatternError) as info:
+        read_plan(path)
+    assert info.value.render().startswith(f"{path} layer 3:1:10: error: unknown pattern")
+    deep = {"layers": [{"layer": 5, "pattern": "(" * 300 + "causal" + ")" * 300}]}
+    with pytest.raises(PatternError, match="deeper than 100") as info:
+        read_plan(deep)
+    assert info.value.span.file == "plan layer 5"
+
+
+def test_plan_files_that_cannot_be_read(tmp_path):
+    from attngen.profile.plan import read_plan
+
+    with pytest.raises(FileNotFoundError, match="no plan file"):
+        read_plan(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        read_plan(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("plan, config, message", [
+    ({"model": "Qwen2.5-0.5B", "layers": []}, SMOLLM2, "made for model `Qwen2.5-0.5B`"),
+    ({"num_heads": 8, "layers": []}, SMOLLM2, "the plan is for 8 heads, the model has 9"),
+    ({"num_layers": 24, "layers": []}, SMOLLM2, "the plan is for 24 layers"),
+    ({"layers": [{"layer": 30, "pattern": "causal"}]}, SMOLLM2, "names layers [30]"),
+    ({"layers": [{"layer": 2, "pattern": "heads { 0..11: local(4); *: causal }"}]}, SMOLLM2,
+     "plan layer 2: head index 11 is out of range"),
+    ({"layers": [{"layer": 2, "pattern": "causal", "heads": [{"head": 0}] * 12}]}, SMOLLM2,
+     "plan layer 2 lists 12 heads, the model has 9"),
+])
+def test_plan_for_another_model_is_refused(plan, config, message):
+    from attngen.profile.plan import check_plan
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_plan(plan, config)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_PLANS = sorted(p for p in ROOT.glob("docs/results/**/plan.json")
+                         if "shards" not in p.parts)  # shards/plan.json: search work lists
+
+
+@pytest.mark.parametrize("path", COMMITTED_PLANS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_plans_validate(path):
+    from attngen.profile.plan import check_plan, read_plan
+
+    plan = read_plan(path)
+    assert plan.layers and check_plan(plan, SMOLLM2) is plan
+    gguf_name = {**SMOLLM2, "name_or_path": "/cache/models/SmolLM2-135M-Instruct.Q4_1"}
+    check_plan(plan, gguf_name)
+
+
+def test_committed_plans_exist():
+    assert len(COMMITTED_PLANS) >= 3

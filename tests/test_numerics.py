@@ -391,7 +391,7 @@ def test_bfloat16_under_the_interpreter_is_computed_in_fp32():
 
 # -- int64 offsets --------------------------------------------------------------------------
 WIDE = {"b", "h", "hkv", "r", "n0", "m0", "rows", "q_rows", "keys", "key_rows", "page",
-        "k_rows", "v_rows"}
+        "k_rows", "v_rows", "start"}
 # offsets inside one block, one residue class's first row, one page, or rows of one head
 # (offs_n, offs_m, i: fewer than 2^31 elements, checked on the host by check_row_span)
 LOCAL = {"rel_m", "rel_n", "res", "i", "offs_m", "offs_n", "row0", "% PAGE)"}

@@ -22,11 +22,18 @@ Grammar (precedence `~` > `&` > `-` > `|`; `#` starts a comment):
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from attngen.dsl import ast
 from attngen.dsl.lexer import Token, tokenize
 from attngen.errors import PatternError, Span
 
 _CMP = {"<", "<=", ">", ">=", "==", "!="}
+MAX_DEPTH = 100  # nested parentheses, `~`, `not` and unary minus; keeps every later pass shallow
+
+
+class _TooDeep(PatternError):
+    """Nesting beyond MAX_DEPTH: final, never a reason to backtrack."""
 
 
 class Parser:
@@ -34,6 +41,8 @@ class Parser:
         self.source, self.file = source, file
         self.tokens = tokenize(source, file)
         self.pos = 0
+        self.depth = 0
+        self.line_starts = [0] + [i + 1 for i, c in enumerate(source) if c == "\n"]
 
     # -- token helpers -------------------------------------------------------------
     @property
@@ -44,10 +53,27 @@ class Parser:
         if end is None:
             last = self.tokens[self.pos - 1]
             end = last.offset + len(last.text)
-        return Span.at(self.source, self.file, start, max(1, end - start))
+        return self.span_at(start, end - start)
 
     def tok_span(self, tok: Token) -> Span:
-        return Span.at(self.source, self.file, tok.offset, max(1, len(tok.text)))
+        return self.span_at(tok.offset, len(tok.text))
+
+    def span_at(self, offset: int, length: int) -> Span:
+        """Span.at in O(log lines): a long file has many spans."""
+        line = bisect_right(self.line_starts, offset)
+        return Span(self.source, self.file, line, offset - self.line_starts[line - 1] + 1,
+                    max(1, length))
+
+    def nest(self, parse):
+        """Parse one nesting level with `parse`, refusing more than MAX_DEPTH levels."""
+        if self.depth >= MAX_DEPTH:
+            raise _TooDeep(f"the pattern nests deeper than {MAX_DEPTH} levels",
+                               self.tok_span(self.tok), "split it into `def`s")
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def at(self, text: str) -> bool:
         return self.tok.kind in ("op", "keyword") and self.tok.text == text
@@ -178,9 +204,9 @@ class Parser:
     def unary_set(self):
         start = self.tok.offset
         if self.accept("~"):
-            return ast.UnaryOp("~", self.unary_set(), self.span(start))
+            return ast.UnaryOp("~", self.nest(self.unary_set), self.span(start))
         if self.accept("("):
-            inner = self.set_expr()
+            inner = self.nest(self.set_expr)
             self.expect(")", "')' to close '('")
             return inner
         if self.at("heads") or self.at("kv_heads"):
@@ -188,12 +214,12 @@ class Parser:
                                self.tok_span(self.tok))
         if self.accept("where"):
             self.expect("(", "'(' after where")
-            cond = self.cond()
+            cond = self.nest(self.cond)
             self.expect(")", "')' to close where(")
             return ast.Where(cond, self.span(start))
         if self.tok.kind != "name":
             self.fail("expected a pattern (a primitive such as causal or local(128), '(' or '~')")
-        return self.name_or_call(self.arith)
+        return self.name_or_call(lambda: self.nest(self.arith))
 
     def name_or_call(self, argument):
         tok = self.tok
@@ -226,16 +252,18 @@ class Parser:
     def neg(self):
         start = self.tok.offset
         if self.accept("not"):
-            return ast.UnaryOp("not", self.neg(), self.span(start))
+            return ast.UnaryOp("not", self.nest(self.neg), self.span(start))
         if self.at("("):
             # Either a parenthesised condition or an arithmetic operand of a comparison.
             saved = self.pos
             try:
                 return self.comparison()
+            except _TooDeep:
+                raise
             except PatternError:
                 self.pos = saved
             self.expect("(")
-            inner = self.cond()
+            inner = self.nest(self.cond)
             self.expect(")", "')' to close '('")
             return inner
         return self.comparison()
@@ -273,15 +301,15 @@ class Parser:
     def factor(self):
         start = self.tok.offset
         if self.accept("-"):
-            return ast.UnaryOp("-", self.factor(), self.span(start))
+            return ast.UnaryOp("-", self.nest(self.factor), self.span(start))
         if self.tok.kind == "number":
             tok = self.tok
             self.pos += 1
             return ast.Num(tok.text, self.tok_span(tok))
         if self.accept("("):
-            inner = self.arith()
+            inner = self.nest(self.arith)
             self.expect(")", "')' to close '('")
             return inner
         if self.tok.kind == "name":
-            return self.name_or_call(self.arith)
+            return self.name_or_call(lambda: self.nest(self.arith))
         self.fail("expected a number, a name or '('")

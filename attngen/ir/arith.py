@@ -12,7 +12,11 @@ from collections.abc import Callable
 import numpy as np
 import sympy
 
-q = sympy.Symbol("q", integer=True, nonnegative=True)
+from attngen.errors import PatternError
+
+# q is not nonnegative: with M > N (bottom-right alignment, q = i + N − M) the first
+# queries sit at negative positions. Keys are always 0 … N − 1.
+q = sympy.Symbol("q", integer=True)
 k = sympy.Symbol("k", integer=True, nonnegative=True)
 N = sympy.Symbol("N", integer=True, positive=True)
 M = sympy.Symbol("M", integer=True, positive=True)
@@ -155,15 +159,33 @@ _REL: dict[type, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def evaluate(expr: sympy.Basic, env: dict[sympy.Symbol, np.ndarray | int]):
-    """Evaluate an integer expression (→ Rat) or a predicate (→ bool array) exactly."""
-    if isinstance(expr, sympy.logic.boolalg.Boolean) or expr.is_Relational:
-        return _bool(expr, env)
-    return _value(expr, env)
+    """Evaluate an integer expression (→ Rat) or a predicate (→ bool array) exactly.
+    A division or modulo by zero at some position raises PatternError."""
+    try:
+        if isinstance(expr, sympy.logic.boolalg.Boolean) or expr.is_Relational:
+            return _bool(expr, env)
+        return _value(expr, env)
+    except ZeroDivisionError:
+        raise _division_by_zero(expr) from None
+
+
+def _division_by_zero(expr: sympy.Basic) -> PatternError:
+    from attngen.ir.printer import to_text  # the printer needs this module's functions
+
+    try:
+        text = to_text(expr)
+    except ValueError:
+        text = sympy.sstr(expr)
+    return PatternError(f"division by zero while evaluating `{text}`: a divisor is 0 at some "
+                        "position")
 
 
 def evaluate_int(expr: sympy.Basic, env: dict) -> np.ndarray:
     """An integer expression, floored (parameters are floored when evaluated)."""
-    return _floor(_value(sympy.sympify(expr), env))[0]
+    try:
+        return _floor(_value(sympy.sympify(expr), env))[0]
+    except ZeroDivisionError:
+        raise _division_by_zero(expr) from None
 
 
 def _value(e: sympy.Basic, env: dict) -> Rat:

@@ -16,6 +16,10 @@ from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import PRIMITIVES
 
+# Kernels compute positions and parameters in int32: with constants and positions below
+# 2^30, sums such as q + r (band) stay below 2^31.
+MAX_CONSTANT = 1 << 30
+
 
 def primitive(name: str, args: list, span: Span | None = None,
               arg_spans: list[Span | None] | None = None) -> Node:
@@ -44,6 +48,11 @@ def primitive(name: str, args: list, span: Span | None = None,
         value = written if pname in spec.fractional else sympy.floor(written)  # DESIGN §3.3
         if value.free_symbols - {SYMBOLS["N"], SYMBOLS["M"]}:
             raise PatternError(f"{name}: parameter {pname} may only depend on N and M", vspan)
+        if any(abs(a.p) > MAX_CONSTANT or a.q > MAX_CONSTANT
+               for a in written.atoms(sympy.Rational)):
+            raise PatternError(f"{name}: parameter {pname} = {sympy.sstr(written)} is too large: "
+                               f"constants must be at most {MAX_CONSTANT} (2^30: kernels use "
+                               "int32)", vspan)
         if not value.free_symbols and pname in spec.minimum and value < spec.minimum[pname]:
             what = "window" if name in ("local", "dilated", "band") else "size"
             shown = sympy.sstr(written) + (f" (floored to {value})" if written != value else "")
@@ -53,6 +62,10 @@ def primitive(name: str, args: list, span: Span | None = None,
                 and not 0 < value <= 1:
             raise PatternError(f"block_cover: gamma = {value} must lie in (0, 1]", vspan)
         values.append(value)
+    if name == "dilated" and not any(v.free_symbols for v in values) \
+            and values[0] * values[1] > MAX_CONSTANT:  # the kernel computes w·d
+        raise PatternError(f"dilated: w·d = {values[0] * values[1]} is too large: it must be at "
+                           f"most {MAX_CONSTANT} (2^30: kernels use int32)", span)
     return S.prim(name, tuple(values))
 
 
@@ -117,12 +130,14 @@ def _mixture(kind: str, mapping: dict) -> Pattern:
             ranges.extend((h, h, pat.node) for h in key)
         else:
             ranges.append((int(key), int(key), pat.node))
-    taken: set[int] = set()
-    for lo, hi, _ in ranges:
-        overlap = taken & set(range(lo, hi + 1))
-        if overlap:
-            raise PatternError(f"head {min(overlap)} is assigned twice in {kind}")
-        taken |= set(range(lo, hi + 1))
+    ordered = sorted((lo, hi) for lo, hi, _ in ranges)  # compared as intervals, not sets
+    reach = -1
+    for lo, hi in ordered:
+        if lo < 0 or hi < lo:
+            raise PatternError(f"{kind}: bad head range {lo}..{hi}")
+        if lo <= reach:
+            raise PatternError(f"head {lo} is assigned twice in {kind}")
+        reach = max(reach, hi)
     return Pattern(S.heads(kind, ranges, default))
 
 

@@ -80,6 +80,7 @@ class Pattern:
 
     def head_nodes(self, heads: int, kv_heads: int | None = None) -> list[Node]:
         """The pattern of every query head, checking head indices against `heads`."""
+        check_sizes(heads=heads)
         n = self.node
         if n.op != "heads":
             return [n] * heads
@@ -120,7 +121,7 @@ class Pattern:
                     continue
                 try:
                     v = int(evaluate_int(value, env))
-                except ZeroDivisionError:
+                except PatternError:
                     raise PatternError(f"{n.name}: parameter {pname} = {sympy.sstr(value)} "
                                        f"divides by zero at N={N}, M={M}",
                                        self.spans.get(n)) from None
@@ -138,6 +139,13 @@ class Pattern:
         if self.is_dynamic:
             raise PatternError(f"`{self}` is input-dependent: its mask exists only at run time",
                                self.spans.get(self.node))
+        check_sizes(M, N, heads, at_least=0)
+        from attngen.runtime.env import max_mask_elements  # every limit is read in one place
+
+        if heads * M * N > max_mask_elements():
+            raise ValueError(f"a dense mask of {heads}x{M}x{N} elements is larger than the limit "
+                             f"of {max_mask_elements()} (raise it with "
+                             "$ATTNGEN_MAX_MASK_ELEMENTS; layouts need no dense mask)")
         self.check(M, N)
         rows = np.arange(M, dtype=np.int64)[:, None] + (N - M)
         cols = np.arange(N, dtype=np.int64)[None, :]
@@ -157,6 +165,27 @@ class Pattern:
 
         lay = layout(self, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
         return lay.density()
+
+
+def check_sizes(M: int | None = None, N: int | None = None, heads: int | None = None,
+                at_least: int = 1) -> None:
+    """Refuse sizes that are not integers or would make attngen build more than its limits
+    allow (checked before anything is allocated; each limit names its variable)."""
+    from attngen.runtime.env import max_heads, max_length  # every limit is read in one place
+
+    for what, v, limit, var in (("M", M, max_length(), "ATTNGEN_MAX_LENGTH"),
+                                ("N", N, max_length(), "ATTNGEN_MAX_LENGTH"),
+                                ("heads", heads, max_heads(), "ATTNGEN_MAX_HEADS")):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise TypeError(f"{what} must be an int, got {type(v).__name__}")
+        if v < (at_least if what != "heads" else 1):
+            raise ValueError(f"{what} must be at least {at_least if what != 'heads' else 1}, "
+                             f"got {v}")
+        if v > limit:
+            raise ValueError(f"{what} = {v} is larger than the limit of {limit} "
+                             f"(raise it with ${var})")
 
 
 def evaluate_node(node: Node, rows: np.ndarray, cols: np.ndarray, M: int, N: int,
@@ -180,8 +209,9 @@ def evaluate_node(node: Node, rows: np.ndarray, cols: np.ndarray, M: int, N: int
         else:
             try:
                 v = evaluate(n.predicate, env)
-            except ZeroDivisionError:
-                raise PatternError(f"division by zero while evaluating `{n.text}`") from None
+            except PatternError:
+                raise PatternError(f"division by zero while evaluating `{n.text}`: a divisor "
+                                   "is 0 at some position") from None
         memo[n] = np.broadcast_to(v, np.broadcast_shapes(rows.shape, cols.shape))
     return memo[node]
 

@@ -52,6 +52,8 @@ def _mul(e: sympy.Mul) -> tuple[str, int]:
     coeff, rest = e.as_coeff_Mul()
     if coeff == -1:
         return "-" + _wrap(_print(rest), _NEG), _NEG
+    if coeff.is_negative:  # -2*k, not -1*2*k
+        return "-" + _wrap(_print(-e), _MUL), _NEG
     factors = e.as_ordered_factors()
     return "*".join(_wrap(_print(f), _MUL + 1) for f in factors), _MUL
 

@@ -81,7 +81,12 @@ def _operands(op: str, items) -> list[Node]:
     return [unique[t] for t in sorted(unique)]
 
 
+MAX_SUBSUMPTION = 256  # operands compared pairwise; a longer flat union stays as written
+
+
 def _drop_subsumed(items: list[Node], keep_smaller: bool) -> list[Node]:
+    if len(items) > MAX_SUBSUMPTION:  # quadratic: thousands of terms would take minutes
+        return items
     kept = []
     for i, x in enumerate(items):
         others = items[:i] + items[i + 1:]
@@ -95,9 +100,14 @@ def _drop_subsumed(items: list[Node], keep_smaller: bool) -> list[Node]:
     return kept
 
 
+def _has_complement(xs: list[Node]) -> bool:
+    texts = {x.text for x in xs}
+    return any(neg(x).text in texts for x in xs)
+
+
 def union(*items: Node) -> Node:
     xs = [x for x in _operands("or", items) if x is not EMPTY]
-    if any(x is FULL for x in xs) or any(neg(x) in xs for x in xs):
+    if any(x is FULL for x in xs) or _has_complement(xs):
         return FULL
     xs = _drop_subsumed(xs, keep_smaller=False)
     if not xs:
@@ -107,7 +117,7 @@ def union(*items: Node) -> Node:
 
 def inter(*items: Node) -> Node:
     xs = [x for x in _operands("and", items) if x is not FULL]
-    if any(x is EMPTY for x in xs) or any(neg(x) in xs for x in xs):
+    if any(x is EMPTY for x in xs) or _has_complement(xs):
         return EMPTY
     xs = _drop_subsumed(xs, keep_smaller=True)
     if not xs:

@@ -8,7 +8,7 @@ from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.lower.atoms import Atom, atoms_of, block_ranges, numeric
 from attngen.lower.grid import Grid
-from attngen.lower.layout import layout
+from attngen.lower.layout import build_layout
 from attngen.lower.permute import class_shape
 
 
@@ -48,8 +48,11 @@ def ranges_cost(atoms: list[Atom], g: Grid) -> tuple[int, int]:
 
 
 def table_cost(node: Node, g: Grid, doc_ids=None) -> tuple[int, int]:
-    partial, full = layout(Pattern(node), g.M, g.N, block=(g.BM, g.BN),
-                           doc_ids=doc_ids).block_counts()
+    ids = None if doc_ids is None else np.asarray(
+        doc_ids.cpu() if hasattr(doc_ids, "cpu") else doc_ids, dtype=np.int64)
+    if ids is not None and ids.shape != (g.N,):
+        raise ValueError(f"doc_ids must have shape [{g.N}], got {list(ids.shape)}")
+    partial, full = build_layout(Pattern(node), g, doc_ids=ids).block_counts()
     return partial + full, partial
 
 
@@ -57,9 +60,11 @@ def permutation_cost(classes: Node, period: int, exact: bool, g: Grid) -> tuple[
     """Blocks of `classes` (the term in class coordinates) summed over the residue classes,
     plus one block per query block for merging the pass into the output."""
     shapes: dict[tuple[int, int], int] = {}
-    for r in range(period):
+    # class_shape is constant between these residues, so a huge period costs nothing more
+    cuts = sorted({0, period, g.N % period, (g.N - g.M) % period})
+    for r, end in zip(cuts, cuts[1:]):
         shape = class_shape(g.M, g.N, period, r)
-        shapes[shape] = shapes.get(shape, 0) + 1
+        shapes[shape] = shapes.get(shape, 0) + end - r
     blocks = masked = 0
     for (m, n), count in shapes.items():
         if m == 0:

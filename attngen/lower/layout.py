@@ -8,7 +8,7 @@ import torch
 
 from attngen.errors import PatternError
 from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern, evaluate_node
+from attngen.ir.pattern import Pattern, check_sizes, evaluate_node
 from attngen.lower.classify import classify
 from attngen.lower.grid import Grid
 from attngen.lower.runs import FULL, PARTIAL, Runs
@@ -55,11 +55,16 @@ class BlockLayout:
         H, QB, KB = self.shape
         out = np.zeros((H, QB, KB), dtype=np.uint8)
         for h in range(H):
-            i = self.head_index[h]
-            for csr, value in ((self.partial[i], PARTIAL), (self.full[i], FULL)):
-                rows = np.repeat(np.arange(QB), csr.counts)
-                out[h, rows, csr.indices] = value
+            out[h] = self.pattern_classes(self.head_index[h])
         return torch.from_numpy(out)
+
+    def pattern_classes(self, i: int) -> np.ndarray:
+        """[QB, KB] uint8 classes of distinct head pattern i (self.nodes[i])."""
+        check_dense("the block classes", self.grid.QB * self.grid.KB)
+        out = np.zeros((self.grid.QB, self.grid.KB), dtype=np.uint8)
+        for csr, value in ((self.partial[i], PARTIAL), (self.full[i], FULL)):
+            out[np.repeat(np.arange(self.grid.QB), csr.counts), csr.indices] = value
+        return out
 
     def to_flex(self, width: int | None = None) -> dict[str, torch.Tensor]:
         """FlexAttention's kv_num_blocks/kv_indices (partial) and full_* tensors [1, H, QB, W],
@@ -99,6 +104,7 @@ class BlockLayout:
     def mask_mod(self, device):
         """A FlexAttention mask_mod evaluating the exact predicate (dense, for small sizes)."""
         g = self.grid
+        check_dense("mask_mod", len(self.nodes) * g.M * g.N)
         rows = np.arange(g.M)[:, None] + g.offset
         cols = np.arange(g.N)[None, :]
         per_pattern = torch.from_numpy(np.stack([
@@ -120,8 +126,14 @@ class BlockLayout:
         return p, f
 
     def allowed_elements(self) -> int:
-        """Allowed (q, k) pairs over all heads: FULL blocks by area, PARTIAL ones counted."""
+        """Allowed (q, k) pairs over all heads: FULL blocks by area, PARTIAL ones counted
+        element by element (refused beyond MAX_COUNTED elements, before counting)."""
         g = self.grid
+        work = sum(len(c.indices) for c in self.partial) * g.BM * g.BN
+        if work > MAX_COUNTED:
+            raise ValueError(f"the exact count would evaluate {work} elements of partial "
+                             f"blocks, more than {MAX_COUNTED}: use smaller blocks or a "
+                             "smaller M, N")
         total = 0
         per_pattern = []
         for i, node in enumerate(self.nodes):
@@ -138,6 +150,15 @@ class BlockLayout:
     def density(self) -> float:
         """Allowed pairs ÷ causal pairs (bottom-right aligned), averaged over heads."""
         return self.allowed_elements() / (causal_pairs(self.grid.M, self.grid.N) * self.heads)
+
+
+def check_dense(what: str, elements: int) -> None:
+    """Dense per-head tables are for small sizes: refuse before allocating a large one."""
+    from attngen.runtime.env import max_mask_elements  # every limit is read in one place
+
+    if elements > max_mask_elements():
+        raise ValueError(f"{what} would allocate {elements} elements, more than the limit of "
+                         f"{max_mask_elements()} (raise it with $ATTNGEN_MAX_MASK_ELEMENTS)")
 
 
 def causal_pairs(M: int, N: int) -> int:
@@ -169,11 +190,37 @@ def distinct_heads(pattern: Pattern, heads: int, kv_heads: int | None
     return tuple(distinct), np.array([distinct[n] for n in head_nodes], dtype=np.int64)
 
 
+MAX_BLOCK_SIDE = 1 << 16
+MAX_COUNTED = 1 << 30  # partial-block elements allowed_elements evaluates (seconds)
+MAX_BLOCK_AREA = 1 << 24
+
+
 def _block(block) -> tuple[int, int]:
-    bm, bn = (block, block) if isinstance(block, int) else tuple(block)
+    try:
+        bm, bn = (block, block) if isinstance(block, int) else tuple(block)
+    except (TypeError, ValueError):
+        raise TypeError(f"block is an int or a (BM, BN) pair, got {block!r}") from None
+    if any(isinstance(b, bool) or not isinstance(b, int | np.integer) for b in (bm, bn)):
+        raise TypeError(f"block sizes must be ints, got {block!r}")
     if bm < 1 or bn < 1:
         raise ValueError(f"block sizes must be positive, got {block}")
+    if max(bm, bn) > MAX_BLOCK_SIDE or bm * bn > MAX_BLOCK_AREA:
+        raise ValueError(f"block {bm}x{bn} is too large: sides at most {MAX_BLOCK_SIDE} and "
+                         f"area at most {MAX_BLOCK_AREA} (a partial block is evaluated "
+                         "element by element)")
     return int(bm), int(bn)
+
+
+def checked_grid(M: int, N: int, bm: int, bn: int) -> Grid:
+    """The grid, if its query blocks × kv blocks are within $ATTNGEN_MAX_BLOCKS."""
+    from attngen.runtime.env import max_blocks  # every limit is read in one place
+
+    grid = Grid(M, N, bm, bn)
+    if grid.QB * grid.KB > max_blocks():
+        raise ValueError(f"M={M}, N={N} with {bm}x{bn} blocks make {grid.QB}x{grid.KB} blocks, "
+                         f"more than the limit of {max_blocks()} (use larger blocks, or raise "
+                         "$ATTNGEN_MAX_BLOCKS)")
+    return grid
 
 
 def layout(pattern: Pattern | str, M: int, N: int | None = None,
@@ -185,18 +232,24 @@ def layout(pattern: Pattern | str, M: int, N: int | None = None,
 
         pattern = parse(pattern)
     N = M if N is None else N
-    if M < 1 or N < 1:
-        raise ValueError(f"M and N must be positive, got M={M}, N={N}")
+    check_sizes(M, N, heads)
     if pattern.is_dynamic:
         raise PatternError(f"`{pattern}` is input-dependent: its layout exists only at run time")
     pattern.check(M, N)
     bm, bn = _block(block)
-    grid = Grid(M, N, bm, bn)
+    grid = checked_grid(M, N, bm, bn)
     if doc_ids is not None:
         doc_ids = np.asarray(doc_ids.cpu() if isinstance(doc_ids, torch.Tensor) else doc_ids,
                              dtype=np.int64)
         if doc_ids.shape != (N,):
             raise ValueError(f"doc_ids must have shape [{N}], got {list(doc_ids.shape)}")
+    return build_layout(pattern, grid, heads, kv_heads, doc_ids)
+
+
+def build_layout(pattern: Pattern, grid: Grid, heads: int = 1, kv_heads: int | None = None,
+                 doc_ids: np.ndarray | None = None) -> BlockLayout:
+    """`layout` on a checked grid, without the size limits (the planner's own reference grid
+    is not the user's size)."""
     nodes, head_index = distinct_heads(pattern, heads, kv_heads)
     runs = [classify(n, grid, doc_ids) for n in nodes]
     return BlockLayout(

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern
+from attngen.ir.pattern import Pattern, check_sizes
 from attngen.lower.atoms import numeric
 from attngen.lower.cost import causal_blocks
 from attngen.lower.decompose import decompose, part_cost
 from attngen.lower.grid import Grid
-from attngen.lower.layout import _block
+from attngen.lower.layout import _block, checked_grid
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,9 @@ def lower(pattern: Pattern | str, M: int, N: int | None = None,
 
         pattern = parse(pattern)
     N = M if N is None else N
+    check_sizes(M, N, heads)
     pattern.check(M, N)
-    grid = Grid(M, N, *_block(block))
+    grid = checked_grid(M, N, *_block(block))
     value = numeric(M, N)
     by_node: dict[Node, list[int]] = {}
     for h, n in enumerate(pattern.head_nodes(heads, kv_heads)):

@@ -56,3 +56,43 @@ def use_interpreter_without_gpu() -> bool:
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return interpreting()
+
+
+# -- work limits: checked before anything is built, so bad sizes fail fast and clearly --------
+def _limit(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    try:
+        value = int(text) if text.strip() else default
+    except ValueError:
+        raise ValueError(f"${name} must be an integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"${name} must be at least 1, got {value}")
+    return value
+
+
+def max_pattern_chars() -> int:
+    """Longest pattern text (or pattern file) parsed ($ATTNGEN_MAX_PATTERN_CHARS)."""
+    return _limit("ATTNGEN_MAX_PATTERN_CHARS", 20_000)
+
+
+def max_length() -> int:
+    """Largest M or N a layout, plan or picture is built for ($ATTNGEN_MAX_LENGTH)."""
+    return _limit("ATTNGEN_MAX_LENGTH", 1 << 24)
+
+
+def max_blocks() -> int:
+    """Most query blocks × kv blocks of one layout ($ATTNGEN_MAX_BLOCKS)."""
+    return _limit("ATTNGEN_MAX_BLOCKS", 1 << 26)
+
+
+def max_heads() -> int:
+    """Most heads of a layout, mask or kernel, and the largest head index + 1 in
+    `heads { … }` ($ATTNGEN_MAX_HEADS)."""
+    return _limit("ATTNGEN_MAX_HEADS", 4096)
+
+
+def max_mask_elements() -> int:
+    """Most elements of a dense mask (heads × M × N) or dense block table (query blocks ×
+    kv blocks of a picture, heads × query blocks × width of `layout --out`)
+    ($ATTNGEN_MAX_MASK_ELEMENTS)."""
+    return _limit("ATTNGEN_MAX_MASK_ELEMENTS", 1 << 27)
