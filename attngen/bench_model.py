@@ -43,7 +43,7 @@ import torch
 
 import attngen
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import read_plan
+from attngen.profile.plan import expand_template, read_plan
 
 # name → (model type, config fields); rope_theta is moved into rope_parameters by
 # transformers 5 (`rope_theta` reads either)
@@ -208,11 +208,7 @@ def load_plan(source: str | Path | dict | None, layers: int) -> dict:
     if not isinstance(data, dict):
         raise ValueError("a plan is a JSON object (DESIGN §7)")
     if "every_layer" in data:
-        if data.get("layers"):
-            raise ValueError("a plan template has `every_layer` or `layers`, not both")
-        data = {k: v for k, v in data.items() if k != "every_layer"} | {
-            "layers": [{"layer": i, "pattern": data["every_layer"]} for i in range(layers)],
-            "expanded_from": "every_layer"}
+        data = expand_template(data, layers)
     plan = read_plan(data)
     extra = sorted(i for i in plan.layers if not 0 <= i < layers)
     if extra:
@@ -797,7 +793,7 @@ def bench_model(spec_text: str, plan_source: str | None = None,
         p.head_nodes(H, Hkv)  # a mixture that does not fit the model's heads fails here
     device = torch.device(device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("attngen bench --model needs a CUDA GPU")
+        raise RuntimeError("attngen bench --model needs a CUDA GPU, and this machine has none")
     lengths = lengths or [32768, 65536, 131072]
     batches = batches or [1, 4]
     timer = Timer(device)

@@ -467,15 +467,15 @@ def _bench_model(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from attngen import bench
 
-    if not torch.cuda.is_available():
-        raise NoDevice("attngen bench needs a CUDA GPU (it times kernels on one), and this "
-                       "machine has none")
-    if args.model:
+    if args.model:  # checks its spec and plan first (usage errors), then the GPU
         return _bench_model(args)
     if args.plan:
         raise ValueError("--plan goes with --model")
     if args.batch and len(args.batch) > 1:
         raise ValueError("--batch takes one size, except with --model")
+    if not torch.cuda.is_available():
+        raise NoDevice("attngen bench needs a CUDA GPU (it times kernels on one), and this "
+                       "machine has none")
     args.batch = args.batch[0] if args.batch else 8
     args.repeats = 20 if args.repeats is None else args.repeats
     if args.backward or args.decode:

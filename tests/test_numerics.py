@@ -343,14 +343,14 @@ def test_the_parameter_check_runs_once_per_shape(monkeypatch):
     assert calls.count((33, 33)) == 1
 
 
-@pytest.mark.parametrize("pattern, name", [
-    ("sink(4294967297)", "sink: parameter"), ("local(3000000000)", "local: parameter"),
-    ("band(100000000000000000000, 0)", "band: parameter"),
-    ("columns(4294967296, 3)", "columns: parameter"), ("where(q*100000*100000 > k)", "where")])
-def test_constants_beyond_int32_raise_a_pattern_error(pattern, name):
-    """They raised Triton's raw 'out of range for type int32'."""
+@pytest.mark.parametrize("pattern", [
+    "sink(4294967297)", "local(3000000000)", "band(100000000000000000000, 0)",
+    "columns(4294967296, 3)", "where(q*100000*100000 > k)"])
+def test_constants_beyond_int32_raise_a_pattern_error(pattern):
+    """They raised Triton's raw 'out of range for type int32'; now the parser refuses them
+    where they are written (or the kernel path names the parameter)."""
     q, k, v = _qkv(M=17, N=17)
-    with pytest.raises(attngen.PatternError, match=re.escape(name)):
+    with pytest.raises(attngen.PatternError, match="too large|parameter|where"):
         attngen.attention(q, k, v, pattern, backend="triton")
 
 

@@ -38,7 +38,7 @@ from attngen.integrations.masks import MaskCache, head_mask
 from attngen.integrations.ranges import KeyRanges, key_ranges
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import ModelPlan, read_plan
+from attngen.profile.plan import ModelPlan, check_plan
 from attngen.reference import attention as reference_attention
 
 IMPLEMENTATION = "attngen"
@@ -80,14 +80,10 @@ def apply(model: torch.nn.Module, plan: str | dict | ModelPlan, *, backend: str 
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    plan = read_plan(plan)
     modules = attention_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx")
-    unknown = sorted(set(plan.layers) - set(modules))
-    if unknown:
-        raise ValueError(f"the plan names layers {unknown} that the model does not have "
-                         f"(it has {len(modules)})")
+    plan = check_plan(plan, model.config)
     AttentionInterface.register(IMPLEMENTATION, attention)
     AttentionMaskInterface.register(IMPLEMENTATION, key_ranges)
     masks = MaskCache() if masks is None else masks

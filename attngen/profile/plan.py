@@ -100,6 +100,16 @@ def read_plan(source: str | Path | dict | ModelPlan) -> ModelPlan:
     return ModelPlan(layers, meta, rows)
 
 
+def expand_template(data: dict, layers: int) -> dict:
+    """A plan template (`"every_layer": PATTERN` instead of a `layers` list, as the bundled
+    patterns/plans/*.json) as the plan of a model with `layers` layers."""
+    if data.get("layers"):
+        raise ValueError("a plan template has `every_layer` or `layers`, not both")
+    return {k: v for k, v in data.items() if k != "every_layer"} | {
+        "layers": [{"layer": i, "pattern": data["every_layer"]} for i in range(layers)],
+        "expanded_from": "every_layer"}
+
+
 def check_plan(plan: str | Path | dict | ModelPlan, config, model_id: str | None = None
                ) -> ModelPlan:
     """The plan, read and checked against the model it is applied to; ValueError if it was
@@ -107,12 +117,17 @@ def check_plan(plan: str | Path | dict | ModelPlan, config, model_id: str | None
     with num_hidden_layers, num_attention_heads and optionally num_key_value_heads);
     `model_id` defaults to its name_or_path. Checked: the model name (when both are known),
     the layer count, and each layer's head count and heads { … } ranges."""
-    plan = read_plan(plan)
-
     def get(key: str):
         return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
     layers, heads = get("num_hidden_layers"), get("num_attention_heads")
+    if isinstance(plan, str | Path) and Path(plan).is_file():
+        data = json.loads(Path(plan).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "every_layer" in data:
+            plan = data
+    if isinstance(plan, dict) and "every_layer" in plan and _typed(layers, int):
+        plan = expand_template(plan, layers)
+    plan = read_plan(plan)
     kv_heads = get("num_key_value_heads") or heads
     if not (_typed(layers, int) and _typed(heads, int)):
         raise TypeError("check_plan needs the model config's num_hidden_layers and "
