@@ -52,9 +52,11 @@ def test_reports_are_json_and_a_table(tmp_path, kind):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 @pytest.mark.parametrize("flag", ["--backward", "--decode"])
-def test_bench_modes_need_a_gpu(flag, tmp_path):
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        cli.main(["bench", flag, "--out", str(tmp_path / "x.json")])
+def test_bench_modes_need_a_gpu(flag, tmp_path, capsys):
+    """A failure, not a usage error: status 1 and one line, no traceback."""
+    assert cli.main(["bench", flag, "--out", str(tmp_path / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "Traceback" not in err
 
 
 @pytest.mark.usefixtures("interpreter")

@@ -416,6 +416,9 @@ def _fake_transformers(monkeypatch) -> None:
         def eval(self):
             return self
 
+        def to(self, *args, **kwargs):
+            return self
+
     fake = types.ModuleType("transformers")
     fake.AutoModelForCausalLM, fake.AutoTokenizer = Model, Model
     monkeypatch.setitem(sys.modules, "transformers", fake)

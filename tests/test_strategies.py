@@ -172,8 +172,8 @@ def test_ranges_and_table_parts_share_one_pass(tmp_path):
     parts = _split([by["affine"], by["other"]], {5: by["periodic"]})
     assert [x.strategy for x in parts] == ["ranges", "table", "permutation"]
     spec = KernelSpec(p, (GroupSpec(0, p.node, parts, 0),), (0, 0), fused_loops=True)
-    (tmp_path / "kernel.py").write_text(render(spec, "test", "test"))
-    kernel = Kernel(spec, "test", tmp_path, 16, torch.float32, True)
+    source = render(spec, "test", "test")
+    kernel = Kernel(spec, "test", tmp_path, 16, torch.float32, True, code=source.encode())
     q, k, v = (torch.randn(1, 2 if i == 0 else 1, 77, 16) for i in range(3))
     out, lse = kernel(q, k, v, return_lse=True)
     ref_out, ref_lse = attngen.attention(q, k, v, p, return_lse=True, backend="reference")

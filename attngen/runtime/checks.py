@@ -71,13 +71,14 @@ def check_doc_ids(doc_ids, N: int) -> None:
         raise ValueError(f"doc_ids must have shape [N] = [{N}], got {list(doc_ids.shape)}")
 
 
-# Constants up to 2^30 keep a constant plus a position (< 2^30) inside int32.
-INT32_SAFE = 2**30 - 1
+# Constants up to 2^30 (the language's own limit, ir.build.MAX_CONSTANT) keep a constant
+# plus a position (below 2^24, env.max_length) inside int32.
+INT32_SAFE = 2**30
 
 
 def check_int32(pattern: Pattern) -> None:
     """The generated kernels compute positions and pattern constants in int32: a constant of
-    magnitude 2^30 or more (a parameter like `sink(4294967297)`, or a coefficient like
+    magnitude above 2^30 (a parameter like `sink(4294967297)`, or a coefficient like
     `where(q*100000*100000 > k)`) raises a PatternError naming it, before any rendering,
     rather than a Triton range error or a wrapped sum. The reference (int64 NumPy) still
     evaluates such patterns."""
