@@ -40,6 +40,17 @@ def write_report(results: list[MethodResult], options: EvalOptions, plan: ModelP
     return path
 
 
+def cell(text: str) -> str:
+    """Text as one markdown table cell: `|` escaped, so it cannot split the row."""
+    return str(text).replace("|", "\\|")
+
+
+def code_cell(text: str) -> str:
+    """Pattern text, whole, as code in one table cell (`\\|` inside backticks is shown as
+    `|` by GitHub's tables)."""
+    return f"`{cell(text)}`"
+
+
 def _method_table(results: list[MethodResult]) -> str:
     lengths = sorted(results[0].density)
     rows = ["## Methods\n",
@@ -48,8 +59,7 @@ def _method_table(results: list[MethodResult]) -> str:
             "|---|---|" + "---|" * len(lengths) + "---|---|"]
     dense_ppl = results[0].ppl
     for r in results:
-        pattern = r.pattern if len(r.pattern) < 70 else r.pattern[:67] + "..."
-        rows.append(f"| {r.name} | `{pattern}` | "
+        rows.append(f"| {cell(r.name)} | {code_cell(r.pattern)} | "
                     + " | ".join(f"{r.density[n]:.3f}" for n in lengths)
                     + f" | {r.ppl:.3f} | {100 * (r.ppl / dense_ppl - 1):+.1f} % |")
     note = ("\nDensity: allowed ÷ causal (q, k) pairs, mean over layers and heads; exact for "
@@ -66,7 +76,7 @@ def _accuracy_table(results: list[MethodResult], kind: str, lengths, title: str)
             "|---|" + "---|" * len(lengths) + "---|"]
     for r in results:
         n = sorted({accuracy(getattr(r, kind), L)[1] for L in lengths})
-        rows.append(f"| {r.name} | " + " | ".join(
+        rows.append(f"| {cell(r.name)} | " + " | ".join(
             f"{100 * accuracy(getattr(r, kind), L)[0]:.0f} %" for L in lengths)
             + f" | {'/'.join(map(str, n))} |")
     return "\n".join(rows) + "\n"
