@@ -354,12 +354,12 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, of
             k = _finite(k)
             v = _finite(v)
         elif MASKED == 2:
+            if not EVEN_N:  # outside the runtime `if`, as in _attn_inner (Triton 3.6)
+                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
                 k = _finite(k)
                 v = _finite(v)
-            elif not EVEN_N:
-                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
