@@ -376,10 +376,10 @@ def _warn_once(kernel: Kernel, e: BaseException) -> None:
     text = str(kernel.pattern)
     if text not in _WARNED:
         _WARNED.add(text)
-        first = (str(e).strip().splitlines() or [""])[-1][:200]
+        last = (str(e).strip().splitlines() or [""])[-1][:200]
         warnings.warn(f"attngen: Triton could not compile a specialisation of `{text}` "
-                      f"({type(e).__name__}: {first}); using a plainer kernel "
-                      f"(tma={kernel.tma}, split loops={kernel.fallback is None})",
+                      f"({type(e).__name__}: {last}); falling back to a plainer kernel "
+                      "(pointer loads, then split loops; decode: the prefill kernel)",
                       RuntimeWarning, stacklevel=3)
 
 
