@@ -43,7 +43,7 @@ def _fresh_kernel(pattern: str, H: int, HKV: int, D: int):
 
 
 def test_launch_falls_back_when_a_specialisation_does_not_compile(interpreter, monkeypatch):
-    monkeypatch.setattr(kernel_mod, "_WARNED", set())
+    monkeypatch.setattr(kernel_mod, "_WARNED", set(), raising=False)
     kernel = _fresh_kernel(PATTERN, 2, 1, 16)
     fused_key = kernel.key
     kernel.load()
@@ -71,7 +71,7 @@ def test_other_errors_are_not_swallowed(interpreter):
 
 
 def test_decode_falls_back_to_the_prefill_kernel(interpreter, monkeypatch):
-    monkeypatch.setattr(kernel_mod, "_WARNED", set())
+    monkeypatch.setattr(kernel_mod, "_WARNED", set(), raising=False)
     kernel = _fresh_kernel(PATTERN, 2, 1, 16)
     failing = _Failing(RuntimeError("PassManager::run failed"))
     monkeypatch.setattr(decode_mod, "_launch", lambda *a, **kw: failing[None]())
