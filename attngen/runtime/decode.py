@@ -38,6 +38,7 @@ GPU_CONFIGS = [DecodeConfig(64, 4, 3, 4), DecodeConfig(64, 4, 4, 8), DecodeConfi
                DecodeConfig(128, 8, 2, 2)]
 WAVES = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8)
 TUNE_REPLAYS = 20  # launches per captured graph when timing a configuration
+NO_DECODE_KERNEL = "decode-failed"  # kernel.tables flag: its decode module did not compile
 LIST_CHUNK = 1 << 24  # positions per predicate evaluation when building a table's block lists
 
 _TUNED: dict = {}
@@ -80,7 +81,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, splits=None,
         block_table=None, config: DecodeConfig | None = None, starts=None):
     """`decode` with a compiled kernel (no compile lookup: the serving loop's call)."""
-    from attngen.runtime.kernel import signed, upcast
+    from attngen.runtime.kernel import _warn_once, compile_failure, signed, upcast
 
     lengths = _as_lengths(lengths, q)
     if block_table is not None and not isinstance(block_table, torch.Tensor):
@@ -101,17 +102,26 @@ def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, spli
     if starts is not None:  # the kernel shifts each row's cache; lengths count from there
         starts = starts.to(device=q.device, dtype=torch.int32).clamp(0, n_max)
         lengths = (lengths - starts).clamp(min=0)
-    if not supported(kernel.spec, H, HKV):
-        if block_table is not None:
-            k_cache, v_cache = _gather(k_cache, block_table), _gather(v_cache, block_table)
-        return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts)
+    if not supported(kernel.spec, H, HKV) or kernel.tables.get(NO_DECODE_KERNEL):
+        return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts,
+                        block_table)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous()
                            for t in (q, k_cache, v_cache))
     cfg = config or _config(kernel, q, k_cache, v_cache, lengths, scale, block_table, n_max)
     if splits is None:
         splits = _splits(q, B * HKV, -(-n_max // cfg.block_n), cfg.waves)
-    return _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits,
-                   block_table, cfg, starts)
+    try:
+        return _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits,
+                       block_table, cfg, starts)
+    except Exception as e:
+        # a specialisation Triton cannot build: this kernel decodes through the prefill
+        # kernel row by row from now on (a host sync per step) rather than fail
+        if not compile_failure(e):
+            raise
+        _warn_once(kernel, e)
+        kernel.tables[NO_DECODE_KERNEL] = True
+        return _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts,
+                        block_table)
 
 
 def _launch(kernel, q, k_cache, v_cache, lengths, scale, return_lse, splits, block_table, cfg,
@@ -435,10 +445,13 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     return pages.permute(0, 2, 1, 3, 4).reshape(B, HKV, P * S, D)
 
 
-def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts=None):
+def _per_row(kernel, q, k_cache, v_cache, lengths, scale, return_lse, starts=None,
+             block_table=None):
     """Plans the split kernel does not run (dynamic parts, or the query heads of one kv
-    head in different groups): the prefill kernel, row by row (a host synchronisation).
-    `lengths` count from `starts`."""
+    head in different groups, or a decode module Triton could not build): the prefill
+    kernel, row by row (a host synchronisation). `lengths` count from `starts`."""
+    if block_table is not None:
+        k_cache, v_cache = _gather(k_cache, block_table), _gather(v_cache, block_table)
     outs, lses = [], []
     first = [0] * len(lengths) if starts is None else starts.tolist()
     for b, (n, s) in enumerate(zip(lengths.tolist(), first)):

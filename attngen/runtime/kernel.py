@@ -7,6 +7,7 @@ import linecache
 import math
 import os
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +174,15 @@ class Kernel:
             est = dynamic.pick(self.spec.dynamic, q, k, sm_scale, self.module)
         q, scale, _ = signed(q, scale)
         cfg = self.config(q, k, v, doc_ids)
-        return self.launch(q, k, v, cfg, scale, doc_ids, est)
+        while True:
+            try:
+                return self.launch(q, k, v, cfg, scale, doc_ids, est)
+            except Exception as e:
+                # a specialisation _tune never built (another EVEN_N, alignment, …) is
+                # compiled here, at its first launch: fall back as _tune does, and retry
+                if not compile_failure(e) or not self._fall_back():
+                    raise
+                _warn_once(self, e)
 
     def check(self, q, k, v, scale, doc_ids, M: int | None = None, N: int | None = None
               ) -> None:
@@ -313,18 +322,7 @@ class Kernel:
                 continue
             if ms < best_ms:
                 best, best_ms = cfg, ms
-        if best is None and self.tma:
-            # Triton 3.6 fails to pipeline some descriptor loads (seen: head_dim 64):
-            # fall back to pointer loads rather than fail.
-            self.tma = False
-            return self._tune(q, k, v, doc_ids, bucket)
-        if best is None and self.fallback is not None:
-            # Triton 3.6's pipeliner rejects the fused loops at some shapes (seen: head_dim
-            # 64); switch this kernel to the split-loop rendering of the same pattern.
-            plain = self.fallback()
-            self.spec, self.key, self.path, self.module = plain.spec, plain.key, plain.path, None
-            self.code = plain.code
-            self.tma, self.fallback, self.tables = plain.tma, None, {}
+        if best is None and self._fall_back():
             return self._tune(q, k, v, doc_ids, bucket)
         if best is None:
             raise RuntimeError(f"no kernel configuration compiled for `{self.pattern}`")
@@ -339,6 +337,50 @@ class Kernel:
         except OSError:  # a read-only or full cache: the choice is not remembered
             tmp.unlink(missing_ok=True)
         return best
+
+    def _fall_back(self) -> bool:
+        """Switches this kernel to a plainer form when Triton cannot build the current one:
+        pointer loads instead of tensor descriptors (Triton 3.6 fails to pipeline some
+        descriptor loads; seen: head_dim 64), then the split-loop rendering of the same
+        pattern (3.6's pipeliner rejects the fused loops at some shapes; seen: head_dim 64).
+        False when there is nothing plainer left."""
+        if self.tma:
+            self.tma = False
+            return True
+        if self.fallback is None:
+            return False
+        plain = self.fallback()
+        self.spec, self.key, self.path, self.module = plain.spec, plain.key, plain.path, None
+        self.code = plain.code
+        self.tma, self.fallback, self.tables = plain.tma, None, {}
+        return True
+
+
+def compile_failure(e: BaseException) -> bool:
+    """Whether `e` is Triton failing to build (or load) a kernel: its front end, an MLIR pass
+    (a RuntimeError from the pass manager), ptxas, or too many resources. Anything else,
+    bad inputs or a failing launch, is not."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    return (isinstance(e, (CompilationError, PTXASError, OutOfResources))
+            or (isinstance(e, RuntimeError) and "PassManager::run failed" in str(e)))
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(kernel: Kernel, e: BaseException) -> None:
+    """One warning per pattern that a launch-time compile failure switched to a plainer
+    form."""
+    text = str(kernel.pattern)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        last = (str(e).strip().splitlines() or [""])[-1][:200]
+        warnings.warn(f"attngen: Triton could not compile a specialisation of `{text}` "
+                      f"({type(e).__name__}: {last}); falling back to a plainer kernel "
+                      "(pointer loads, then split loops; decode: the prefill kernel)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _group_csr(node, grid: Grid, device, doc_ids):

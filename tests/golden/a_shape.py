@@ -77,8 +77,10 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         in_bounds = offs_n < n_keys
         if USE_TMA:
-            k = K_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-            v = V_ptr.load([b, hkv, jb * BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
+            # descriptor offsets must be int32 (b and hkv are int64 for pointer arithmetic)
+            at = [b.to(tl.int32), hkv.to(tl.int32), jb * BLOCK_N, 0]
+            k = K_ptr.load(at).reshape(BLOCK_N, HEAD_DIM)
+            v = V_ptr.load(at).reshape(BLOCK_N, HEAD_DIM)
             qk = tl.dot(q, k.T)
         else:
             # int32 row offsets: one head's rows span < 2^31 elements (runtime.checks);
@@ -98,11 +100,14 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
             v, acc = _finite_v(v, qk, acc)
         elif MASKED == 2:
+            # The tail mask stays outside the runtime `if`: Triton 3.6's software pipeliner
+            # fails on sm_90 when a dot's result is redefined in both branches of an if/else
+            # in the loop (docs/design.md, "Compile failures on Triton 3.6").
+            if not EVEN_N:
+                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
                 v, acc = _finite_v(v, qk, acc)
-            elif not EVEN_N:
-                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)

@@ -272,21 +272,22 @@ def _query_block_t(Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, stride_dom, str
 
 
 @triton.jit
-def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, PARTIAL: tl.constexpr):
+def _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, PARTIAL):
     """Adds one query block's terms to a kv block's dK, dV, given its masked transposed
     scores Sᵀ: dV += Pᵀ·dO, dK += dSᵀ·Q (dK is scaled once, at the store). PARTIAL (a
     masked block): masked pairs add exactly 0 whatever non-finite values a query row holds
-    (its q, dO, Delta or LSE), so they reach only the keys that row may see."""
+    (its q, dO, Delta or LSE), so they reach only the keys that row may see. PARTIAL is a
+    constant or a runtime flag: the tests stay one-armed ifs, never an if/else around the
+    products (Triton 3.6's pipeliner fails on that on sm_90; docs/design.md)."""
     pT = tl.math.exp2(qkT * qk_scale - lse2[None, :])
     if PARTIAL:
-        seen = qkT != float("-inf")
-        pT = tl.where(seen, pT, 0.0)
+        pT = tl.where(qkT != float("-inf"), pT, 0.0)
         do = _finite(do)
         qT = _finite(qT)
     dv += tl.dot(pT.to(do.dtype), do)
     dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
     if PARTIAL:
-        dsT = tl.where(seen, dsT, 0.0)
+        dsT = tl.where(qkT != float("-inf"), dsT, 0.0)
     dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     return dk, dv
 
@@ -317,11 +318,10 @@ def _bwd_dkdv_inner(dk, dv, k, v, Q_ptr, DO_ptr, LSE_ptr, DELTA_ptr, stride_qm, 
             qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
             dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
         elif MASKED == 2:
-            if (mb < full_lo) | (mb > full_hi):
+            partial = (mb < full_lo) | (mb > full_hi)
+            if partial:
                 qkT = _mask_t(qkT, offs_m + q_off, offs_n, k_ok, N, M, DOC, res, PRED)
-                dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, True)
-            else:
-                dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, False)
+            dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, partial)
         else:
             dk, dv = _dkdv_update(dk, dv, qkT, v, qT, do, lse2, delta, qk_scale, False)
     return dk, dv
@@ -354,12 +354,12 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, K_ptr, V_ptr, stride_kn, stride_vn, of
             k = _finite(k)
             v = _finite(v)
         elif MASKED == 2:
+            if not EVEN_N:  # outside the runtime `if`, as in _attn_inner (Triton 3.6)
+                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
                 k = _finite(k)
                 v = _finite(v)
-            elif not EVEN_N:
-                qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
