@@ -23,7 +23,7 @@ import attngen
 from attngen.cli import main
 from attngen.env import cache_dir, cache_key_file, models_dir
 from attngen.runtime import cache, compiler
-from attngen.runtime.kernel import _load_module
+from attngen.runtime.launch import _load_module
 
 KEY = "a" * 64
 FORK = multiprocessing.get_context("fork")
