@@ -4,7 +4,6 @@ apart: they hold different tiles (dK, dV per kv block; dQ per query block)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,11 +11,8 @@ from attngen.env import autotune, interpreting
 from attngen.lower.grid import Grid
 from attngen.runtime import dynamic
 from attngen.runtime.derived import module
-from attngen.runtime.launch import Config, doc_tensor, signed, table_key, upcast
+from attngen.runtime.launch import Compiled, Config, doc_tensor, signed, table_key, upcast
 from attngen.runtime.tables import transpose_csr
-
-if TYPE_CHECKING:
-    from attngen.runtime.kernel import Kernel
 
 # (BLOCK_M, BLOCK_N, warps, stages). The interpreter's small blocks; on the GPU a search
 # space per pass, the first entry used without $ATTNGEN_AUTOTUNE: the configurations that
@@ -36,7 +32,7 @@ TIMINGS: dict = {}
 CHOSEN: dict = {}
 
 
-def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids, estimate=None
+def configs(kernel: Compiled, q, k, v, out, lse, dout, doc_ids, estimate=None
             ) -> tuple[Config, Config]:
     """(dK/dV config, dQ config) for this shape: timed once per shape bucket and process."""
     if interpreting() or not q.is_cuda:
@@ -82,7 +78,7 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids, estimate)
     return best
 
 
-def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
+def launch(kernel: Compiled, q, k, v, out, lse, dout, dlse, scale, doc_ids,
            config: tuple[Config, Config] | None = None, estimate=None):
     """(dq, dk, dv) in the inputs' dtypes. dlse: the gradient of the returned LSE or None;
     since d LSE_i / d S_ij = P_ij it only shifts Delta. estimate: the forward's

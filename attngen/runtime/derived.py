@@ -2,21 +2,16 @@
 rendered the first time they are needed and cached under their own key."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from attngen.codegen.render import render
 from attngen.runtime import cache
 from attngen.runtime.key import derived_key
-from attngen.runtime.launch import _load_module
+from attngen.runtime.launch import Compiled, _load_module
 from attngen.version import __version__
-
-if TYPE_CHECKING:
-    from attngen.runtime.kernel import Kernel
 
 _MODULES: dict[str, object] = {}
 
 
-def module(kernel: Kernel, kind: str):
+def module(kernel: Compiled, kind: str):
     """The `kind` module ("backward" or "decode") of `kernel`, from the disk cache or
     rendered now."""
     key = derived_key(kernel.key, kind)

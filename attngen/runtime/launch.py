@@ -1,6 +1,7 @@
 """What the forward, backward and decode launches share: the block configuration, the
-loader of generated modules, and the argument helpers. Apart from kernel.py so that
-backward.py and derived.py, which kernel.py uses, need nothing from it."""
+loader of generated modules, the argument helpers, and `Compiled`, what backward.py and
+derived.py read of a kernel. Apart from kernel.py so that those two, which kernel.py uses,
+never import it."""
 from __future__ import annotations
 
 import hashlib
@@ -9,10 +10,13 @@ import math
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from attngen.codegen.render import KernelSpec
 from attngen.env import interpreting
+from attngen.ir.pattern import Pattern
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,19 @@ class Config:
     block_n: int
     warps: int
     stages: int
+
+
+class Compiled(Protocol):
+    """The parts of a runtime.kernel.Kernel that its backward and derived modules use."""
+
+    spec: KernelSpec
+    key: str
+    tables: dict
+
+    @property
+    def pattern(self) -> Pattern: ...
+
+    def _tables(self, M: int, N: int, cfg: Config, device, doc_ids): ...
 
 
 def _load_module(source: bytes, name: str, where: Path | None) -> types.ModuleType:
