@@ -5,8 +5,7 @@
     lay = attngen.layout(p, 8192, 8192, block=128)
 """
 from attngen.dsl import load, parse
-from attngen.errors import AttnGenError, PatternError
-from attngen.ir.build import (
+from attngen.dsl.builders import (
                               band,
                               block_cover,
                               block_topk,
@@ -27,11 +26,11 @@ from attngen.ir.build import (
                               vertical_slash,
                               where,
 )
+from attngen.errors import AttnGenError, PatternError
 from attngen.ir.pattern import Pattern
 from attngen.lower import BlockLayout, Plan, layout, lower
 from attngen.runtime import Kernel, attention, compile, decode
-
-__version__ = "0.1.0"
+from attngen.version import __version__ as __version__
 
 __all__ = [
     "AttnGenError", "BlockLayout", "Kernel", "Pattern", "PatternError", "Plan", "attention",

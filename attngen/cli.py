@@ -348,8 +348,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_kernel(pattern: attngen.Pattern) -> None:
     """Compile the pattern's Triton kernel and check it against the reference."""
+    from attngen.env import use_interpreter_without_gpu
     from attngen.reference import attention as reference
-    from attngen.runtime.env import use_interpreter_without_gpu
 
     interpreted = use_interpreter_without_gpu()
     device = "cpu" if interpreted else "cuda"
@@ -500,8 +500,8 @@ def _mb(n: int) -> str:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from attngen.env import cache_dir, cache_key_file, models_dir
     from attngen.runtime import cache
-    from attngen.runtime.env import cache_dir, cache_key_file, models_dir
 
     if args.models and args.action != "clear":
         raise ValueError(f"--models only applies to `cache clear`, not `cache {args.action}`")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attngen.ir.build import causal
+from attngen.dsl.builders import causal
 from attngen.ir.pattern import Pattern
 from attngen.lower import BlockLayout, layout
 

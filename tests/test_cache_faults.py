@@ -21,9 +21,9 @@ from filelock import FileLock
 
 import attngen
 from attngen.cli import main
-from attngen.runtime import api, cache
-from attngen.runtime.env import cache_dir, cache_key_file, models_dir
-from attngen.runtime.kernel import _load_module
+from attngen.env import cache_dir, cache_key_file, models_dir
+from attngen.runtime import cache, compiler
+from attngen.runtime.launch import _load_module
 
 KEY = "a" * 64
 FORK = multiprocessing.get_context("fork")
@@ -99,10 +99,10 @@ def test_a_planted_entry_is_never_executed(root, tmp_path):
 
 def test_compile_never_runs_an_edited_kernel(root, tmp_path, monkeypatch):
     marker = tmp_path / "marker"
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     kern = attngen.compile("local(5)", head_dim=16, dtype=torch.float32, heads=1, device="cpu")
     _plant(kern.path, _planted(marker) + kern.source.encode())
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     again, caught = _caught(lambda: attngen.compile("local(5)", head_dim=16,
                                                     dtype=torch.float32, heads=1,
                                                     device="cpu").load())
@@ -244,12 +244,12 @@ def test_a_meta_json_that_is_not_an_entry_record_is_corrupt(root, meta, capsys):
 
 
 def test_compile_rebuilds_an_entry_whose_created_is_null(root, monkeypatch, capsys):
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     kern = attngen.compile("local(6)", head_dim=16, dtype=torch.float32, heads=1, device="cpu")
     meta = json.loads((kern.path / "meta.json").read_text())
     (kern.path / "meta.json").write_text(json.dumps({**meta, "created": None}))
     assert main(["cache", "ls"]) == 0 and "corrupt" in capsys.readouterr().out
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     again, caught = _caught(lambda: attngen.compile("local(6)", head_dim=16,
                                                     dtype=torch.float32, heads=1, device="cpu"))
     assert again.rendered and len(caught) == 1
@@ -257,7 +257,7 @@ def test_compile_rebuilds_an_entry_whose_created_is_null(root, monkeypatch, caps
 
 # -- when the disk cannot be used ------------------------------------------------------------
 def test_a_cache_deleted_after_compile_does_not_break_the_kernel(root, monkeypatch):
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     kern = attngen.compile("causal & local(7)", head_dim=16, dtype=torch.float32, heads=1,
                            device="cpu")
     shutil.rmtree(root)
@@ -289,7 +289,7 @@ def test_a_read_only_root_serves_its_entries_and_builds_the_rest_in_memory(root,
     assert not cache.get_or_build(KEY, build).rendered
     entry, caught = _caught(lambda: cache.get_or_build("c" * 64, build))
     assert entry.path is None and entry.source == b"VALUE = 1\n" and len(caught) == 1
-    monkeypatch.setattr(api, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_KERNELS", {})
     kern, caught = _caught(lambda: attngen.compile("local(9)", head_dim=16,
                                                    dtype=torch.float32, heads=1, device="cpu"))
     assert kern.path is None and caught == []  # warned once already

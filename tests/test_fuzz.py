@@ -3,7 +3,7 @@
 Every input either gives the right answer (the mask against tests/patterns_gen's NumPy
 oracle, the block classes against brute force, at small sizes) or fails with PatternError,
 ValueError or TypeError carrying a message: never another exception, a hang or a memory
-blow-up. The work limits of attngen.runtime.env are lowered for this module, so every
+blow-up. The work limits of attngen.env are lowered for this module, so every
 refusal happens before anything large is built and each example stays small; nothing here
 times anything. Bounded for CI by the `ci` profile's max_examples (about 30 s in all).
 """

@@ -305,7 +305,7 @@ def load(path: str | Path, name: str | None = None) -> Pattern:
         p = find(str(path))
     if not p.is_file():
         raise PatternError(f"no pattern file {p}" if not p.exists() else f"{p} is not a file")
-    from attngen.runtime.env import max_pattern_chars  # every limit is read in one place
+    from attngen.env import max_pattern_chars  # every limit is read in one place
 
     try:
         if p.stat().st_size > 4 * max_pattern_chars():  # don't read a huge file to refuse it

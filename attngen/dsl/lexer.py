@@ -34,7 +34,7 @@ class Token:
 
 
 def tokenize(source: str, file: str) -> list[Token]:
-    from attngen.runtime.env import max_pattern_chars  # every limit is read in one place
+    from attngen.env import max_pattern_chars  # every limit is read in one place
 
     limit = max_pattern_chars()
     if len(source) > limit:

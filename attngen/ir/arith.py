@@ -13,6 +13,8 @@ import numpy as np
 import sympy
 
 from attngen.errors import PatternError
+from attngen.ir.bitops import bitand, bitlen
+from attngen.ir.printer import to_text
 
 # q is not nonnegative: with M > N (bottom-right alignment, q = i + N − M) the first
 # queries sit at negative positions. Keys are always 0 … N − 1.
@@ -22,28 +24,6 @@ N = sympy.Symbol("N", integer=True, positive=True)
 M = sympy.Symbol("M", integer=True, positive=True)
 SYMBOLS = {"q": q, "k": k, "N": N, "M": M}
 
-
-class bitand(sympy.Function):
-    """Bitwise and of two integers (PowerAttention's `d & (d - 1) == 0`)."""
-
-    is_integer = True
-
-    @classmethod
-    def eval(cls, a, b):
-        if a.is_Integer and b.is_Integer:
-            return sympy.Integer(int(a) & int(b))
-
-
-class bitlen(sympy.Function):
-    """Python's int.bit_length of |x| (Radial Attention's frame-distance exponent)."""
-
-    is_integer = True
-    is_nonnegative = True
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_Integer:
-            return sympy.Integer(abs(int(x)).bit_length())
 
 
 def floordiv(a, b) -> sympy.Expr:
@@ -170,8 +150,6 @@ def evaluate(expr: sympy.Basic, env: dict[sympy.Symbol, np.ndarray | int]):
 
 
 def _division_by_zero(expr: sympy.Basic) -> PatternError:
-    from attngen.ir.printer import to_text  # the printer needs this module's functions
-
     try:
         text = to_text(expr)
     except ValueError:

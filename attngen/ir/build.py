@@ -1,11 +1,6 @@
-"""Building primitives with checked parameters, and the Python builder API.
-
-    from attngen import causal, local, sink, heads
-    p = causal & (sink(128) | local(4096))
-"""
+"""Building primitives with checked parameters (the Python builders, which also accept DSL
+text, live above the parser in attngen.dsl.builders)."""
 from __future__ import annotations
-
-from decimal import Decimal
 
 import sympy
 
@@ -13,7 +8,6 @@ from attngen.errors import PatternError, Span, did_you_mean
 from attngen.ir import simplify as S
 from attngen.ir.arith import SYMBOLS
 from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import PRIMITIVES
 
 # Kernels compute positions and parameters in int32: with constants and positions below
@@ -67,85 +61,3 @@ def primitive(name: str, args: list, span: Span | None = None,
         raise PatternError(f"dilated: w·d = {values[0] * values[1]} is too large: it must be at "
                            f"most {MAX_CONSTANT} (2^30: kernels use int32)", span)
     return S.prim(name, tuple(values))
-
-
-def _param(x) -> sympy.Expr:
-    if isinstance(x, bool):
-        raise TypeError("a pattern parameter is an integer expression, not a bool")
-    if isinstance(x, float):
-        return sympy.Rational(str(Decimal(repr(x))))
-    if isinstance(x, str):
-        from attngen.dsl.elaborate import parse_int_expr  # text parameters use the DSL
-
-        return parse_int_expr(x)
-    return sympy.sympify(x)
-
-
-def _builder(name: str):
-    def make(*args) -> Pattern:
-        return Pattern(primitive(name, [_param(a) for a in args]))
-
-    make.__name__ = name
-    make.__doc__ = f"`{name}` primitive: {PRIMITIVES[name].doc}"
-    return make
-
-
-full = Pattern(S.FULL)
-causal = Pattern(primitive("causal", []))
-document = Pattern(primitive("document", []))
-local = _builder("local")
-band = _builder("band")
-sink = _builder("sink")
-columns = _builder("columns")
-rows = _builder("rows")
-strided = _builder("strided")
-fixed = _builder("fixed")
-dilated = _builder("dilated")
-power = _builder("power")
-radial = _builder("radial")
-vertical_slash = _builder("vertical_slash")
-block_topk = _builder("block_topk")
-block_cover = _builder("block_cover")
-
-
-def where(cond) -> Pattern:
-    """`where(cond)`: any predicate over q, k, N, M, as DSL text or a sympy boolean."""
-    if isinstance(cond, str):
-        from attngen.dsl.elaborate import parse  # the condition is DSL text
-
-        return parse(f"where({cond})")
-    return Pattern(S.where(cond))
-
-
-def _mixture(kind: str, mapping: dict) -> Pattern:
-    ranges, default = [], None
-    for key, pat in mapping.items():
-        if not isinstance(pat, Pattern) or pat.is_mixture:
-            raise PatternError(f"{kind} entries must be plain patterns, got {pat!r}")
-        if key == "*":
-            default = pat.node
-        elif isinstance(key, range):
-            ranges.append((key.start, key.stop - 1, pat.node))
-        elif isinstance(key, tuple):
-            ranges.extend((h, h, pat.node) for h in key)
-        else:
-            ranges.append((int(key), int(key), pat.node))
-    ordered = sorted((lo, hi) for lo, hi, _ in ranges)  # compared as intervals, not sets
-    reach = -1
-    for lo, hi in ordered:
-        if lo < 0 or hi < lo:
-            raise PatternError(f"{kind}: bad head range {lo}..{hi}")
-        if lo <= reach:
-            raise PatternError(f"head {lo} is assigned twice in {kind}")
-        reach = max(reach, hi)
-    return Pattern(S.heads(kind, ranges, default))
-
-
-def heads(mapping: dict) -> Pattern:
-    """Per query head: `heads({range(0, 4): a_shape, (4, 6): local(1024), "*": causal})`."""
-    return _mixture("heads", mapping)
-
-
-def kv_heads(mapping: dict) -> Pattern:
-    """Per KV head: every query head of a group gets its KV head's pattern."""
-    return _mixture("kv_heads", mapping)

@@ -1,7 +1,9 @@
 """`Pattern`: the user-facing handle on an IR node, with the source spans it came from."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -140,7 +142,7 @@ class Pattern:
             raise PatternError(f"`{self}` is input-dependent: its mask exists only at run time",
                                self.spans.get(self.node))
         check_sizes(M, N, heads, at_least=0)
-        from attngen.runtime.env import max_mask_elements  # every limit is read in one place
+        from attngen.env import max_mask_elements  # every limit is read in one place
 
         if heads * M * N > max_mask_elements():
             raise ValueError(f"a dense mask of {heads}x{M}x{N} elements is larger than the limit "
@@ -161,17 +163,26 @@ class Pattern:
                 kv_heads: int | None = None, block: int | tuple[int, int] = 128,
                 doc_ids=None) -> float:
         """Allowed pairs ÷ causal pairs, counted from the block layout (not the mask)."""
-        from attngen.lower.layout import layout  # Pattern is the user handle; see docs/design.md
-
-        lay = layout(self, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
+        lay = _layout(self, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
         return lay.density()
+
+
+# The block layout belongs to a later stage (lower) that imports this module, so it hands
+# its `layout` in when it loads; `import attngen` always loads it (docs/design.md).
+_layout: Callable[..., Any]
+
+
+def set_layout(layout: Callable[..., Any]) -> None:
+    """Called by attngen.lower.layout: the function `Pattern.density` counts from."""
+    global _layout
+    _layout = layout
 
 
 def check_sizes(M: int | None = None, N: int | None = None, heads: int | None = None,
                 at_least: int = 1) -> None:
     """Refuse sizes that are not integers or would make attngen build more than its limits
     allow (checked before anything is allocated; each limit names its variable)."""
-    from attngen.runtime.env import max_heads, max_length  # every limit is read in one place
+    from attngen.env import max_heads, max_length  # every limit is read in one place
 
     for what, v, limit, var in (("M", M, max_length(), "ATTNGEN_MAX_LENGTH"),
                                 ("N", N, max_length(), "ATTNGEN_MAX_LENGTH"),

@@ -5,7 +5,7 @@ from decimal import Decimal, localcontext
 
 import sympy
 
-from attngen.ir.arith import bitand, bitlen
+from attngen.ir.bitops import bitand, bitlen
 
 # Binding strength of each printed form; a child binding weaker than its parent gets parens.
 _OR, _AND, _NOT, _CMP, _ADD, _MUL, _NEG, _ATOM = range(8)

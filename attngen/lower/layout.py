@@ -8,7 +8,7 @@ import torch
 
 from attngen.errors import PatternError
 from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern, check_sizes, evaluate_node
+from attngen.ir.pattern import Pattern, check_sizes, evaluate_node, set_layout
 from attngen.lower.classify import classify
 from attngen.lower.grid import Grid
 from attngen.lower.runs import FULL, PARTIAL, Runs
@@ -154,7 +154,7 @@ class BlockLayout:
 
 def check_dense(what: str, elements: int) -> None:
     """Dense per-head tables are for small sizes: refuse before allocating a large one."""
-    from attngen.runtime.env import max_mask_elements  # every limit is read in one place
+    from attngen.env import max_mask_elements  # every limit is read in one place
 
     if elements > max_mask_elements():
         raise ValueError(f"{what} would allocate {elements} elements, more than the limit of "
@@ -213,7 +213,7 @@ def _block(block) -> tuple[int, int]:
 
 def checked_grid(M: int, N: int, bm: int, bn: int) -> Grid:
     """The grid, if its query blocks × kv blocks are within $ATTNGEN_MAX_BLOCKS."""
-    from attngen.runtime.env import max_blocks  # every limit is read in one place
+    from attngen.env import max_blocks  # every limit is read in one place
 
     grid = Grid(M, N, bm, bn)
     if grid.QB * grid.KB > max_blocks():
@@ -258,3 +258,6 @@ def build_layout(pattern: Pattern, grid: Grid, heads: int = 1, kv_heads: int | N
         full=tuple(CSR.from_runs(r, FULL) for r in runs),
         doc_ids=doc_ids,
     )
+
+
+set_layout(layout)

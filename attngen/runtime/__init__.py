@@ -1,5 +1,6 @@
 """Runtime: the kernel cache, loading, tuning and launching."""
-from attngen.runtime.api import attention, compile
+from attngen.runtime.api import attention
+from attngen.runtime.compiler import compile
 from attngen.runtime.decode import decode
 from attngen.runtime.kernel import Kernel
 

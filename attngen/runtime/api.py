@@ -1,77 +1,15 @@
 """`attngen.compile` and `attngen.attention` (DESIGN §6)."""
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from attngen.codegen.render import KernelSpec, render
-from attngen.dsl import parse
+from attngen.env import interpreting
 from attngen.ir.pattern import Pattern
-from attngen.runtime import cache, op
-from attngen.runtime.checks import check_inputs, check_int32
-from attngen.runtime.env import interpreting
-from attngen.runtime.kernel import Kernel
-from attngen.runtime.key import cache_key, device_capability
-
-# Both measured faster on the H100 (docs/benchmarks.md); tma only applies on CUDA.
-DEFAULT_OPTIONS = {"fused_loops": True, "tma": True}
-_KERNELS: dict[tuple, Kernel] = {}
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(text: str) -> Pattern:
-    return parse(text)
-
-
-def _pattern(pattern: Pattern | str) -> Pattern:
-    return _parsed(pattern) if isinstance(pattern, str) else pattern
-
-
-def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16,
-            heads: int = 32, kv_heads: int | None = None,
-            device: str | torch.device | None = None, options: dict | None = None) -> Kernel:
-    """The Triton kernel for `pattern`, from the in-process table, the disk cache, or freshly
-    rendered. `kernel.source` is the generated code; `kernel(q, k, v)` runs it.
-    options: {"fused_loops": bool} (ranges terms: one loop per block run, see lower.plan),
-    {"tma": bool} (on CUDA, load K and V through tensor descriptors)."""
-    options = {**DEFAULT_OPTIONS, **(options or {})}
-    pattern = _pattern(pattern)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
-    device = torch.device(device)
-    memo = (pattern.node, heads, kv_heads, head_dim, dtype, device.type, device.index,
-            tuple(sorted(options.items())))
-    kernel = _KERNELS.get(memo)
-    if kernel is not None:
-        return kernel
-    check_int32(pattern)
-    spec = KernelSpec.build(pattern, heads, kv_heads, fused_loops=options["fused_loops"])
-    key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
-                    device_capability(device.type, device.index), options)
-
-    def build():
-        import attngen
-
-        meta = {"pattern": str(pattern), "head_group": spec.head_group, "head_dim": head_dim,
-                "dtype": str(dtype), "attngen": attngen.__version__,
-                "groups": [{"pattern": g.node.text,
-                            "parts": [{"pattern": p.node.text, "strategy": p.strategy,
-                                       "period": p.period} for p in g.parts]}
-                           for g in spec.groups]}
-        return render(spec, key, attngen.__version__), meta
-
-    entry = cache.get_or_build(key, build)
-    fallback = None
-    if options["fused_loops"]:
-        def fallback():
-            return compile(pattern, head_dim, dtype, heads, kv_heads, device,
-                           {**options, "fused_loops": False})
-    kernel = Kernel(spec, key, entry.path, head_dim, dtype, entry.rendered, entry.source,
-                    tma=bool(options["tma"]), fallback=fallback)
-    _KERNELS[memo] = kernel
-    return kernel
+from attngen.runtime import op
+from attngen.runtime.checks import check_inputs
+from attngen.runtime.compiler import _pattern
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | str,

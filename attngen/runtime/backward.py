@@ -4,18 +4,15 @@ apart: they hold different tiles (dK, dV per kv block; dQ per query block)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from attngen.env import autotune, interpreting
 from attngen.lower.grid import Grid
 from attngen.runtime import dynamic
 from attngen.runtime.derived import module
-from attngen.runtime.env import autotune, interpreting
+from attngen.runtime.launch import Compiled, Config, doc_tensor, signed, table_key, upcast
 from attngen.runtime.tables import transpose_csr
-
-if TYPE_CHECKING:
-    from attngen.runtime.kernel import Config, Kernel
 
 # (BLOCK_M, BLOCK_N, warps, stages). The interpreter's small blocks; on the GPU a search
 # space per pass, the first entry used without $ATTNGEN_AUTOTUNE: the configurations that
@@ -35,11 +32,9 @@ TIMINGS: dict = {}
 CHOSEN: dict = {}
 
 
-def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids, estimate=None
+def configs(kernel: Compiled, q, k, v, out, lse, dout, doc_ids, estimate=None
             ) -> tuple[Config, Config]:
     """(dK/dV config, dQ config) for this shape: timed once per shape bucket and process."""
-    from attngen.runtime.kernel import Config
-
     if interpreting() or not q.is_cuda:
         return Config(*INTERPRETER_CONFIG), Config(*INTERPRETER_CONFIG)
     if not autotune():
@@ -56,8 +51,6 @@ def configs(kernel: Kernel, q, k, v, out, lse, dout, doc_ids, estimate=None
 
 def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids, estimate):
     import triton.testing
-
-    from attngen.runtime.kernel import Config
 
     D = q.shape[3]
     best, best_ms = None, float("inf")
@@ -85,14 +78,12 @@ def _tune(kernel, phase, candidates, q, k, v, out, lse, dout, doc_ids, estimate)
     return best
 
 
-def launch(kernel: Kernel, q, k, v, out, lse, dout, dlse, scale, doc_ids,
+def launch(kernel: Compiled, q, k, v, out, lse, dout, dlse, scale, doc_ids,
            config: tuple[Config, Config] | None = None, estimate=None):
     """(dq, dk, dv) in the inputs' dtypes. dlse: the gradient of the returned LSE or None;
     since d LSE_i / d S_ij = P_ij it only shifts Delta. estimate: the forward's
     (runtime.dynamic.Estimate) for dynamic patterns; each pass builds its block lists from
     it for its own block sizes (runtime.dynamic.indices / transposed), never re-estimating."""
-    from attngen.runtime.kernel import signed, upcast
-
     if upcast(q):
         grads = launch(kernel, q.float(), k.float(), v.float(), out.float(), lse, dout.float(),
                        dlse, scale, doc_ids, config, estimate)
@@ -146,8 +137,6 @@ def _passes(kernel) -> int:
 def _phase(kernel, phase, cfg, q, k, v, lse, dout, scale, doc_ids, dq, dk, dv, delta,
            estimate=None):
     """Every launch of one pass ("dkdv" or "dq"): the identity-order part, then each class."""
-    from attngen.runtime.kernel import doc_tensor
-
     mod = module(kernel, "backward")
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
@@ -214,8 +203,6 @@ def _transposed_tables(kernel, M, N, cfg, device, doc_ids):
     """The dK/dV pass's CSR (per kv block, the query blocks of each table group), made once
     per shape like the forward's tables; plans without table groups pass the forward's
     placeholder."""
-    from attngen.runtime.kernel import table_key
-
     tab_off, tab_idx = kernel._tables(M, N, cfg, device, doc_ids)
     if not any(g.table_slot >= 0 for g in kernel.spec.groups):
         return tab_off, tab_idx

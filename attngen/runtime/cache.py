@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from attngen.runtime.env import cache_dir, cache_key_file, lock_timeout_s, models_dir
+from attngen.env import cache_dir, cache_key_file, lock_timeout_s, models_dir
 
 KEY = re.compile(r"[0-9a-f]{64}")
 TAG = "CACHEDIR.TAG"  # https://bford.info/cachedir/: marks the root as attngen's

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from attngen.env import autotune, interpreting
 from attngen.ir.pattern import Pattern
 from attngen.runtime.checks import DTYPES, check_row_span
 from attngen.runtime.derived import module
-from attngen.runtime.env import autotune, interpreting
 
 INTERPRETER_BLOCK_N = 32
 MAX_BLOCK_R = 64  # rows (query heads of a kv head × queries) per program
@@ -70,7 +70,7 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     a decode step stays capturable in a CUDA graph; a violation fails the stream, as an
     out-of-range index does). Either way the kernel clamps lengths and page numbers to the
     cache, so no value can make it read outside the cache."""
-    from attngen.runtime.api import compile
+    from attngen.runtime.compiler import compile
 
     kernel = compile(pattern, head_dim=q.shape[3], dtype=q.dtype, heads=q.shape[1],
                      kv_heads=k_cache.shape[1], device=q.device)
@@ -81,7 +81,8 @@ def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 def run(kernel, q, k_cache, v_cache, lengths, scale=None, return_lse=False, splits=None,
         block_table=None, config: DecodeConfig | None = None, starts=None):
     """`decode` with a compiled kernel (no compile lookup: the serving loop's call)."""
-    from attngen.runtime.kernel import _warn_once, compile_failure, signed, upcast
+    from attngen.runtime.kernel import _warn_once, compile_failure
+    from attngen.runtime.launch import signed, upcast
 
     lengths = _as_lengths(lengths, q)
     if block_table is not None and not isinstance(block_table, torch.Tensor):

@@ -2,31 +2,24 @@
 rendered the first time they are needed and cached under their own key."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from attngen.codegen.render import render
 from attngen.runtime import cache
 from attngen.runtime.key import derived_key
-
-if TYPE_CHECKING:
-    from attngen.runtime.kernel import Kernel
+from attngen.runtime.launch import Compiled, _load_module
+from attngen.version import __version__
 
 _MODULES: dict[str, object] = {}
 
 
-def module(kernel: Kernel, kind: str):
+def module(kernel: Compiled, kind: str):
     """The `kind` module ("backward" or "decode") of `kernel`, from the disk cache or
     rendered now."""
-    from attngen.runtime.kernel import _load_module
-
     key = derived_key(kernel.key, kind)
     if key not in _MODULES:
         def build():
-            import attngen
-
             meta = {"pattern": str(kernel.pattern), "forward_key": kernel.key,
                     "head_group": kernel.spec.head_group, "pass": kind}
-            return render(kernel.spec, key, attngen.__version__, kind=kind), meta
+            return render(kernel.spec, key, __version__, kind=kind), meta
 
         entry = cache.get_or_build(key, build)
         _MODULES[key] = _load_module(entry.source, f"attngen_{kind}_{key[:16]}", entry.path)

@@ -1,12 +1,9 @@
 """A compiled kernel: the generated module, its launch, its tables and its tuning."""
 from __future__ import annotations
 
-import hashlib
 import json
-import linecache
 import math
 import os
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,48 +12,21 @@ import numpy as np
 import torch
 
 from attngen.codegen.render import KernelSpec
+from attngen.env import autotune, interpreting
 from attngen.ir.pattern import Pattern
 from attngen.lower.atoms import atoms_of, numeric
 from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.layout import layout
-from attngen.runtime import dynamic
+from attngen.runtime import backward, dynamic
 from attngen.runtime.checks import check_inputs, check_row_span
-from attngen.runtime.env import autotune, interpreting
+from attngen.runtime.launch import Config, _load_module, doc_tensor, signed, table_key, upcast
 from attngen.runtime.tables import block_classes, csr_of
 
 # Hopper-aware search space (BLOCK_M, BLOCK_N, warps, stages); the interpreter uses the first
 # of INTERPRETER_CONFIGS (small blocks exercise the block logic on small shapes).
 GPU_CONFIGS = [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4)]
 INTERPRETER_CONFIGS = [(32, 32, 1, 1)]
-
-
-@dataclass(frozen=True)
-class Config:
-    block_m: int
-    block_n: int
-    warps: int
-    stages: int
-
-
-def _load_module(source: bytes, name: str, where: Path | None) -> types.ModuleType:
-    """Execute `source`, the kernel.py bytes the cache checked, as module `name`; the file
-    is never read again. Its text goes to linecache under a name no file has, so that
-    Triton's @jit, which reads a function's source through inspect, sees these bytes."""
-    origin = f"<attngen {hashlib.sha256(source).hexdigest()[:16]} {where or 'in memory'}>"
-    text = source.decode()
-    linecache.cache[origin] = (len(text), None, text.splitlines(keepends=True), origin)
-    module = types.ModuleType(name)
-    module.__file__ = origin
-    exec(compile(source, origin, "exec"), module.__dict__)
-    return module
-
-
-def table_key(M: int, N: int, cfg: Config, device, doc_ids) -> tuple:
-    """What a kernel's block tables depend on: the shape, the block sizes, the device and
-    the documents' contents."""
-    doc_key = None if doc_ids is None else hash(doc_ids.cpu().numpy().tobytes())
-    return (M, N, cfg.block_m, cfg.block_n, str(device), doc_key)
 
 
 def _bucket(n: int) -> int:
@@ -272,8 +242,6 @@ class Kernel:
         """(dq, dk, dv) of this kernel's attention, from its forward's out and lse and the
         gradients of both (dlse may be None); runs the generated backward module. A dynamic
         pattern needs its forward's `estimate` (from `forward`): the backward reuses it."""
-        from attngen.runtime import backward
-
         self.check(q, k, v, scale, doc_ids)
         if self.spec.dynamic and estimate is None:
             raise ValueError(f"`{self.pattern}` is input-dependent: its backward needs the "
@@ -392,34 +360,6 @@ def _group_csr(node, grid: Grid, device, doc_ids):
     lay = layout(Pattern(node), grid.M, grid.N, block=(grid.BM, grid.BN), doc_ids=doc_ids)
     return [(torch.from_numpy(c.offsets.astype(np.int32)), torch.from_numpy(c.indices))
             for c in (lay.partial[0], lay.full[0])]
-
-
-def doc_tensor(doc_ids, device) -> torch.Tensor:
-    """The kernels' DOC argument: the ids as int64 (compared exactly, never truncated), or a
-    placeholder."""
-    if doc_ids is None:
-        return torch.zeros(1, dtype=torch.int64, device=device)
-    return doc_ids.to(device=device, dtype=torch.int64)
-
-
-def signed(q: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, float, float]:
-    """(q', scale', sign) with scale · q·k = scale' · q'·k and scale' > 0: the kernels'
-    online softmax takes the row maximum of unscaled scores and masks with -inf before
-    scaling, which needs a positive scale. A zero or negative scale (rare) costs one copy of
-    q: q' = 0·q or −q, exact in every dtype. The gradient of q is sign · the gradient of q'
-    (that of k is unchanged)."""
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if s > 0:
-        return q, s, 1.0
-    if s == 0:
-        return q * 0, 1.0, 0.0
-    return -q, -s, -1.0
-
-
-def upcast(q: torch.Tensor) -> bool:
-    """bfloat16 under the interpreter: NumPy has no bfloat16, so the kernels would read its
-    bits wrongly; the launch runs in fp32 and casts the results back."""
-    return q.dtype == torch.bfloat16 and interpreting()
 
 
 def _cdiv(a: int, b: int) -> int:

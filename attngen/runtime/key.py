@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 
 from attngen.codegen.render import SHARED_TEMPLATES, TEMPLATE, TEMPLATES, template_text
+from attngen.version import __version__
 
 
 @functools.cache
 def _versions() -> tuple[str, str, str]:
     import triton
 
-    import attngen
-
-    return attngen.__version__, triton.__version__, torch.__version__
+    return __version__, triton.__version__, torch.__version__
 
 
 @functools.cache
@@ -44,7 +43,7 @@ def _generator_hash() -> str:
 
 @functools.lru_cache(maxsize=64)
 def device_capability(device_type: str, index: int | None) -> str:
-    from attngen.runtime.env import interpreting
+    from attngen.env import interpreting
 
     if device_type != "cuda" or interpreting():
         return "interpreter"

@@ -22,7 +22,7 @@ OUT_LSE_AND_ESTIMATE = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _kernel(pattern: str, q: torch.Tensor, k: torch.Tensor):
-    from attngen.runtime.api import compile
+    from attngen.runtime.compiler import compile
 
     return compile(pattern, head_dim=q.shape[-1], dtype=q.dtype, heads=q.shape[1],
                    kv_heads=k.shape[1], device=q.device)
@@ -31,7 +31,7 @@ def _kernel(pattern: str, q: torch.Tensor, k: torch.Tensor):
 @functools.lru_cache(maxsize=256)
 def _dynamic_parts(pattern: str, heads: int, kv_heads: int) -> tuple:
     from attngen.codegen.render import KernelSpec
-    from attngen.runtime.api import _pattern
+    from attngen.runtime.compiler import _pattern
 
     return KernelSpec.build(_pattern(pattern), heads, kv_heads).dynamic
 
