@@ -27,10 +27,10 @@ import torch
 
 import attngen
 from attngen.codegen.torch_predicate import raw_predicate_fn
+from attngen.integrations.plan import ModelPlan
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
 from attngen.lower.grid import Grid
-from attngen.profile.plan import ModelPlan
 from attngen.runtime import dynamic
 from attngen.runtime.tables import device_layout
 

@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 
 import attngen
+from attngen.integrations.plan import expand_template, read_plan
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import expand_template, read_plan
 
 # name → (model type, config fields); rope_theta is moved into rope_parameters by
 # transformers 5 (`rope_theta` reads either)

@@ -10,7 +10,7 @@ import torch
 import attngen
 from attngen import bench_model as bm
 from attngen import cli
-from attngen.profile.plan import read_plan
+from attngen.integrations.plan import read_plan
 
 DUO = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
        "16..23: vertical_slash(1000, 6000); *: causal & (local(1024) | strided(128)) }")

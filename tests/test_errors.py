@@ -546,14 +546,14 @@ SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_hea
     ({"version": "1", "layers": []}, "'version' must be an integer"),
 ])
 def test_plan_schema_is_checked(plan, message):
-    from attngen.profile.plan import read_plan
+    from attngen.integrations.plan import read_plan
 
     with pytest.raises(ValueError, match=re.escape(message)):
         read_plan(plan)
 
 
 def test_empty_plan(tmp_path):
-    from attngen.profile.plan import read_plan
+    from attngen.integrations.plan import read_plan
 
     assert read_plan({}).layers == {} and read_plan({"layers": []}).layers == {}
     (tmp_path / "plan.json").write_text("{}")  # a file must say what it plans
@@ -562,7 +562,7 @@ def test_empty_plan(tmp_path):
 
 
 def test_plan_pattern_errors_name_the_layer(tmp_path):
-    from attngen.profile.plan import read_plan
+    from attngen.integrations.plan import read_plan
 
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"layers": [{"layer": 0, "pattern": "causal"},
@@ -577,7 +577,7 @@ def test_plan_pattern_errors_name_the_layer(tmp_path):
 
 
 def test_plan_files_that_cannot_be_read(tmp_path):
-    from attngen.profile.plan import read_plan
+    from attngen.integrations.plan import read_plan
 
     with pytest.raises(FileNotFoundError, match="no plan file"):
         read_plan(tmp_path / "missing.json")
@@ -597,7 +597,7 @@ def test_plan_files_that_cannot_be_read(tmp_path):
      "plan layer 2 lists 12 heads, the model has 9"),
 ])
 def test_plan_for_another_model_is_refused(plan, config, message):
-    from attngen.profile.plan import check_plan
+    from attngen.integrations.plan import check_plan
 
     with pytest.raises(ValueError, match=re.escape(message)):
         check_plan(plan, config)
@@ -610,7 +610,7 @@ COMMITTED_PLANS = sorted(p for p in ROOT.glob("docs/results/**/plan.json")
 
 @pytest.mark.parametrize("path", COMMITTED_PLANS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_committed_plans_validate(path):
-    from attngen.profile.plan import check_plan, read_plan
+    from attngen.integrations.plan import check_plan, read_plan
 
     plan = read_plan(path)
     assert plan.layers and check_plan(plan, SMOLLM2) is plan

@@ -91,3 +91,12 @@ def test_stages_never_import_later_ones() -> None:
     wrong = [f"{a} -> {b}" for a, b in sorted(graph.edges)
              if 0 <= rank(a) < len(STAGES) and rank(b) > rank(a)]
     assert not wrong, "imports against the pipeline:\n" + "\n".join(wrong)
+
+
+def test_integrations_sit_below_profile_cli_and_bench() -> None:
+    """The profiler runs models through the integrations, never the other way round."""
+    graph = import_graph()
+    above = ("attngen.profile", "attngen.cli", "attngen.bench")
+    wrong = [f"{a} -> {b}" for a, b in sorted(graph.edges)
+             if a.startswith("attngen.integrations") and b.startswith(above)]
+    assert not wrong, "integrations importing what sits on them:\n" + "\n".join(wrong)

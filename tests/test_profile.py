@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 import attngen
 from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache, block_topk_mask, vertical_slash_mask
+from attngen.integrations.plan import ModelPlan, plan_to_dict, read_plan, write_plan
 from attngen.profile.candidates import Candidate, candidates
 from attngen.profile.evaluate import matched_width
 from attngen.profile.knapsack import Infeasible, choose
-from attngen.profile.plan import ModelPlan, plan_to_dict, read_plan, write_plan
 from attngen.profile.scoring import HeadScorer, Scores, static_density
 from attngen.profile.search import (
     TIE_BREAK,

@@ -8,8 +8,8 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from attngen.cli import main
+from attngen.integrations.plan import read_plan
 from attngen.profile.data import documentation_text
-from attngen.profile.plan import read_plan
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

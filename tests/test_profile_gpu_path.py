@@ -15,10 +15,10 @@ import attngen
 from attngen.cli import main
 from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache, head_mask
+from attngen.integrations.plan import ModelPlan, read_plan
 from attngen.profile.candidates import candidates
 from attngen.profile.data import RandomTokens
 from attngen.profile.model import named_model, resolve_device
-from attngen.profile.plan import ModelPlan, read_plan
 from attngen.profile.rowmask import RowMask
 from attngen.profile.runner import chunked_attention
 from attngen.profile.scoring import HeadScorer, static_density

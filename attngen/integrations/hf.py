@@ -35,10 +35,10 @@ import torch.nn.functional as F
 import attngen
 from attngen.integrations import kernel_path
 from attngen.integrations.masks import MaskCache, head_mask
+from attngen.integrations.plan import ModelPlan, check_plan
 from attngen.integrations.ranges import KeyRanges, key_ranges
 from attngen.ir.node import Node
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import ModelPlan, check_plan
 from attngen.reference import attention as reference_attention
 
 IMPLEMENTATION = "attngen"

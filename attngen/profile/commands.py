@@ -46,8 +46,8 @@ def run_search(model_name: str, options, out: str | Path, data=None, scores_path
     cpu and fp32)."""
     import torch
 
+    from attngen.integrations.plan import write_plan
     from attngen.profile.model import load_model, model_label, resolve_device
-    from attngen.profile.plan import write_plan
     from attngen.profile.search import search
 
     device, torch_dtype = resolve_device(device, dtype)
@@ -140,9 +140,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if not profiler_available(default_model=args.model == DEFAULT_MODEL):
         raise NotImplementedError(MISSING_EXTRA)
+    from attngen.integrations.plan import read_plan
     from attngen.profile.evaluate import EvalOptions
     from attngen.profile.model import load_model, resolve_device
-    from attngen.profile.plan import read_plan
 
     plan = read_plan(args.plan)
     if args.merge:

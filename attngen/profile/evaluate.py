@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache
+from attngen.integrations.plan import ModelPlan, uniform_plan
 from attngen.profile.candidates import library_call
 from attngen.profile.data import Haystack, Sample, first_number
-from attngen.profile.plan import ModelPlan, uniform_plan
 from attngen.profile.scoring import static_density
 from attngen.profile.search import measured_density, plan_density
 

@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from attngen.integrations.plan import ModelPlan
 from attngen.profile.candidates import FAMILIES
 from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy, to_json
-from attngen.profile.plan import ModelPlan
 
 
 def write_report(results: list[MethodResult], options: EvalOptions, plan: ModelPlan,

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from attngen.integrations.hf import attention_modules
+from attngen.integrations.plan import ModelPlan
 from attngen.ir.pattern import Pattern
-from attngen.profile.plan import ModelPlan
 from attngen.profile.rowmask import RowMask
 
 IMPLEMENTATION = "attngen_profile"

@@ -29,11 +29,11 @@ import torch
 import attngen
 from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache, head_mask
+from attngen.integrations.plan import ModelPlan
 from attngen.ir.pattern import Pattern
 from attngen.profile.candidates import candidates
 from attngen.profile.data import Haystack, Sample
 from attngen.profile.knapsack import choose, grouped
-from attngen.profile.plan import ModelPlan
 from attngen.profile.runner import running
 from attngen.profile.scoring import HeadScorer, Scores, load_scores, save_scores, static_density
 
