@@ -415,8 +415,8 @@ class NoDevice(RuntimeError):
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
-    """`attngen bench --backward | --decode` (attngen.bench_serve)."""
-    from attngen import bench_serve
+    """`attngen bench --backward | --decode` (attngen.bench.serve)."""
+    from attngen.bench import serve as bench_serve
 
     partial = Path(args.out + ".rows.jsonl")  # each row as it comes: survives a cut-off run
     partial.unlink(missing_ok=True)
@@ -442,8 +442,8 @@ def _bench_serve(args: argparse.Namespace) -> int:
 
 
 def _bench_model(args: argparse.Namespace) -> int:
-    """`attngen bench --model SPEC` (attngen.bench_model)."""
-    from attngen import bench_model
+    """`attngen bench --model SPEC` (attngen.bench.model)."""
+    from attngen.bench import model as bench_model
 
     partial = Path(args.out + ".rows.jsonl")  # each row as it comes: survives a cut-off run
     partial.unlink(missing_ok=True)
@@ -465,7 +465,7 @@ def _bench_model(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from attngen import bench
+    from attngen.bench import kernels as bench
 
     if args.model:  # checks its spec and plan first (usage errors), then the GPU
         return _bench_model(args)

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import attngen
-from attngen import bench
+from attngen.bench import kernels as bench
 
 H, D, dtype, dev = 32, 128, torch.bfloat16, "cuda"
 rows = []

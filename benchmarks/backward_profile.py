@@ -9,8 +9,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import attngen
-from attngen import bench
-from attngen.bench import _flex, _flex_fn
+from attngen.bench import kernels as bench
+from attngen.bench.kernels import _flex, _flex_fn
 
 STEPS = 5
 

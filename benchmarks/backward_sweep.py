@@ -10,7 +10,7 @@ import sys
 import torch
 
 import attngen
-from attngen import bench
+from attngen.bench import kernels as bench
 from attngen.runtime import backward
 from attngen.runtime.kernel import Config
 

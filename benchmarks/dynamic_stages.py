@@ -7,7 +7,7 @@ import sys
 import torch
 
 import attngen
-from attngen.bench import _time
+from attngen.bench.kernels import _time
 from attngen.codegen.render import KernelSpec
 from attngen.lower.grid import Grid
 from attngen.runtime import dynamic

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attngen
-from attngen import bench_model as bm
 from attngen import cli
+from attngen.bench import model as bm
 from attngen.integrations.plan import read_plan
 
 DUO = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
@@ -211,7 +211,7 @@ def test_flex_plan_allows_exactly_what_the_mask_reference_allows(M, padded):
     attngen.integrations.hf's exact masks, with eager flex_attention on the CPU."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from attngen.bench_flex import FlexPlan
+    from attngen.bench.flex import FlexPlan
     from attngen.integrations.hf import masked_attention
     from attngen.integrations.masks import MaskCache
 

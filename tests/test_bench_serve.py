@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import attngen
-from attngen import bench_serve, cli
+from attngen import cli
+from attngen.bench import serve as bench_serve
 
 
 def test_needed_keys_count_each_kv_heads_union_of_allowed_keys():

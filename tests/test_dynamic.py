@@ -265,7 +265,7 @@ def test_bench_counts_pairs_and_builds_flex_mask_from_the_estimate(text):
 
     from torch.nn.attention.flex_attention import flex_attention
 
-    from attngen import bench_dynamic
+    from attngen.bench import dynamic as bench_dynamic
 
     N, H = 2 * bench_dynamic.FLEX_BLOCK + 57, 2
     q, k, v = planted(1, H, H, N, N, 16, 1, columns=(N // 2,), offsets=(N // 3,))
@@ -292,7 +292,8 @@ def test_backward_bench_gives_flex_the_kernels_estimate(interpreter, text):
 
     from torch.nn.attention.flex_attention import flex_attention
 
-    from attngen import bench_dynamic, bench_serve
+    from attngen.bench import dynamic as bench_dynamic
+    from attngen.bench import serve as bench_serve
 
     N, H = 2 * bench_dynamic.FLEX_BLOCK + 57, 2
     q, k, v = planted(1, H, H, N, N, 16, 1, columns=(N // 2,), offsets=(N // 3,))

@@ -25,7 +25,8 @@ IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "
 CHECK = textwrap.dedent("""
     import importlib.resources, json, sys
     import attngen
-    from attngen import bench_model, library
+    from attngen import library
+    from attngen.bench import model as bench_model
     p = attngen.load("streaming")
     lay = attngen.layout(p, 4096, 4096, block=128)
     plan = attngen.lower(p, 4096, 4096, block=128)

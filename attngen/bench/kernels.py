@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import attngen
-from attngen import bench_dynamic
+from attngen.bench import dynamic as bench_dynamic
 from attngen.codegen.torch_predicate import count_allowed, mask_mod, predicate_fn
 from attngen.runtime.tables import device_layout
 

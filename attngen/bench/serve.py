@@ -25,8 +25,9 @@ import time
 import torch
 
 import attngen
-from attngen import bench, bench_dynamic
-from attngen.bench import _flex, _flex_fn, _time
+from attngen.bench import dynamic as bench_dynamic
+from attngen.bench import kernels as bench
+from attngen.bench.kernels import _flex, _flex_fn, _time
 from attngen.codegen.torch_predicate import mask_mod, predicate_fn
 
 BACKWARD_PATTERNS = ["causal", "local(4096)", "causal & (sink(128) | local(4096))",

@@ -6,7 +6,7 @@ pads them), three systems run the same model on the same tokens:
     dense    attn_implementation="sdpa" under sdpa_kernel(cuDNN), else FlashAttention,
              else memory-efficient (the one that ran is recorded)
     flex     transformers' flex_attention forward with the plan as block masks
-             (attngen.bench_flex: static heads built once, dynamic heads from attngen's
+             (attngen.bench.flex: static heads built once, dynamic heads from attngen's
              estimate in every call)
     attngen  hf.apply(model, plan, backend="kernels")
 
@@ -393,7 +393,7 @@ class Systems:
     """Switches one model between the three systems."""
 
     def __init__(self, model, plan: dict, device):
-        from attngen.bench_flex import FlexPlan
+        from attngen.bench.flex import FlexPlan
 
         self.model, self.plan, self.device = model, read_plan(plan), device
         H, Hkv = _model_heads(model)
