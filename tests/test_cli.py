@@ -279,3 +279,10 @@ def test_png_goes_where_it_says(capsys, tmp_path, target, written):
     rc, out, _ = run(capsys, "show", "causal", "--n", "8", "--png", str(tmp_path / target))
     assert rc == 0 and f"wrote      {tmp_path / written}\n" in out
     assert_png(tmp_path / written)
+
+
+@pytest.mark.parametrize("command", [["search", "tiny-llama"], ["demo"]])
+@pytest.mark.parametrize("density", ["1.5", "0", "-0.2", "abc"])
+def test_density_budget_outside_zero_one_is_a_usage_error(command, density, capsys):
+    assert main([*command, "--density", density]) == 2
+    assert "--density" in capsys.readouterr().err

@@ -193,6 +193,17 @@ def demo(out_dir: Path, density: float = 0.3) -> Path:
                     header="Demo sizes (`attngen demo`); docs/results has the full run.")
 
 
+def density_budget(text: str) -> float:
+    """argparse type of --density: a share of the causal pairs, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a density budget lies in (0, 1], got {value}")
+    return value
+
+
 def _device_arguments(parser) -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="where the model runs (default cuda when torch sees a GPU)")
@@ -217,7 +228,7 @@ def add_parsers(subs, fmt) -> None:
                     "random-weight shape for timing: tiny-llama[:layers=N], "
                     "llama3-8b[:layers=N]")
     _device_arguments(se)
-    se.add_argument("--density", type=float, default=0.3, help="density budget: mean over "
+    se.add_argument("--density", type=density_budget, default=0.3, help="density budget: mean over "
                     "heads, layers and calibration lengths (see --budget-at)")
     se.add_argument("--budget-at", choices=["mean", "each_length"], default="mean",
                     help="the budget bounds the mean over the calibration lengths (default; "
