@@ -52,6 +52,18 @@ _NAMESPACE = {
 }
 
 
+def combine(node: Node, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The boolean mask of an `or` / `and` / `not` node from its children's masks (which
+    broadcast against each other)."""
+    if node.op == "or":
+        return torch.stack(torch.broadcast_tensors(*parts)).any(0)
+    if node.op == "and":
+        return torch.stack(torch.broadcast_tensors(*parts)).all(0)
+    if node.op == "not":
+        return ~parts[0]
+    raise ValueError(f"unexpected node `{node.text}`")
+
+
 def predicate_source(node: Node) -> str:
     printer = Printer({q: "q_pos", k: "k_pos", N: "N", M: "M"}, "torch",
                       {doc: "DOC[{}]"})

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from attngen.codegen.torch_predicate import combine
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.ir.arith import evaluate_int
@@ -74,13 +75,7 @@ def head_mask(node: Node, q: torch.Tensor, k: torch.Tensor, cache: MaskCache,
             return block_topk_mask(q, k, *params, rows=rows)
         raise NotImplementedError(f"{node.name} is not estimated on the CPU yet")
     parts = [head_mask(c, q, k, cache, scale, rows) for c in node.children]
-    if node.op == "or":
-        return torch.stack(torch.broadcast_tensors(*parts)).any(0)
-    if node.op == "and":
-        return torch.stack(torch.broadcast_tensors(*parts)).all(0)
-    if node.op == "not":
-        return ~parts[0]
-    raise ValueError(f"unexpected node `{node.text}`")
+    return combine(node, parts)
 
 
 def _positions(M: int, N: int, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:

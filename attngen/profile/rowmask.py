@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from attngen.codegen.torch_predicate import predicate_fn
+from attngen.codegen.torch_predicate import combine, predicate_fn
 from attngen.ir.node import Node
 from attngen.runtime.dynamic import block_picks, parameters, vertical_slash_sets
 
@@ -67,13 +67,7 @@ class RowMask:
         if node.op == "prim":
             return self._dynamic_rows(node, pos, cols)
         parts = [self._rows(c, pos) for c in node.children]
-        if node.op == "or":
-            return torch.stack(torch.broadcast_tensors(*parts)).any(0)
-        if node.op == "and":
-            return torch.stack(torch.broadcast_tensors(*parts)).all(0)
-        if node.op == "not":
-            return ~parts[0]
-        raise ValueError(f"unexpected node `{node.text}`")
+        return combine(node, parts)
 
     def _dynamic_rows(self, node: Node, pos: torch.Tensor, cols: torch.Tensor
                       ) -> torch.Tensor:

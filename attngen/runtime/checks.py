@@ -71,50 +71,6 @@ def check_doc_ids(doc_ids, N: int) -> None:
         raise ValueError(f"doc_ids must have shape [N] = [{N}], got {list(doc_ids.shape)}")
 
 
-# Constants up to 2^30 (the language's own limit, ir.build.MAX_CONSTANT) keep a constant
-# plus a position (below 2^24, env.max_length) inside int32.
-INT32_SAFE = 2**30
-
-
-def check_int32(pattern: Pattern) -> None:
-    """The generated kernels compute positions and pattern constants in int32: a constant of
-    magnitude above 2^30 (a parameter like `sink(4294967297)`, or a coefficient like
-    `where(q*100000*100000 > k)`) raises a PatternError naming it, before any rendering,
-    rather than a Triton range error or a wrapped sum. The reference (int64 NumPy) still
-    evaluates such patterns."""
-    from attngen.errors import PatternError
-    from attngen.ir.node import walk
-    from attngen.ir.primitives import PRIMITIVES
-
-    for n in walk(pattern.node):
-        span = pattern.spans.get(n)
-        if n.op == "prim":
-            spec = PRIMITIVES[n.name]
-            names = spec.params if not spec.variadic else spec.params * len(n.params)
-            for pname, value in zip(names, n.params):
-                big = _too_big(value)
-                if big is not None:
-                    holds = "" if big == value else f" holds {big}, which is"
-                    raise PatternError(
-                        f"{n.name}: parameter {pname} = {value}{holds} outside the kernels' "
-                        f"int32 range (|x| <= {INT32_SAFE})", span)
-        elif n.op == "where" and n.cond is not None:
-            big = _too_big(n.cond)
-            if big is not None:
-                raise PatternError(f"where: constant {big} is outside the kernels' int32 "
-                                   f"range (|x| <= {INT32_SAFE})", span)
-
-
-def _too_big(expr):
-    import sympy
-
-    for atom in sympy.sympify(expr).atoms(sympy.Number):
-        for part in ((atom.p, atom.q) if isinstance(atom, sympy.Rational) else (atom,)):
-            if abs(part) > INT32_SAFE:
-                return atom
-    return None
-
-
 ROW_SPAN_LIMIT = 2**31
 
 

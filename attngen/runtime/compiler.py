@@ -12,7 +12,6 @@ from attngen.dsl import parse
 from attngen.env import interpreting
 from attngen.ir.pattern import Pattern
 from attngen.runtime import cache
-from attngen.runtime.checks import check_int32
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability
 from attngen.version import __version__
@@ -48,7 +47,6 @@ def compile(pattern: Pattern | str, head_dim: int = 128, dtype: torch.dtype = to
     kernel = _KERNELS.get(memo)
     if kernel is not None:
         return kernel
-    check_int32(pattern)
     spec = KernelSpec.build(pattern, heads, kv_heads, fused_loops=options["fused_loops"])
     key = cache_key(pattern.key, spec.head_group, head_dim, dtype,
                     device_capability(device.type, device.index), options)

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from attngen.codegen.torch_predicate import predicate_fn
+from attngen.codegen.torch_predicate import combine, predicate_fn
 from attngen.ir.node import Node
 from attngen.runtime.dynamic import VS_FORCED_COLUMNS, VS_FORCED_OFFSETS
 
@@ -133,14 +133,8 @@ def _allowed(node: Node, scores: torch.Tensor, f: _Frame) -> torch.Tensor:
     if node.op == "prim":  # vertical_slash (see `supported`)
         v, s = (int(p) for p in node.params)
         return _vertical_slash(scores, v, s, f)
-    parts = [_allowed(c, scores, f) for c in node.children]
-    if node.op == "or":
-        return torch.stack(torch.broadcast_tensors(*parts)).any(0)
-    if node.op == "and":
-        return torch.stack(torch.broadcast_tensors(*parts)).all(0)
-    if node.op == "not":
-        return ~parts[0] & f.in_range
-    raise NotImplementedError(f"`{node.text}` has no graph-safe decode")
+    mask = combine(node, [_allowed(c, scores, f) for c in node.children])
+    return mask & f.in_range if node.op == "not" else mask
 
 
 def _vertical_slash(scores: torch.Tensor, v: int, s: int, f: _Frame) -> torch.Tensor:
