@@ -17,6 +17,10 @@ import attngen
 
 PLAN = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
         "16..23: vertical_slash(1000, 6000); *: causal & (local(1024) | strided(128)) }")
+# where the vertical_slash group's time goes: few slashes, few columns, and a band of the
+# same element count for comparison
+EXTRA = ["vertical_slash(1000, 100)", "vertical_slash(30, 6000)", "causal & local(7000)",
+         "heads { 0..7: causal; *: causal & (local(1024) | strided(128)) }"]
 GROUPS = ["causal", "causal & (sink(128) | local(4096))", "vertical_slash(1000, 6000)",
           "causal & (local(1024) | strided(128))"]
 
@@ -37,7 +41,8 @@ def main():
     rows = {}
     for name, text, qq, kk, vv in [("plan", PLAN, q, k, v)] + [
             (g, g, q[:, 8 * i:8 * i + 8], k[:, 2 * i:2 * i + 2], v[:, 2 * i:2 * i + 2])
-            for i, g in enumerate(GROUPS)] + [("causal32", "causal", q, k, v)]:
+            for i, g in enumerate(GROUPS)] + [("causal32", "causal", q, k, v)] + [
+            (t, t, q[:, 16:24], k[:, 4:6], v[:, 4:6]) for t in EXTRA]:
         try:
             attngen.attention(qq, kk, vv, text)
             rows[name] = ms(lambda: attngen.attention(qq, kk, vv, text))
@@ -50,6 +55,10 @@ def main():
         qc, k, v, is_causal=True, enable_gqa=True))
     print(rows, flush=True)
     out["rows_ms"] = rows
+    for name, text in [("no_vs", PLAN.replace("vertical_slash(1000, 6000)", "causal & local(7000)")),
+                       ("no_strided", PLAN.replace("(local(1024) | strided(128))", "local(1024)"))]:
+        rows[name] = ms(lambda: attngen.attention(q, k, v, text))
+        print(name, rows[name], flush=True)
     kern = attngen.compile(PLAN, head_dim=128, dtype=torch.bfloat16, heads=32, kv_heads=8)
     out["groups"] = [[p.strategy for p in g.parts] for g in kern.spec.groups]
     out["tma"], out["periods"] = kern.tma, list(kern.spec.periods)
