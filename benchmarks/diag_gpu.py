@@ -59,6 +59,33 @@ def main():
                        ("no_strided", PLAN.replace("(local(1024) | strided(128))", "local(1024)"))]:
         rows[name] = ms(lambda: attngen.attention(q, k, v, text))
         print(name, rows[name], flush=True)
+    # the plan and its vertical_slash group under each block configuration (the e2e bench
+    # runs untuned: the first), and the vertical_slash estimate and its indices alone
+    from attngen.lower.grid import Grid
+    from attngen.runtime import dynamic
+    from attngen.runtime.kernel import GPU_CONFIGS, Config
+    for name, text, qq, kk, vv in [("plan", PLAN, q, k, v),
+                                   ("vs", GROUPS[2], q[:, 16:24], k[:, 4:6], v[:, 4:6])]:
+        kern = attngen.compile(text, head_dim=128, dtype=torch.bfloat16, heads=qq.shape[1],
+                               kv_heads=kk.shape[1])
+        for c in GPU_CONFIGS:
+            try:
+                rows[f"{name}@{c}"] = ms(lambda: kern.launch(qq, kk, vv, Config(*c), None, None))
+            except Exception as e:
+                rows[f"{name}@{c}"] = f"{type(e).__name__}: {e}"[:200]
+            print(name, c, rows[f"{name}@{c}"], flush=True)
+        if name == "vs":
+            parts = kern.spec.dynamic
+            est = dynamic.pick(parts, qq, kk, 128 ** -0.5, kern.module)
+            rows["vs_pick"] = ms(lambda: dynamic.pick(parts, qq, kk, 128 ** -0.5, kern.module))
+            for c in GPU_CONFIGS[:2]:
+                grid = Grid(N, N, c[0], c[1])
+                rows[f"vs_indices@{c[:2]}"] = ms(lambda: dynamic.indices(parts, est, 1, 8, N, grid))
+                part, full, _, counts = dynamic._blocks(parts, est, 1, 8, N, grid)
+                rows[f"vs_blocks@{c[:2]}"] = {
+                    "partial": part.float().mean().item(), "full": full.float().mean().item(),
+                    "causal": (grid.QB + 1) / (2 * grid.KB), "columns": counts.float().mean().item()}
+            print({k2: v2 for k2, v2 in rows.items() if k2.startswith("vs_")}, flush=True)
     kern = attngen.compile(PLAN, head_dim=128, dtype=torch.bfloat16, heads=32, kv_heads=8)
     out["groups"] = [[p.strategy for p in g.parts] for g in kern.spec.groups]
     out["tma"], out["periods"] = kern.tma, list(kern.spec.periods)
