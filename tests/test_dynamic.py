@@ -208,6 +208,24 @@ def test_more_queries_than_keys(interpreter, text):
     check_dynamic(text, 1, 2, 1, 50, 33)
 
 
+@pytest.mark.parametrize("block_n", [64, 128])
+def test_vertical_slash_at_the_gpu_block_widths(interpreter, block_n):
+    """The slash test reads BLOCK_N / 32 + 1 words per row and funnel-shifts them: the
+    interpreter's 32-wide blocks take one word, so the GPU's 64- and 128-wide blocks are
+    checked here, on keys spanning many words, rows of every alignment and M < N."""
+    from attngen.runtime.kernel import Config
+
+    text, M, N = "sink(3) | vertical_slash(7, 60)", 150, 301
+    pattern = attngen.parse(text)
+    q, k, v = planted(1, 2, 1, M, N, 16, 3, columns=(N // 2,), offsets=(N // 5, 97))
+    kernel = attngen.compile(pattern, head_dim=16, dtype=torch.float32, heads=2, kv_heads=1,
+                             device="cpu")
+    out, _, _ = kernel.launch(q, k, v, Config(16, block_n, 1, 1), None, None)
+    mask = expected_mask(pattern, q, k, 1 / 4)
+    ref = reference(q, k, v, None, mask=mask[0])
+    assert (out - ref).abs().max().item() <= TOL
+
+
 MIXTURE = ("heads { 0: vertical_slash(8, 12); 1: block_topk(2, 16); 2: local(16); "
            "3: sink(4) | block_cover(0.7, 16); 4: causal; 5: sink(4) | local(8); "
            "*: sink(8) | vertical_slash(4, 20) }")

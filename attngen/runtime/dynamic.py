@@ -245,12 +245,14 @@ def pick_blocks(picks: torch.Tensor, g: int, grid: Grid) -> tuple[torch.Tensor, 
 
 
 def _bits(flags: torch.Tensor) -> torch.Tensor:
-    """int8 flags [R, N] → int32 words [R, ⌈N / 32⌉], bit b of word w = flag 32·w + b."""
+    """int8 flags [R, N] → int32 words [R, W], W = ⌈N / 32⌉, in reverse order: bit b of
+    word w stands for flag 32·W − 1 − (32·w + b) (0 past N). A kernel row q then finds the
+    offsets q − k of consecutive keys k at consecutive bits (templates/_dynamic.py.j2)."""
     R, N = flags.shape
-    padded = torch.nn.functional.pad(flags, (0, -N % 32)).view(R, -1, 32).to(torch.int64)
+    padded = torch.nn.functional.pad(flags, (0, -N % 32)).flip(-1).view(R, -1, 32)
     weights = torch.ones(32, dtype=torch.int64, device=flags.device) << torch.arange(
         32, device=flags.device)
-    words = (padded * weights).sum(-1)
+    words = (padded.to(torch.int64) * weights).sum(-1)
     return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
 
 

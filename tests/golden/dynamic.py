@@ -142,24 +142,34 @@ def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK,
     allows: causal and, for vertical_slash (KIND 1), a picked offset q − k or a picked key;
     for picked g-blocks (KIND 2), the block (q // G, k // G) picked.
 
-    Picked offsets are bits, 32 to a word. Row q needs offsets q − k_first − BLOCK_N + 1 …
-    q − k_first: at most WORDS consecutive words, loaded once per row; each element picks
-    its word with selects and tests its bit, so no element issues a load of its own."""
-    causal = (offs_n[None, :] <= q_pos[:, None]) & valid[None, :]
+    Picked offsets are bits, 32 to a word, in reverse order: bit x of a row of W = diag_row
+    words stands for offset 32·W − 1 − x (runtime.dynamic._bits), so row q finds the offset
+    of column k_first + j at bit base + j, base = 32·W − 1 − q + k_first. Per row, BLOCK_N / 32 + 1 words are loaded and
+    funnel-shifted so that word t holds columns 32t … 32t + 31 at bits 0 … 31; per element
+    that leaves a select of its word by column, a shift and a test. A bit past N (k > q) is
+    0, so a picked offset is causal by construction."""
     if KIND == 1:
-        WORDS: tl.constexpr = BLOCK_N // 32 + 1
-        offset = q_pos[:, None] - offs_n[None, :]
-        first = (q_pos - k_first - (BLOCK_N - 1)) >> 5  # word of the row's smallest offset
-        which = (offset >> 5) - first[:, None]
-        word = tl.zeros_like(offset)
+        WORDS: tl.constexpr = BLOCK_N // 32
+        cols = offs_n - k_first
+        base = diag_row * 32 - 1 - q_pos + k_first
+        first = base >> 5  # floor: rows past the end have base < 0 and load nothing
+        shift = (base & 31).to(tl.uint32)
+        w = first
+        lo = tl.load(DIAG_BITS + w, mask=(w >= 0) & (w < diag_row), other=0).to(
+            tl.uint32, bitcast=True)
+        word = tl.zeros([q_pos.shape[0], BLOCK_N], dtype=tl.uint32)
         for t in tl.static_range(WORDS):
-            w = first + t
-            row_word = tl.load(DIAG_BITS + w, mask=(w >= 0) & (w < diag_row), other=0)
-            word = tl.where(which == t, row_word[:, None], word)
-        on_slash = ((word >> (offset & 31)) & 1) != 0
+            w = first + t + 1
+            hi = tl.load(DIAG_BITS + w, mask=(w >= 0) & (w < diag_row), other=0).to(
+                tl.uint32, bitcast=True)
+            aligned = (lo >> shift) | tl.where(shift == 0, 0, hi << (32 - shift))
+            word = tl.where(((cols >> 5) == t)[None, :], aligned[:, None], word)
+            lo = hi
+        on_slash = ((word >> (cols & 31).to(tl.uint32)[None, :]) & 1) != 0
         on_vertical = tl.load(VERT + offs_n, mask=valid, other=0) != 0
-        return causal & (on_slash | on_vertical[None, :])
+        return on_slash | ((offs_n[None, :] <= q_pos[:, None]) & on_vertical[None, :])
     else:
+        causal = (offs_n[None, :] <= q_pos[:, None]) & valid[None, :]
         # rows past the end (q_pos >= N, never stored) stay inside the picked square;
         # rows before the start (M > N) are not causal anyway
         row = tl.maximum(tl.minimum(q_pos // G, pick_row - 1), 0)
