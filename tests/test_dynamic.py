@@ -226,6 +226,35 @@ def test_vertical_slash_at_the_gpu_block_widths(interpreter, block_n):
     assert (out - ref).abs().max().item() <= TOL
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 12), st.floats(0, 1), st.integers(0, 2**31 - 1))
+def test_csr_in_place_is_csr_of(R, KB, p, seed):
+    from attngen.runtime.tables import csr_of
+
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.rand(R, KB, generator=g) < p
+    offsets, indices = dynamic.csr_in_place(classes, R * KB)
+    want_offsets, want_indices = csr_of(classes)
+    assert torch.equal(offsets, want_offsets)
+    assert torch.equal(indices[:int(offsets[-1])], want_indices)
+
+
+def test_dynamic_launch_builds_its_indices_without_host_round_trips(interpreter, monkeypatch):
+    """After a first call (kernel tables and head rows made once), a dynamic mixture's call
+    makes no tensor from a host list and no `nonzero`: both wait for the device."""
+    text = "heads { 0: vertical_slash(4, 6); 1: block_topk(2, 16); *: causal & local(8) }"
+    q, k, v = planted(1, 4, 2, 40, 40, 16, 0, columns=(20,), offsets=(8,))
+    first = attngen.attention(q, k, v, text, backend="triton")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host round trip on the dynamic path")
+
+    for name in ("nonzero", "tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, refuse)
+    monkeypatch.setattr(torch.Tensor, "nonzero", refuse)
+    assert torch.equal(attngen.attention(q, k, v, text, backend="triton"), first)
+
+
 MIXTURE = ("heads { 0: vertical_slash(8, 12); 1: block_topk(2, 16); 2: local(16); "
            "3: sink(4) | block_cover(0.7, 16); 4: causal; 5: sink(4) | local(8); "
            "*: sink(8) | vertical_slash(4, 20) }")

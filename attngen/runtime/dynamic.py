@@ -20,6 +20,7 @@ diagonal; partial blocks test `pick[q // g, k // g] and k <= q` per element.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,16 +38,22 @@ VS_FORCED_COLUMNS = 30  # first keys always in V
 VS_FORCED_OFFSETS = 100  # nearest diagonals always in S
 ESTIMATE_BLOCK = 64  # keys per step of the estimation kernels
 CHUNK_ELEMENTS = 1 << 26  # bound on the largest temporary (elements) while estimating
+CSR_CHUNK_ELEMENTS = 1 << 24  # blocks compacted at once by csr_in_place
 
 
 def parameters(prim, M: int, N: int) -> list[float]:
     """The primitive's parameters at this shape (integers stay integers)."""
+    return list(_parameters(prim, M, N))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parameters(prim, M: int, N: int) -> tuple:
     env = {N_SYM: N, M_SYM: M}
     out = []
     for p in prim.params:
         value = p.subs(env)
         out.append(int(value) if value.is_integer else float(value))
-    return out
+    return tuple(out)
 
 
 def _rows_per_chunk(per_row: int) -> int:
@@ -256,6 +263,26 @@ def _bits(flags: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
 
 
+def csr_in_place(classes: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets int32 [R + 1], indices int32 [capacity + 1]) of a bool [R, KB] holding at
+    most `capacity` set entries: the CSR csr_of gives, without `nonzero` (which waits for
+    the device to learn the count). Entry (r, j) goes to offsets[r] + its rank in row r;
+    past offsets[R] the indices array is unused (its last slot takes the unset entries)."""
+    R, KB = classes.shape
+    device = classes.device
+    offsets = torch.nn.functional.pad(
+        classes.sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    indices = torch.zeros(capacity + 1, dtype=torch.int32, device=device)
+    cols = torch.arange(KB, device=device, dtype=torch.int32)
+    step = max(1, CSR_CHUNK_ELEMENTS // KB)
+    for r0 in range(0, R, step):
+        chunk = classes[r0:r0 + step]
+        rank = chunk.cumsum(1, dtype=torch.int32) - 1
+        slot = torch.where(chunk, offsets[r0:r0 + len(chunk), None] + rank, capacity)
+        indices.scatter_(0, slot.flatten().long(), cols.expand_as(slot).flatten())
+    return offsets, indices
+
+
 # -- everything one launch needs ---------------------------------------------------------
 @dataclass
 class Indices:
@@ -321,9 +348,15 @@ def flag_shapes(parts, B: int, H: int, M: int, N: int) -> tuple[tuple[int, int],
     return line, line, ((B * H, rows * rows) if rows else (1, 1))
 
 
-def _rows(heads, B: int, H: int, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def _head_rows(heads: tuple[int, ...], B: int, H: int, device) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """(heads, rows b·H + h of every batch) as index tensors on `device`, made once: a
+    tensor built from a host list is a copy from pageable memory, which waits for the
+    device's queue, so building one per call would stall every dynamic launch."""
     hs = torch.tensor(heads, device=device)
-    return (torch.arange(B, device=device)[:, None] * H + hs[None, :]).flatten()
+    rows = (torch.arange(B, device=device)[:, None] * H + hs[None, :]).flatten()
+    return hs, rows
 
 
 def pick(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Tensor,
@@ -339,8 +372,7 @@ def pick(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: torch.Te
     diag, vert, picks = (torch.zeros(s, dtype=torch.int8, device=device) for s in shapes)
     P = math.isqrt(shapes[2][1])
     for heads, part in parts:
-        hs = torch.tensor(heads, device=device)
-        rows = _rows(heads, B, H, device)
+        hs, rows = _head_rows(tuple(heads), B, H, device)
         qh = q[:, hs].flatten(0, 1)
         kh = k[:, hs // (H // Hkv)].flatten(0, 1)
         params = parameters(part.dynamic.prim, M, N)
@@ -373,7 +405,7 @@ def _blocks(parts, est: Estimate, B: int, H: int, M: int, grid: Grid):
     full = torch.zeros_like(partial)
     n_cols, sets = 1, []
     for heads, part in parts:
-        rows = _rows(heads, B, H, device)
+        _, rows = _head_rows(tuple(heads), B, H, device)
         params = parameters(part.dynamic.prim, M, N)
         if part.dynamic.kind == "vertical_slash":
             keys = _ascending(est.vert[rows], min(params[0], N))
@@ -401,7 +433,9 @@ def indices(parts, est: Estimate, B: int, H: int, M: int, grid: Grid) -> Indices
     the partial and full kv blocks and the gathered columns of the estimate."""
     partial, full, columns, counts = _blocks(parts, est, B, H, M, grid)
     BH, QB, KB = B * H, grid.QB, grid.KB
-    return Indices(csr_of(partial.view(BH * QB, KB)), csr_of(full.view(BH * QB, KB)),
+    capacity = B * sum(len(heads) for heads, _ in parts) * QB * KB  # dynamic rows only
+    return Indices(csr_in_place(partial.view(BH * QB, KB), capacity),
+                   csr_in_place(full.view(BH * QB, KB), capacity),
                    columns, counts, est.diag, est.vert, est.pick, est.pick_row)
 
 
@@ -463,7 +497,7 @@ def token_mask(parts: list[tuple[tuple[int, ...], Part]], q: torch.Tensor, k: to
     causal = key[None, :] <= pos[:, None]
     out = torch.zeros(B, H, M, N, dtype=torch.bool, device=q.device)
     for heads, part in parts:
-        hs = torch.tensor(heads, device=q.device)
+        hs, _ = _head_rows(tuple(heads), B, H, q.device)
         qh = q[:, hs].flatten(0, 1)
         kh = k[:, hs // (H // Hkv)].flatten(0, 1)
         params = parameters(part.dynamic.prim, M, N)

@@ -111,8 +111,10 @@ class Kernel:
         Dynamic parts add their estimated blocks, so their order is made per call."""
         work = self._static_work(B, M, N, cfg, tab_off)
         if dyn is not None:
-            total = torch.from_numpy(work).to(device) + dyn.work(Grid(M, N, cfg.block_m,
-                                                                      cfg.block_n))
+            key = ("work", B, M, N, cfg.block_m, cfg.block_n, str(device))
+            if key not in self.tables:  # a host copy per call would wait for the device
+                self.tables[key] = torch.from_numpy(work).to(device)
+            total = self.tables[key] + dyn.work(Grid(M, N, cfg.block_m, cfg.block_n))
             return torch.argsort(-total.flatten(), stable=True).to(torch.int32)
         key = ("schedule", B, M, N, cfg.block_m, cfg.block_n, str(device))
         if key not in self.tables:
