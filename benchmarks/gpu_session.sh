@@ -4,7 +4,7 @@
 # 128K × 8, then the ragged batch 4 at 32K). Everything lands in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 ATTNGEN_AUTOTUNE=0 ATTNGEN_CACHE_DIR=/tmp/agc
-python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v WARNING | tail -2
+[ "${INSTALLED:-0}" = 1 ] || python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v WARNING | tail -2
 python3 -c "import attngen.patterns, attngen, torch, triton, transformers; print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, transformers.__version__)" | tee "$OUT/env.log"
 if [ "${SMOKE:-1}" = 1 ]; then
   timeout ${SMOKE_S:-150} python3 benchmarks/hf_gpu_smoke.py --lengths 8192 --layers 2 \

@@ -190,6 +190,7 @@ class Kernel:
         head_group = self.tables[str(q.device)]
         tab_off, tab_idx = self._tables(M, N, cfg, q.device, doc_ids)
         doc = doc_tensor(doc_ids, q.device)
+        v_bad = nonfinite_heads(v)
         QB = -(-M // cfg.block_m)
         grid = (QB, B * H)
         tile_d = _pow2(D)  # tiles are powers of two; a padded head_dim is masked
@@ -223,7 +224,7 @@ class Kernel:
                 schedule = (self._schedule(B, M, N, cfg, q.device, tab_off, dyn) if scheduled
                             else head_group)
                 self.module.attn_fwd[grid](
-                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule,
+                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule, v_bad,
                     *(dyn.kernel_args() if dyn is not None else ()), *dest_strides,
                     H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
                     USE_TMA=use_tma, SCHEDULED=scheduled, **shape)
@@ -231,7 +232,7 @@ class Kernel:
             # residue classes mod s: about M/s queries and N/s keys each
             qb_class = _cdiv(_cdiv(M, s), cfg.block_m)
             getattr(self.module, f"attn_fwd_mod{s}")[(s * qb_class, B * H)](
-                q, k, v, dest, lse, head_group, doc, scratch, *dest_strides,
+                q, k, v, dest, lse, head_group, doc, scratch, v_bad, *dest_strides,
                 scratch.stride(0), scratch.stride(1), scratch.stride(2), H, HKV, M, N,
                 qb_class, sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
                 MERGE=i > 0, **shape)
@@ -351,6 +352,15 @@ def _warn_once(kernel: Kernel, e: BaseException) -> None:
                       f"({type(e).__name__}: {last}); falling back to a plainer kernel "
                       "(pointer loads, then split loops; decode: the prefill kernel)",
                       RuntimeWarning, stacklevel=3)
+
+
+def nonfinite_heads(v: torch.Tensor) -> torch.Tensor:
+    """int8 [B, Hkv]: 1 where a head's V may hold a NaN or ±inf — its sum in fp32 is not
+    finite (a NaN or inf entry always makes it so; an overflowing sum of finite values
+    only sends that head through the exact per-block test). One reduction over V, so
+    the kernels test blocks only for such heads."""
+    total = torch.sum(v, dim=(2, 3), dtype=torch.float32)
+    return (~torch.isfinite(total)).to(torch.int8).contiguous()
 
 
 def _group_csr(node, grid: Grid, device, doc_ids):

@@ -33,16 +33,20 @@ def _finite(x):
 
 
 @triton.jit
-def _finite_v(v, qk, acc):
-    """A partial block's V and running output: when V holds a NaN or ±inf (rare; one test
-    on the common path), those entries become 0 and the rows that may attend to such a key
-    (masked score > -inf) become NaN, so only they see it."""
-    if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
-        bad = v * 0 != 0
-        key_bad = tl.max(bad.to(tl.int32), 1) > 0
-        hit = key_bad[None, :] & (qk != float("-inf"))
-        acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
-        v = tl.where(bad, tl.zeros_like(v), v)
+def _finite_v(v, qk, acc, maybe_bad):
+    """A partial block's V and running output: when V holds a NaN or ±inf (rare), those
+    entries become 0 and the rows that may attend to such a key (masked score > -inf)
+    become NaN, so only they see it. maybe_bad: False when the launch found this head's V
+    finite (one reduction over V per call), which skips the block's test; the test is a
+    reduction over the whole tile, so running it on every partial block costs registers
+    and a barrier in the loop."""
+    if maybe_bad:
+        if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
+            bad = v * 0 != 0
+            key_bad = tl.max(bad.to(tl.int32), 1) > 0
+            hit = key_bad[None, :] & (qk != float("-inf"))
+            acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
+            v = tl.where(bad, tl.zeros_like(v), v)
     return v, acc
 
 
@@ -71,7 +75,7 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
                 start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
-                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                b, hkv, v_bad, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                 EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
@@ -79,7 +83,8 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
     engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
     numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
-    predicate sees them through res (the class) and the original N and M."""
+    predicate sees them through res (the class) and the original N and M. v_bad: whether
+    this head's V may hold a non-finite entry (_finite_v)."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
@@ -109,7 +114,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         # key (_finite_v); full blocks let every row see every key, so need no test.
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-            v, acc = _finite_v(v, qk, acc)
+            v, acc = _finite_v(v, qk, acc, v_bad)
         elif MASKED == 2:
             # The tail mask stays outside the runtime `if`: Triton 3.6's software pipeliner
             # fails on sm_90 when a dot's result is redefined in both branches of an if/else
@@ -118,7 +123,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-                v, acc = _finite_v(v, qk, acc)
+                v, acc = _finite_v(v, qk, acc, v_bad)
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -189,7 +194,7 @@ def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK,
 @triton.jit
 def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
               start, stop, INDEX, N, M, DOC, res, qk_scale, DIAG_BITS, diag_row, VERT, PICK,
-              pick_row, G,
+              pick_row, G, v_bad,
               PRED: tl.constexpr, KIND: tl.constexpr, GATHER: tl.constexpr,
               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
               HEAD_DIM: tl.constexpr):
@@ -229,7 +234,7 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
         qk = tl.where(allowed, qk, float("-inf"))
         if PRED >= 0:
             qk = _mask(qk, q_pos, offs_n, valid, N, M, DOC, res, PRED)
-        v, acc = _finite_v(v, qk, acc)  # every block here is partial
+        v, acc = _finite_v(v, qk, acc, v_bad)  # every block here is partial
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
         p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
@@ -312,7 +317,7 @@ def _finish(acc, l_i, m_i):
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDULE,
+def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDULE, V_BAD,
              DYN_OFF, DYN_IDX, DYN_FULL_OFF, DYN_FULL_IDX, DYN_COLS, DYN_COL_COUNT, DIAG_BITS,
              VERT, PICK, n_cols, pick_row, diag_row,
              stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -338,6 +343,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
     # grouped-query attention: K and V are indexed, never repeated
     hkv = (h // (H // HKV)).to(tl.int64)
     h = h.to(tl.int64)
+    v_bad = tl.load(V_BAD + b * HKV + hkv) != 0  # this head's V holds a NaN or ±inf
     rel_m = tl.arange(0, BLOCK_M)
     offs_m = m * BLOCK_M + rel_m
     offs_d = tl.arange(0, HEAD_DIM)
@@ -374,21 +380,21 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
             MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
 
@@ -399,19 +405,20 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
-            PICK + bh * pick_row * pick_row, pick_row, 1, PRED=1, KIND=1, GATHER=False,
+            PICK + bh * pick_row * pick_row, pick_row, 1, v_bad, PRED=1,
+            KIND=1, GATHER=False,
             EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
-            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv,
+            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad,
             PRED=1, MASKED=1,
             FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D,
             USE_TMA=False)
         acc, l_i, m_i = _attn_dyn(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             0, tl.load(DYN_COL_COUNT + drow), DYN_COLS + drow * n_cols, N, M, DOC, res,
-            qk_scale, DIAG_BITS, diag_row, VERT, PICK, pick_row, 1, PRED=1,
+            qk_scale, DIAG_BITS, diag_row, VERT, PICK, pick_row, 1, v_bad, PRED=1,
             KIND=1, GATHER=True, EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N,
             HEAD_DIM=HEAD_DIM)
     elif group == 1:  # block_topk(8, 64)
@@ -422,12 +429,13 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
-            PICK + bh * pick_row * pick_row, pick_row, 64, PRED=-1, KIND=2, GATHER=False,
+            PICK + bh * pick_row * pick_row, pick_row, 64, v_bad, PRED=-1,
+            KIND=2, GATHER=False,
             EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
-            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv,
+            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad,
             PRED=0, MASKED=0,
             FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D,
             USE_TMA=False)

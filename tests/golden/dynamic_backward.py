@@ -34,16 +34,20 @@ def _finite(x):
 
 
 @triton.jit
-def _finite_v(v, qk, acc):
-    """A partial block's V and running output: when V holds a NaN or ±inf (rare; one test
-    on the common path), those entries become 0 and the rows that may attend to such a key
-    (masked score > -inf) become NaN, so only they see it."""
-    if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
-        bad = v * 0 != 0
-        key_bad = tl.max(bad.to(tl.int32), 1) > 0
-        hit = key_bad[None, :] & (qk != float("-inf"))
-        acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
-        v = tl.where(bad, tl.zeros_like(v), v)
+def _finite_v(v, qk, acc, maybe_bad):
+    """A partial block's V and running output: when V holds a NaN or ±inf (rare), those
+    entries become 0 and the rows that may attend to such a key (masked score > -inf)
+    become NaN, so only they see it. maybe_bad: False when the launch found this head's V
+    finite (one reduction over V per call), which skips the block's test; the test is a
+    reduction over the whole tile, so running it on every partial block costs registers
+    and a barrier in the loop."""
+    if maybe_bad:
+        if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
+            bad = v * 0 != 0
+            key_bad = tl.max(bad.to(tl.int32), 1) > 0
+            hit = key_bad[None, :] & (qk != float("-inf"))
+            acc = tl.where((tl.max(hit.to(tl.int32), 1) > 0)[:, None], float("nan"), acc)
+            v = tl.where(bad, tl.zeros_like(v), v)
     return v, acc
 
 
