@@ -55,7 +55,22 @@ def main():
     rows["plan_contiguous_q"] = ms(lambda: attngen.attention(qc, k, v, PLAN))
     rows["sdpa_causal_gqa"] = ms(lambda: torch.nn.functional.scaled_dot_product_attention(
         qc, k, v, is_causal=True, enable_gqa=True))
-    print(rows, flush=True)
+    # dense causal: which configuration the untuned first call settled on, with and
+    # without tensor descriptors, and the 64-wide tiles
+    from attngen.runtime.kernel import Config
+    causal = attngen.compile("causal", head_dim=128, dtype=torch.bfloat16, heads=32, kv_heads=8)
+    out["causal_tuned"] = {b: [c.block_m, c.block_n, c.warps, c.stages]
+                           for b, c in causal.tuned.items()}
+    out["causal_tma"] = causal.tma
+    for tma, c in [(True, (128, 128, 8, 3)), (False, (128, 128, 8, 3)), (True, (128, 64, 8, 3)),
+                   (False, (128, 64, 8, 3))]:
+        saved, causal.tma = causal.tma, tma
+        try:
+            rows[f"causal32@{c},tma={tma}"] = ms(lambda: causal.launch(qc, k, v, Config(*c), None, None))
+        except Exception as e:
+            rows[f"causal32@{c},tma={tma}"] = f"{type(e).__name__}: {e}"[:200]
+        causal.tma = saved
+    print(rows, out["causal_tuned"], out["causal_tma"], flush=True)
     out["rows_ms"] = rows
     if args.quick:
         with open(os.path.join(os.environ.get("OUT", "."), f"diag_{N}_quick.json"), "w") as f:
@@ -69,7 +84,7 @@ def main():
     # runs untuned: the first), and the vertical_slash estimate and its indices alone
     from attngen.lower.grid import Grid
     from attngen.runtime import dynamic
-    from attngen.runtime.kernel import GPU_CONFIGS, Config
+    from attngen.runtime.kernel import GPU_CONFIGS
     for name, text, qq, kk, vv in [("plan", PLAN, q, k, v),
                                    ("vs", GROUPS[2], q[:, 16:24], k[:, 4:6], v[:, 4:6])]:
         kern = attngen.compile(text, head_dim=128, dtype=torch.bfloat16, heads=qq.shape[1],
