@@ -11,7 +11,9 @@ from attngen.reference import attention as reference
 from attngen.runtime import decode_dynamic
 
 PATTERNS = ["vertical_slash(4, 6)", "sink(2) | vertical_slash(3, 5)",
-            "vertical_slash(5, 3) - local(2)", "causal & (local(3) | vertical_slash(2, 2))"]
+            "vertical_slash(5, 3) - local(2)", "causal & (local(3) | vertical_slash(2, 2))",
+            "block_topk(2, 4)", "sink(2) | block_topk(1, 8)", "block_cover(0.7, 4)",
+            "local(3) & block_cover(0.9, 8)"]
 
 
 def expected(q, k, v, node, starts, ends, scale):
@@ -26,7 +28,7 @@ def expected(q, k, v, node, starts, ends, scale):
     return out
 
 
-@settings(max_examples=12)
+@settings(max_examples=30, deadline=None)
 @given(pattern=st.sampled_from(PATTERNS), M=st.integers(1, 4), group=st.sampled_from([1, 2]),
        lengths=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 40)), min_size=1,
                         max_size=3), seed=st.integers(0, 99))
@@ -62,7 +64,24 @@ def test_keys_outside_the_rows_range_are_never_read():
 
 @pytest.mark.parametrize("pattern, ok", [("vertical_slash(4, 6)", True),
                                          ("sink(2) | vertical_slash(3, 5)", True),
-                                         ("block_topk(2, 8)", False),
+                                         ("block_topk(2, 8)", True),
+                                         ("block_cover(0.5, 16) | sink(4)", True),
+                                         ("block_topk(N // 8, 8)", False),
                                          ("vertical_slash(N // 4, 6)", False)])
 def test_supported(pattern, ok):
     assert decode_dynamic.supported(attngen.parse(pattern).node) is ok
+
+
+def test_heads_of_different_kinds_in_one_step():
+    """vertical_slash, block_topk, block_cover and a static head side by side (GQA group 2):
+    each head gets its own exact mask."""
+    torch.manual_seed(3)
+    texts = ["block_topk(2, 4)", "vertical_slash(3, 5)", "block_cover(0.8, 8)", "local(5)"]
+    nodes = [attngen.parse(t).node for t in texts]
+    q, k, v = torch.randn(2, 4, 3, 16), torch.randn(2, 2, 50, 16), torch.randn(2, 2, 50, 16)
+    starts, ends = torch.tensor([0, 7]), torch.tensor([44, 50])
+    out = decode_dynamic.decode_heads(q, k, v, nodes, starts, ends, 0.25)
+    for h, node in enumerate(nodes):
+        kv = h // 2
+        ref = expected(q[:, h:h + 1], k[:, kv:kv + 1], v[:, kv:kv + 1], node, starts, ends, 0.25)
+        assert (out[:, h:h + 1] - ref).abs().max() < 1e-5, texts[h]

@@ -20,7 +20,6 @@ import torch
 from attngen.codegen.torch_predicate import combine
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
-from attngen.ir.arith import evaluate_int
 from attngen.ir.node import Node
 from attngen.ir.pattern import evaluate_node
 
@@ -67,12 +66,15 @@ def head_mask(node: Node, q: torch.Tensor, k: torch.Tensor, cache: MaskCache,
         mask = cache.static(node, M, N)
         return (mask if rows is None else mask[rows]).to(q.device)[None]
     if node.op == "prim":
-        params = [int(evaluate_int(p, {N_SYM: N, M_SYM: M})) for p in node.params]
+        params = [int(v) if v.is_integer else float(v)  # block_cover's gamma is a float
+                  for v in (p.subs({N_SYM: N, M_SYM: M}) for p in node.params)]
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         if node.name == "vertical_slash":
             return vertical_slash_mask(q, k, *params, scale=scale, rows=rows)
         if node.name == "block_topk":
             return block_topk_mask(q, k, *params, rows=rows)
+        if node.name == "block_cover":
+            return block_topk_mask(q, k, *params, rows=rows, cover_scale=scale)
         raise NotImplementedError(f"{node.name} is not estimated on the CPU yet")
     parts = [head_mask(c, q, k, cache, scale, rows) for c in node.children]
     return combine(node, parts)
@@ -134,12 +136,15 @@ def _columns_or_diagonals(keys: torch.Tensor, diags: torch.Tensor,
     return on_slash | (keys[:, None, :] & causal)
 
 
-def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int,
-                    rows: torch.Tensor | None = None) -> torch.Tensor:
+def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: float, g: int,
+                    rows: torch.Tensor | None = None, cover_scale: float | None = None
+                    ) -> torch.Tensor:
     """MInference block-sparse (DESIGN §5): bool `[B, M, N]` (or `[B, len(rows), N]`).
 
     q and k are mean-pooled over blocks of g absolute positions; each query block keeps
     its t highest-scoring causal key blocks (pooled q · pooled kᵀ) and its diagonal block.
+    With `cover_scale` it is block_cover(t, g) instead (FlexPrefill): the fewest blocks
+    whose softmax mass of cover_scale · scores reaches t.
     """
     B, M, D = q.shape
     N = k.shape[-2]
@@ -151,10 +156,16 @@ def block_topk_mask(q: torch.Tensor, k: torch.Tensor, t: int, g: int,
     scores = torch.einsum("bqd,bkd->bqk", pooled_q, pooled_k)
     block_causal = torch.arange(KB, device=q.device)[None, :] <= torch.arange(
         QB, device=q.device)[:, None]
-    scores = scores.masked_fill(~block_causal, -math.inf)
-    top = scores.topk(min(t, KB), dim=-1).indices  # [B, QB, t]
-    picked = torch.zeros(B, QB, KB, dtype=torch.bool, device=q.device)
-    picked.scatter_(2, top, True)
+    if cover_scale is None:
+        scores = scores.masked_fill(~block_causal, -math.inf)
+        top = scores.topk(min(int(t), KB), dim=-1).indices  # [B, QB, t]
+        picked = torch.zeros(B, QB, KB, dtype=torch.bool, device=q.device)
+        picked.scatter_(2, top, True)
+    else:
+        mass = torch.softmax((scores * cover_scale).masked_fill(~block_causal, -math.inf), -1)
+        order = mass.sort(-1, descending=True)
+        keep = (order.values.cumsum(-1) - order.values) < t
+        picked = torch.zeros_like(keep).scatter_(-1, order.indices, keep)
     picked &= block_causal  # rows with fewer than t causal blocks took masked ones
     picked |= torch.eye(QB, KB, dtype=torch.bool, device=q.device)
     pos = _positions(M, N, rows, q.device)

@@ -9,10 +9,13 @@ against the whole cache are computed once and serve both the estimate and the at
 such a head reads its keys and values in full: a decode step of a dynamic head costs what a
 dense one does.
 
-Supported dynamic primitives: vertical_slash with constant parameters, combined with static
-terms by |, &, - and ~. Other dynamic heads (block_topk, block_cover) raise
-NotImplementedError; the caller takes the prefill kernel row by row instead (a host
-synchronisation).
+Supported dynamic primitives with constant parameters: vertical_slash, block_topk and
+block_cover, combined with static terms by |, &, - and ~. The block kinds pool the row's
+keys over blocks of g frame positions and its M queries over the blocks they fall in (the
+queries of a block that came before this step are not kept, so its mean is over the ones
+present — what the prefill's estimate of a chunk of M queries after a cache does), then
+pick per query block as DESIGN §5 says. A parameter with N or M in it is not supported;
+the caller takes the prefill kernel row by row instead (a host synchronisation).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def supported(node: Node) -> bool:
     """Whether `decode_heads` runs this head's pattern."""
     if node.op == "prim":
         return not node.is_dynamic or (
-            node.name == "vertical_slash" and not any(p.free_symbols for p in node.params))
+            node.name in ("vertical_slash", "block_topk", "block_cover")
+            and not any(p.free_symbols for p in node.params))
     return node.op in ("or", "and", "not") and all(supported(c) for c in node.children)
 
 
@@ -57,9 +61,10 @@ def decode_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nodes: list[
     heads_of: dict[Node, list[int]] = {}
     for i, node in enumerate(nodes):
         heads_of.setdefault(node, []).append(i)
-    frame = _Frame(q_pos, k_pos, n, M, causal)
+    frame = _Frame(q_pos, k_pos, n, M, causal, q, k, scale)
     for node, heads in heads_of.items():
         index = _index(tuple(heads), q.device)
+        frame.heads = (index, [h // G for h in heads])
         allowed[:, index] = _allowed(node, scores.index_select(1, index), frame)
     probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
     width = max((_bound(n) or n_max) for n in nodes)
@@ -121,18 +126,22 @@ def _index(heads: tuple[int, ...], device) -> torch.Tensor:
 class _Frame:
     """Positions of one decode step, every row in its own frame."""
 
-    def __init__(self, q_pos, k_pos, n, M: int, causal):
+    def __init__(self, q_pos, k_pos, n, M: int, causal, q, k, scale: float):
         self.q_pos, self.k_pos, self.n, self.M, self.causal = q_pos, k_pos, n, M, causal
         self.in_range = (k_pos >= 0) & (k_pos < n) & (q_pos >= 0)
+        self.q, self.k, self.scale = q, k, scale
+        self.heads = None  # (query heads as a device index, their kv heads) of the node
 
 
 def _allowed(node: Node, scores: torch.Tensor, f: _Frame) -> torch.Tensor:
     """bool [B, heads, M, N_max] of `node` for these heads' scores."""
     if not node.is_dynamic:
         return predicate_fn(node, f.M, f.n)(f.q_pos, f.k_pos) & f.in_range
-    if node.op == "prim":  # vertical_slash (see `supported`)
+    if node.op == "prim" and node.name == "vertical_slash":  # see `supported`
         v, s = (int(p) for p in node.params)
         return _vertical_slash(scores, v, s, f)
+    if node.op == "prim":  # block_topk(t, g) or block_cover(gamma, g)
+        return _block_picks(node.name, float(node.params[0]), int(node.params[1]), f)
     mask = combine(node, [_allowed(c, scores, f) for c in node.children])
     return mask & f.in_range if node.op == "not" else mask
 
@@ -157,3 +166,51 @@ def _vertical_slash(scores: torch.Tensor, v: int, s: int, f: _Frame) -> torch.Te
     diags.scatter_(2, slash.topk(min(s, n_max), dim=-1).indices, True)
     on_slash = diags.gather(2, offset.reshape(B, H, -1)).view(B, H, M, n_max)
     return f.causal & (keys[:, :, None, :] | on_slash)
+
+
+def _block_picks(kind: str, param: float, g: int, f: _Frame) -> torch.Tensor:
+    """bool [B, heads, M, N_max]: block_topk(param, g) or block_cover(param, g) (DESIGN §5)
+    in each row's frame — keys pooled over blocks of g frame positions, the M queries over
+    the blocks they fall in, the picked key blocks of each query's block, causal."""
+    index, kv_heads = f.heads
+    q, k = f.q.index_select(1, index), f.k
+    B, H, M, D = q.shape
+    n_max = k.shape[2]
+    blocks = -(-n_max // g)
+    # keys: gather each row's frame positions j·g + r (absolute first + j·g + r)
+    first = (f.k_pos[..., 0] * -1).view(B, 1)  # k_pos = position − first
+    frame_pos = torch.arange(blocks * g, device=q.device).view(1, -1)
+    key_ok = frame_pos < f.n.view(B, 1)
+    rows = (first + frame_pos).clamp(0, n_max - 1)
+    pooled_k, used = [], sorted(set(kv_heads))
+    for j in used:
+        keys = k[:, j].gather(1, rows[..., None].expand(B, -1, D))
+        keys = keys.masked_fill(~key_ok[..., None], 0).view(B, blocks, g, D)
+        count = key_ok.view(B, blocks, g).sum(-1, keepdim=True).clamp(min=1)
+        pooled_k.append(keys.sum(2, dtype=torch.float32) / count)
+    pooled_k = torch.stack(pooled_k, 1)  # [B, kv heads used, blocks, D]
+    which = _index(tuple(used.index(j) for j in kv_heads), q.device)
+    pooled_k = pooled_k.index_select(1, which)  # [B, H, blocks, D]
+    # queries: the mean of this step's queries in the same block (rows before the frame out)
+    q_pos = f.q_pos.view(B, M)
+    q_block = torch.div(q_pos, g, rounding_mode="floor")
+    present = q_pos >= 0
+    same = (q_block[:, :, None] == q_block[:, None, :]) & present[:, None, :]
+    weights = same.float() / same.sum(-1, keepdim=True).clamp(min=1)
+    pooled_q = torch.matmul(weights[:, None], q.float())  # [B, H, M, D]
+    scores = torch.matmul(pooled_q, pooled_k.transpose(-1, -2))  # [B, H, M, blocks]
+    key_block = torch.arange(blocks, device=q.device).view(1, 1, 1, blocks)
+    q_block = q_block.view(B, 1, M, 1)
+    causal = key_block <= q_block
+    if kind == "block_topk":
+        top = scores.masked_fill(~causal, -math.inf).topk(min(int(param), blocks), -1)
+        picked = torch.zeros_like(causal.expand_as(scores)).scatter(-1, top.indices, True)
+    else:  # block_cover: the fewest blocks whose softmax mass reaches param
+        mass = torch.softmax((scores * f.scale).masked_fill(~causal, -math.inf), -1)
+        order = mass.nan_to_num(0.0).sort(-1, descending=True)
+        keep = (order.values.cumsum(-1) - order.values) < param
+        picked = torch.zeros_like(keep).scatter(-1, order.indices, keep)
+    picked = (picked & causal) | (key_block == q_block)
+    k_block = torch.div(f.k_pos, g, rounding_mode="floor").clamp(0, blocks - 1)
+    allowed = picked.gather(-1, k_block.expand(B, H, M, n_max))
+    return allowed & f.causal
