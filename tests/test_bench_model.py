@@ -234,3 +234,31 @@ def test_flex_plan_allows_exactly_what_the_mask_reference_allows(M, padded):
     padding = mask.bool()[:, None, None, :].expand(B, 1, M, N) if padded else None
     ref = masked_attention(q, k, v, p.head_nodes(H, Hkv), MaskCache(), None, padding)
     assert (out - ref).abs().max() < 1e-5
+
+
+def test_a_replayed_decode_step_starts_from_the_filled_cache_every_time():
+    """transformers advances the cache's own counters in every forward (a tensor in 5.25,
+    other names or plain ints elsewhere); the bench restores them all, or a replayed step
+    would attend one key further per call, past the cache's end."""
+    from attngen.profile.model import named_model
+
+    model = named_model("tiny-llama:layers=2", dtype=torch.bfloat16)
+    cfg = model.config
+    cache = bm._static_cache(model, 2, 17, "cpu")
+    bm.fill_cache(cache, 2, 2, cfg.num_key_value_heads, cfg.head_dim, 16, "cpu")
+    counters = bm._counters(cache)
+    step = bm.decode_step(model, cache, 2, 16, "cpu", counters)
+    first = step()
+    assert torch.equal(step(), first) and torch.equal(step(), first)
+
+    class Layer:  # an older cache: a plain int and a one-element tensor
+        def __init__(self):
+            self.seen, self.offset, self.keys = 16, torch.tensor([16]), torch.zeros(3)
+
+    fake = type("Cache", (), {})()
+    fake.layers = [Layer()]
+    saved = bm._counters(fake)
+    fake.layers[0].seen += 5
+    fake.layers[0].offset += 5
+    bm._restore(saved)
+    assert fake.layers[0].seen == 16 and fake.layers[0].offset.item() == 16

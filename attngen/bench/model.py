@@ -635,15 +635,40 @@ def fill_cache(cache, layers: int, batch: int, kv_heads: int, head_dim: int, len
         del k, v
 
 
-def _counters(cache) -> list[torch.Tensor]:
-    """Cache layers' own position counters (transformers 5's StaticLayer.cumulative_length)."""
-    return [c for layer in getattr(cache, "layers", [])
-            if isinstance(c := getattr(layer, "cumulative_length", None), torch.Tensor)]
+def _counters(cache) -> list[tuple[object, str, object]]:
+    """The cache's own position counters as (owner, attribute, value now): every integer
+    attribute, or integer tensor of at most one element, of the cache and of its layers
+    (transformers 5.25: StaticLayer.cumulative_length, a tensor; other versions keep other
+    names or plain ints). A replayed step writes the same slot only if each call starts
+    from these values: a counter left to advance moves the step's cache position, and its
+    key range with it, one further per call, past the cache's end."""
+    found = []
+    for owner in [cache, *getattr(cache, "layers", [])]:
+        for name, value in vars(owner).items():
+            if isinstance(value, torch.Tensor):
+                if value.numel() <= 1 and not value.is_floating_point() and \
+                        value.dtype != torch.bool:
+                    found.append((owner, name, value.clone()))
+            elif isinstance(value, int) and not isinstance(value, bool):
+                found.append((owner, name, value))
+    return found
 
 
-def decode_step(model, cache, batch: int, length: int, device) -> Callable[[], torch.Tensor]:
+def _restore(counters: list[tuple[object, str, object]]) -> None:
+    """Sets each counter `_counters` found back to its value (in place for tensors: a
+    captured graph keeps their addresses)."""
+    for owner, name, value in counters:
+        if isinstance(value, torch.Tensor):
+            getattr(owner, name).copy_(value)
+        else:
+            setattr(owner, name, value)
+
+
+def decode_step(model, cache, batch: int, length: int, device,
+                counters: list | None = None) -> Callable[[], torch.Tensor]:
     """One decoding step at position `length` (M = 1) with static input buffers; every call
-    writes the same cache slot, so it can be replayed."""
+    restores the cache's counters (`counters`, default: as they are now) first and so
+    writes the same slot: it can be replayed."""
     ids = torch.ones(batch, 1, dtype=torch.long, device=device)
     pos = torch.full((batch, 1), length, dtype=torch.long, device=device)
     extra = _logits_kwarg(model)
@@ -651,11 +676,10 @@ def decode_step(model, cache, batch: int, length: int, device) -> Callable[[], t
         extra["cache_position"] = torch.full((1,), length, dtype=torch.long, device=device)
     params = inspect.signature(model.forward).parameters
     extra["cache" if "cache" in params else "past_key_values"] = cache  # 5.25+: `cache`
-    counters = _counters(cache)
+    counters = _counters(cache) if counters is None else counters
 
     def step():
-        for c in counters:
-            c.fill_(length)
+        _restore(counters)
         with torch.no_grad():
             return model(input_ids=ids, position_ids=pos, use_cache=True, **extra).logits
 
@@ -712,6 +736,7 @@ def decode_rows(systems: Systems, spec: ModelSpec, length: int, batch: int, time
     try:
         cache = _static_cache(model, batch, length + 1, device)
         fill_cache(cache, spec.layers, batch, Hkv, D, length, device)
+        counters = _counters(cache)  # every system's steps start from the filled cache
     except Exception as e:
         row = {"system": "all", "cache": length, "batch": batch, "ms": None,
                "note": ("OOM: " if _oom(e) else "failed: ") + "filling the cache: " + _short(e)}
@@ -722,7 +747,7 @@ def decode_rows(systems: Systems, spec: ModelSpec, length: int, batch: int, time
         failed = False
         try:
             with systems.use(system, None):
-                step = decode_step(model, cache, batch, length, device)
+                step = decode_step(model, cache, batch, length, device, counters)
                 if system == "dense":
                     row["backend"] = systems.pick_sdpa(step)
                 ctx = sdpa_context(systems.sdpa_backend if system == "dense" else None)
