@@ -131,6 +131,23 @@ def test_device_layout_equals_the_analytic_layout(tree, M, N, block):
     assert torch.equal(got, attngen.layout(p, M, N, block=block).classes())
 
 
+@settings(max_examples=20, deadline=None)
+@given(trees, lengths, lengths, st.integers(0, 9))
+def test_device_layout_in_small_tiles_is_the_same(tree, M, N, log_chunk):
+    """block_classes evaluates a tile of blocks at a time when a row of blocks would pass
+    CHUNK_ELEMENTS (memory bounded at any length): tiles of one block up to whole rows."""
+    from attngen.runtime import tables
+
+    p = attngen.parse(text(tree))
+    want = attngen.layout(p, M, N, block=(8, 4)).classes()
+    saved = tables.CHUNK_ELEMENTS
+    try:
+        tables.CHUNK_ELEMENTS = 32 << log_chunk
+        assert torch.equal(device_layout(p, M, N, block=(8, 4), device="cpu").classes(), want)
+    finally:
+        tables.CHUNK_ELEMENTS = saved
+
+
 # -- kernels ------------------------------------------------------------------------------
 
 

@@ -17,31 +17,36 @@ from attngen.ir.pattern import Pattern
 from attngen.lower.grid import Grid
 from attngen.lower.layout import CSR, BlockLayout, _block, distinct_heads
 
-CHUNK_ELEMENTS = 1 << 25  # positions evaluated at once (int64 intermediates: 256 MiB each)
+CHUNK_ELEMENTS = 1 << 23  # positions evaluated at once (int64 intermediates: 64 MiB each)
 
 
 def block_classes(node: Node, grid: Grid, device, doc_ids: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial, full) bool [QB, KB] on `device`: a block is FULL when every in-range
-    element is allowed, PARTIAL when some but not all are."""
+    element is allowed, PARTIAL when some but not all are. Evaluated a tile of blocks at a
+    time (at most CHUNK_ELEMENTS positions), so the memory it takes does not grow with M·N:
+    at 128K a whole row of blocks would hold 128 MiB per int64 intermediate."""
     M, N, BM, BN = grid.M, grid.N, grid.BM, grid.BN
     QB, KB = grid.QB, grid.KB
     allowed_at = predicate_fn(node, M, N, doc_ids)
-    cols = torch.arange(KB * BN, device=device)
-    col_ok = cols < N
-    blocks_per_chunk = max(1, CHUNK_ELEMENTS // (BM * KB * BN))
+    block = BM * BN
+    row_blocks = max(1, CHUNK_ELEMENTS // (block * KB))
+    col_blocks = KB if row_blocks > 1 else max(1, min(KB, CHUNK_ELEMENTS // block))
     partial = torch.empty((QB, KB), dtype=torch.bool, device=device)
     full = torch.empty_like(partial)
-    for m0 in range(0, QB, blocks_per_chunk):
-        m1 = min(QB, m0 + blocks_per_chunk)
+    for m0 in range(0, QB, row_blocks):
+        m1 = min(QB, m0 + row_blocks)
         rows = torch.arange(m0 * BM, m1 * BM, device=device)
-        in_range = (rows < M)[:, None] & col_ok[None, :]
-        allowed = allowed_at(rows[:, None] + (N - M), cols[None, :])
-        shape = (m1 - m0, BM, KB, BN)
-        some = (allowed & in_range).view(shape).any(3).any(1)
-        every = (allowed | ~in_range).view(shape).all(3).all(1)
-        full[m0:m1] = every & some
-        partial[m0:m1] = some & ~every
+        for n0 in range(0, KB, col_blocks):
+            n1 = min(KB, n0 + col_blocks)
+            cols = torch.arange(n0 * BN, n1 * BN, device=device)
+            in_range = (rows < M)[:, None] & (cols < N)[None, :]
+            allowed = allowed_at(rows[:, None] + (N - M), cols[None, :])
+            shape = (m1 - m0, BM, n1 - n0, BN)
+            some = (allowed & in_range).view(shape).any(3).any(1)
+            every = (allowed | ~in_range).view(shape).all(3).all(1)
+            full[m0:m1, n0:n1] = every & some
+            partial[m0:m1, n0:n1] = some & ~every
     return partial, full
 
 
