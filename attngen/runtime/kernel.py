@@ -216,26 +216,31 @@ class Kernel:
         # every pass but the last writes fp32, so a 16-bit output is rounded once
         scratch = (torch.empty(q.shape, device=q.device, dtype=torch.float32)
                    if len(passes) > 1 and out.dtype != torch.float32 else out)
+        dyn_args = dyn.kernel_args() if dyn is not None else ()
+        scheduled = len(self.spec.groups) > 1
+        schedule = (self._schedule(B, M, N, cfg, q.device, tab_off, dyn) if scheduled
+                    else head_group)
         for i, s in enumerate(passes):
             dest = out if i == len(passes) - 1 else scratch
             dest_strides = strides + (dest.stride(0), dest.stride(1), dest.stride(2))
-            if s is None:
-                scheduled = len(self.spec.groups) > 1
-                schedule = (self._schedule(B, M, N, cfg, q.device, tab_off, dyn) if scheduled
-                            else head_group)
-                self.module.attn_fwd[grid](
-                    q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule, v_bad,
-                    *(dyn.kernel_args() if dyn is not None else ()), *dest_strides,
-                    H, HKV, M, N, QB, sm_scale, D, EVEN_N=N % cfg.block_n == 0,
-                    USE_TMA=use_tma, SCHEDULED=scheduled, **shape)
-                continue
-            # residue classes mod s: about M/s queries and N/s keys each
-            qb_class = _cdiv(_cdiv(M, s), cfg.block_m)
-            getattr(self.module, f"attn_fwd_mod{s}")[(s * qb_class, B * H)](
-                q, k, v, dest, lse, head_group, doc, scratch, v_bad, *dest_strides,
-                scratch.stride(0), scratch.stride(1), scratch.stride(2), H, HKV, M, N,
-                qb_class, sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
-                MERGE=i > 0, **shape)
+            # two launches per pass, each head in one: GUARD=True runs the heads whose V
+            # may hold a non-finite entry (v_bad) with the per-block test, GUARD=False the
+            # rest without it; a program of the other kind returns at once
+            for guard in (False, True):
+                if s is None:
+                    self.module.attn_fwd[grid](
+                        q, kk, vv, dest, lse, head_group, tab_off, tab_idx, doc, schedule,
+                        v_bad, *dyn_args, *dest_strides, H, HKV, M, N, QB, sm_scale, D,
+                        EVEN_N=N % cfg.block_n == 0, USE_TMA=use_tma, SCHEDULED=scheduled,
+                        GUARD=guard, **shape)
+                    continue
+                # residue classes mod s: about M/s queries and N/s keys each
+                qb_class = _cdiv(_cdiv(M, s), cfg.block_m)
+                getattr(self.module, f"attn_fwd_mod{s}")[(s * qb_class, B * H)](
+                    q, k, v, dest, lse, head_group, doc, scratch, v_bad, *dest_strides,
+                    scratch.stride(0), scratch.stride(1), scratch.stride(2), H, HKV, M, N,
+                    qb_class, sm_scale, D, EVEN_N=N % s == 0 and (N // s) % cfg.block_n == 0,
+                    MERGE=i > 0, GUARD=guard, **shape)
         return out, lse, est
 
     def backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,

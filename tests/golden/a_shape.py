@@ -30,14 +30,14 @@ def _finite(x):
 
 
 @triton.jit
-def _finite_v(v, qk, acc, maybe_bad):
+def _finite_v(v, qk, acc, GUARD: tl.constexpr):
     """A partial block's V and running output: when V holds a NaN or ±inf (rare), those
     entries become 0 and the rows that may attend to such a key (masked score > -inf)
-    become NaN, so only they see it. maybe_bad: False when the launch found this head's V
-    finite (one reduction over V per call), which skips the block's test; the test is a
-    reduction over the whole tile, so running it on every partial block costs registers
-    and a barrier in the loop."""
-    if maybe_bad:
+    become NaN, so only they see it. GUARD False compiles the test away: the forward runs
+    heads whose V sums finite through such a variant (runtime.kernel.nonfinite_heads), as
+    the test is a reduction over the whole tile that costs registers and a barrier in the
+    loop."""
+    if GUARD:
         if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
             bad = v * 0 != 0
             key_bad = tl.max(bad.to(tl.int32), 1) > 0
@@ -64,16 +64,16 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
                 start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
-                b, hkv, v_bad, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr, GUARD: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
     the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
     engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
     numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
-    predicate sees them through res (the class) and the original N and M. v_bad: whether
-    this head's V may hold a non-finite entry (_finite_v)."""
+    predicate sees them through res (the class) and the original N and M. GUARD: test V
+    for non-finite entries in partial blocks (_finite_v)."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
@@ -103,7 +103,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         # key (_finite_v); full blocks let every row see every key, so need no test.
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-            v, acc = _finite_v(v, qk, acc, v_bad)
+            v, acc = _finite_v(v, qk, acc, GUARD)
         elif MASKED == 2:
             # The tail mask stays outside the runtime `if`: Triton 3.6's software pipeliner
             # fails on sm_90 when a dot's result is redefined in both branches of an if/else
@@ -112,7 +112,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-                v, acc = _finite_v(v, qk, acc, v_bad)
+                v, acc = _finite_v(v, qk, acc, GUARD)
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -156,7 +156,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
              H, HKV, M, N, QB, sm_scale, D,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, USE_TMA: tl.constexpr,
-             SCHEDULED: tl.constexpr):
+             SCHEDULED: tl.constexpr, GUARD: tl.constexpr):
     # HEAD_DIM is the power-of-two tile width; D the real head dim (EVEN_D: D == HEAD_DIM)
     if SCHEDULED:
         # SCHEDULE[pid] = m * (B * H) + bh: in a mixture the (query block, head) pairs with
@@ -174,7 +174,10 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
     # grouped-query attention: K and V are indexed, never repeated
     hkv = (h // (H // HKV)).to(tl.int64)
     h = h.to(tl.int64)
-    v_bad = tl.load(V_BAD + b * HKV + hkv) != 0  # this head's V holds a NaN or ±inf
+    # each head runs in one of two launches: GUARD True for a head whose V may hold a NaN
+    # or ±inf (V_BAD), with the per-block test; GUARD False for the rest, without it
+    if (tl.load(V_BAD + b * HKV + hkv) != 0) != GUARD:
+        return
     rel_m = tl.arange(0, BLOCK_M)
     offs_m = m * BLOCK_M + rel_m
     offs_d = tl.arange(0, HEAD_DIM)
@@ -215,65 +218,65 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_1, (tl.minimum(tl.minimum(hi_1, (full_lo_1 - 1)), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_1, lo_1), (tl.minimum(tl.minimum(full_hi_1, hi_1), (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (tl.minimum(hi_1, (lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: partial blocks before
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(lo_1, (hi_0 + 1)), (tl.minimum(hi_1, (full_lo_1 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_1, lo_1), (hi_0 + 1)), (tl.minimum(full_hi_1, hi_1) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 1 outside atoms 0..0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(tl.maximum(full_lo_1, lo_1), (full_hi_1 + 1)), (hi_0 + 1)), (hi_1 + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
 
     out, lse = _finish(acc, l_i, m_i)
     o_off = b * stride_ob + h * stride_oh + (m * BLOCK_M).to(tl.int64) * stride_om

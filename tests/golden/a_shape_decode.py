@@ -31,14 +31,14 @@ def _finite(x):
 
 
 @triton.jit
-def _finite_v(v, qk, acc, maybe_bad):
+def _finite_v(v, qk, acc, GUARD: tl.constexpr):
     """A partial block's V and running output: when V holds a NaN or ±inf (rare), those
     entries become 0 and the rows that may attend to such a key (masked score > -inf)
-    become NaN, so only they see it. maybe_bad: False when the launch found this head's V
-    finite (one reduction over V per call), which skips the block's test; the test is a
-    reduction over the whole tile, so running it on every partial block costs registers
-    and a barrier in the loop."""
-    if maybe_bad:
+    become NaN, so only they see it. GUARD False compiles the test away: the forward runs
+    heads whose V sums finite through such a variant (runtime.kernel.nonfinite_heads), as
+    the test is a reduction over the whole tile that costs registers and a barrier in the
+    loop."""
+    if GUARD:
         if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
             bad = v * 0 != 0
             key_bad = tl.max(bad.to(tl.int32), 1) > 0

@@ -33,14 +33,14 @@ def _finite(x):
 
 
 @triton.jit
-def _finite_v(v, qk, acc, maybe_bad):
+def _finite_v(v, qk, acc, GUARD: tl.constexpr):
     """A partial block's V and running output: when V holds a NaN or ±inf (rare), those
     entries become 0 and the rows that may attend to such a key (masked score > -inf)
-    become NaN, so only they see it. maybe_bad: False when the launch found this head's V
-    finite (one reduction over V per call), which skips the block's test; the test is a
-    reduction over the whole tile, so running it on every partial block costs registers
-    and a barrier in the loop."""
-    if maybe_bad:
+    become NaN, so only they see it. GUARD False compiles the test away: the forward runs
+    heads whose V sums finite through such a variant (runtime.kernel.nonfinite_heads), as
+    the test is a reduction over the whole tile that costs registers and a barrier in the
+    loop."""
+    if GUARD:
         if tl.sum(tl.sum(v * 0, 1), 0) != 0:  # NaN exactly when an entry is not finite
             bad = v * 0 != 0
             key_bad = tl.max(bad.to(tl.int32), 1) > 0
@@ -75,16 +75,16 @@ def _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED: tl.constexpr):
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
                 start, stop, full_lo, full_hi, TABLE_ptr, n_keys, N, M, DOC, res, qk_scale,
-                b, hkv, v_bad, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
+                b, hkv, PRED: tl.constexpr, MASKED: tl.constexpr, FROM_TABLE: tl.constexpr,
                 EVEN_N: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr):
+                EVEN_D: tl.constexpr, USE_TMA: tl.constexpr, GUARD: tl.constexpr):
     """Visits kv blocks start..stop-1 (or TABLE[start..stop-1]). MASKED: 0 never evaluates
     the predicate, 1 always, 2 only on blocks outside the FULL run full_lo..full_hi.
     USE_TMA: K_ptr and V_ptr are tensor descriptors over [B, Hkv, N, D] (Hopper's copy
     engine; rows past N arrive as zeros), else pointers to this head's K and V. Keys are
     numbered 0..n_keys-1 along stride_kn (a residue class in permuted passes); the
-    predicate sees them through res (the class) and the original N and M. v_bad: whether
-    this head's V may hold a non-finite entry (_finite_v)."""
+    predicate sees them through res (the class) and the original N and M. GUARD: test V
+    for non-finite entries in partial blocks (_finite_v)."""
     for i in range(start, stop):
         if FROM_TABLE:
             jb = tl.load(TABLE_ptr + i)
@@ -114,7 +114,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
         # key (_finite_v); full blocks let every row see every key, so need no test.
         if MASKED == 1:
             qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-            v, acc = _finite_v(v, qk, acc, v_bad)
+            v, acc = _finite_v(v, qk, acc, GUARD)
         elif MASKED == 2:
             # The tail mask stays outside the runtime `if`: Triton 3.6's software pipeliner
             # fails on sm_90 when a dot's result is redefined in both branches of an if/else
@@ -123,7 +123,7 @@ def _attn_inner(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_
                 qk = tl.where(in_bounds[None, :], qk, float("-inf"))
             if (jb < full_lo) | (jb > full_hi):
                 qk = _mask(qk, q_pos, offs_n, in_bounds, N, M, DOC, res, PRED)
-                v, acc = _finite_v(v, qk, acc, v_bad)
+                v, acc = _finite_v(v, qk, acc, GUARD)
         elif not EVEN_N:
             qk = tl.where(in_bounds[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -194,14 +194,14 @@ def _dyn_allowed(q_pos, offs_n, k_first, valid, DIAG_BITS, diag_row, VERT, PICK,
 @triton.jit
 def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
               start, stop, INDEX, N, M, DOC, res, qk_scale, DIAG_BITS, diag_row, VERT, PICK,
-              pick_row, G, v_bad,
+              pick_row, G,
               PRED: tl.constexpr, KIND: tl.constexpr, GATHER: tl.constexpr,
               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              HEAD_DIM: tl.constexpr):
+              HEAD_DIM: tl.constexpr, GUARD: tl.constexpr):
     """Online softmax over kv blocks INDEX[start..stop-1] (GATHER False) or over the key
     columns INDEX[start..stop-1], BLOCK_N per step (GATHER True). Block elements test the
     estimate; gathered columns are picked keys, so they test causality only; both then test
-    the static predicate PRED when it is >= 0."""
+    the static predicate PRED when it is >= 0. GUARD: as _attn_inner's."""
     step = BLOCK_N if GATHER else 1
     for i in range(start, stop, step):
         if GATHER:
@@ -234,7 +234,7 @@ def _attn_dyn(acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok
         qk = tl.where(allowed, qk, float("-inf"))
         if PRED >= 0:
             qk = _mask(qk, q_pos, offs_n, valid, N, M, DOC, res, PRED)
-        v, acc = _finite_v(v, qk, acc, v_bad)  # every block here is partial
+        v, acc = _finite_v(v, qk, acc, GUARD)  # every block here is partial
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
         p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
@@ -325,7 +325,7 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
              H, HKV, M, N, QB, sm_scale, D,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, USE_TMA: tl.constexpr,
-             SCHEDULED: tl.constexpr):
+             SCHEDULED: tl.constexpr, GUARD: tl.constexpr):
     # HEAD_DIM is the power-of-two tile width; D the real head dim (EVEN_D: D == HEAD_DIM)
     if SCHEDULED:
         # SCHEDULE[pid] = m * (B * H) + bh: in a mixture the (query block, head) pairs with
@@ -343,7 +343,10 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
     # grouped-query attention: K and V are indexed, never repeated
     hkv = (h // (H // HKV)).to(tl.int64)
     h = h.to(tl.int64)
-    v_bad = tl.load(V_BAD + b * HKV + hkv) != 0  # this head's V holds a NaN or ±inf
+    # each head runs in one of two launches: GUARD True for a head whose V may hold a NaN
+    # or ±inf (V_BAD), with the per-block test; GUARD False for the rest, without it
+    if (tl.load(V_BAD + b * HKV + hkv) != 0) != GUARD:
+        return
     rel_m = tl.arange(0, BLOCK_M)
     offs_m = m * BLOCK_M + rel_m
     offs_d = tl.arange(0, HEAD_DIM)
@@ -380,23 +383,23 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             lo_0, (tl.minimum(hi_0, (full_lo_0 - 1)) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 0: full blocks
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(full_lo_0, lo_0), (tl.minimum(full_hi_0, hi_0) + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=0, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
         # atom 0: partial blocks after
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.maximum(tl.maximum(full_lo_0, lo_0), (full_hi_0 + 1)), (hi_0 + 1), 0, -1, TAB_INDICES,
-            n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad, PRED=0,
+            n_keys, N, M, DOC, res, qk_scale, b, hkv, PRED=0,
             MASKED=1, FROM_TABLE=False, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA)
+            HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D, USE_TMA=USE_TMA, GUARD=GUARD)
 
         # dynamic: vertical_slash(1000, 6096)
         # estimated kv blocks (partial: each element tested; full), then picked columns
@@ -405,22 +408,22 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
-            PICK + bh * pick_row * pick_row, pick_row, 1, v_bad, PRED=1,
+            PICK + bh * pick_row * pick_row, pick_row, 1, PRED=1,
             KIND=1, GATHER=False,
-            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, GUARD=GUARD)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
-            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad,
+            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv,
             PRED=1, MASKED=1,
             FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D,
-            USE_TMA=False)
+            USE_TMA=False, GUARD=GUARD)
         acc, l_i, m_i = _attn_dyn(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             0, tl.load(DYN_COL_COUNT + drow), DYN_COLS + drow * n_cols, N, M, DOC, res,
-            qk_scale, DIAG_BITS, diag_row, VERT, PICK, pick_row, 1, v_bad, PRED=1,
+            qk_scale, DIAG_BITS, diag_row, VERT, PICK, pick_row, 1, PRED=1,
             KIND=1, GATHER=True, EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N,
-            HEAD_DIM=HEAD_DIM)
+            HEAD_DIM=HEAD_DIM, GUARD=GUARD)
     elif group == 1:  # block_topk(8, 64)
         # dynamic: block_topk(8, 64)
         # estimated kv blocks (partial: each element tested; full), then picked columns
@@ -429,16 +432,16 @@ def attn_fwd(Q, K, V, O, LSE, HEAD_GROUP, TAB_OFFSETS, TAB_INDICES, DOC, SCHEDUL
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_OFF + drow), tl.load(DYN_OFF + drow + 1), DYN_IDX, N, M, DOC, res,
             qk_scale, DIAG_BITS + bh * diag_row, diag_row, VERT + bh * N,
-            PICK + bh * pick_row * pick_row, pick_row, 64, v_bad, PRED=-1,
+            PICK + bh * pick_row * pick_row, pick_row, 64, PRED=-1,
             KIND=2, GATHER=False,
-            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)
+            EVEN_N=EVEN_N, EVEN_D=EVEN_D, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, GUARD=GUARD)
         acc, l_i, m_i = _attn_inner(
             acc, l_i, m_i, q, K_ptr, V_ptr, stride_kn, stride_vn, offs_d, d_ok, q_pos,
             tl.load(DYN_FULL_OFF + drow), tl.load(DYN_FULL_OFF + drow + 1), 0, -1,
-            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv, v_bad,
+            DYN_FULL_IDX, n_keys, N, M, DOC, res, qk_scale, b, hkv,
             PRED=0, MASKED=0,
             FROM_TABLE=True, EVEN_N=EVEN_N, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM, EVEN_D=EVEN_D,
-            USE_TMA=False)
+            USE_TMA=False, GUARD=GUARD)
     out, lse = _finish(acc, l_i, m_i)
     o_off = b * stride_ob + h * stride_oh + (m * BLOCK_M).to(tl.int64) * stride_om
     tl.store(O + o_off + rel_m[:, None] * stride_om + offs_d[None, :],
