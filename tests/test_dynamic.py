@@ -386,3 +386,17 @@ def test_mixture_schedule_counts_the_estimated_blocks():
     work = est.work(grid).numpy()  # [QB, BH]
     costs = [work[w // 8, w % 8] + (static[w // 8] if (w % 8) % 4 == 1 else 0) for w in order]
     assert costs == sorted(costs, reverse=True) and max(costs) > min(costs)
+
+
+@pytest.mark.parametrize("text", [MIXTURE, "sink(3) | block_topk(2, 8)", "block_cover(0.8, 16)"])
+def test_reference_backend_runs_dynamic_patterns_as_the_kernels_do(interpreter, text):
+    """One CPU path: backend='reference' (what 'auto' takes on the CPU) computes a dynamic
+    pattern from the kernels' own estimate, so both backends give the same output and LSE
+    (batch 2, GQA, M < N)."""
+    q, k, v = planted(2, 8, 2, 29, 45, 16, 5, columns=(20,), offsets=(7,))
+    got, got_lse = attngen.attention(q, k, v, text, return_lse=True, backend="reference")
+    want, want_lse = attngen.attention(q, k, v, text, return_lse=True, backend="triton")
+    assert (got - want).abs().max().item() <= TOL
+    finite = torch.isfinite(want_lse)
+    assert torch.equal(finite, torch.isfinite(got_lse))
+    assert (got_lse[finite] - want_lse[finite]).abs().max().item() <= TOL

@@ -431,3 +431,16 @@ def test_one_head_spanning_2_31_elements_is_refused():
     check_row_span(q=ok, k=ok, v=ok)
     with pytest.raises(ValueError, match="k: one head's rows span"):
         check_row_span(q=ok, k=wide, v=ok)
+
+
+def test_a_compiled_kernel_on_cpu_tensors_says_how_to_run_it(monkeypatch, kernel_cache):
+    """Without the interpreter a CPU tensor used to reach Triton's driver lookup ("0 active
+    drivers"); now the kernel says what to do instead."""
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(kernel_cache))
+    kernel = attngen.compile("causal", head_dim=16, dtype=torch.float32, heads=2, device="cpu")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1.*backend='reference'"):
+        kernel(q, q, q)
+    out = attngen.attention(q, q, q, "causal")  # auto: the reference on the CPU
+    assert torch.isfinite(out).all()

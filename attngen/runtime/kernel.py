@@ -163,6 +163,12 @@ class Kernel:
         per (M, N): a parameter below its minimum raises the reference's PatternError."""
         check_inputs(q, k, v, scale=scale, doc_ids=doc_ids, needs_pattern=False)
         check_row_span(q=q, k=k, v=v)
+        if not q.is_cuda and not interpreting():
+            raise RuntimeError(
+                "attngen kernels run on CUDA tensors; on the CPU, set TRITON_INTERPRET=1 "
+                "before Triton is imported to run them in Triton's interpreter, or call "
+                "attngen.attention(..., backend='reference') (what backend='auto' does on "
+                "the CPU)")
         if q.shape[3] != self.head_dim or q.shape[1] != len(self.spec.head_group):
             raise ValueError(f"kernel compiled for {len(self.spec.head_group)} heads of dim "
                              f"{self.head_dim}, got {q.shape[1]} heads of dim {q.shape[3]}")
