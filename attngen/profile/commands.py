@@ -81,6 +81,7 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
              header: str = "", only: list[str] | None = None) -> Path:
     from attngen.profile.evaluate import baselines, evaluate
     from attngen.profile.report import write_report
+    from attngen.profile.verdict import describe, verdict
 
     haystack = _haystack(argparse.Namespace(data=data), "evaluation", tokenizer, model)
     device = next(model.parameters()).device
@@ -99,10 +100,10 @@ def run_eval(model, tokenizer, plan, options, out_dir: str | Path, data=None,
 
     results = evaluate(model, tokenizer, methods, options, haystack, checkpoint=report)
     path = report(results, done=True)
-    for r in results:
-        print(f"  {r.name:<34} ppl {r.ppl:7.3f}  passkey "
-              + " ".join(f"{k.split('/')[0]}:{100 * sum(v) / len(v):.0f}%"
-                         for k, v in _by_length(r.passkey).items()))
+    for r in results:  # accuracies with n and their 95 % Wilson intervals
+        print(f"  {r.name:<34} {describe(r, options)}")
+    for line in verdict(results, options):
+        print(f"  {line}")
     return path
 
 
@@ -110,13 +111,6 @@ def _device_name(device) -> str:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-
-
-def _by_length(hits: dict[str, list[bool]]) -> dict[str, list[bool]]:
-    merged: dict[str, list[bool]] = {}
-    for key, values in hits.items():
-        merged.setdefault(key.split("/")[0] + "/", []).extend(values)
-    return merged
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from attngen.integrations.plan import ModelPlan
 from attngen.profile.candidates import FAMILIES
 from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy, to_json
+from attngen.profile.verdict import interval, verdict
 
 
 def write_report(results: list[MethodResult], options: EvalOptions, plan: ModelPlan,
@@ -33,7 +34,7 @@ def write_report(results: list[MethodResult], options: EvalOptions, plan: ModelP
              _method_table(results),
              _accuracy_table(results, "passkey", options.passkey_lengths, "Passkey retrieval"),
              _accuracy_table(results, "kv", options.kv_lengths, "Key-value retrieval"),
-             _validation(plan)]
+             _verdict(results, options), _validation(plan)]
     lines += [f"![{p.stem}]({p.name})\n" for p in pictures if p is not None]
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -71,15 +72,29 @@ def _method_table(results: list[MethodResult]) -> str:
 def _accuracy_table(results: list[MethodResult], kind: str, lengths, title: str) -> str:
     if not lengths:
         return ""
-    rows = [f"## {title} (accuracy, exact match, greedy; n per length)\n",
+    rows = [f"## {title} (accuracy, exact match, greedy; [95 % interval]; n per length)\n",
             "| method | " + " | ".join(str(L) for L in lengths) + " | n |",
             "|---|" + "---|" * len(lengths) + "---|"]
     for r in results:
         n = sorted({accuracy(getattr(r, kind), L)[1] for L in lengths})
         rows.append(f"| {cell(r.name)} | " + " | ".join(
-            f"{100 * accuracy(getattr(r, kind), L)[0]:.0f} %" for L in lengths)
+            _rate(*accuracy(getattr(r, kind), L)) for L in lengths)
             + f" | {'/'.join(map(str, n))} |")
     return "\n".join(rows) + "\n"
+
+
+def _rate(value: float, n: int) -> str:
+    lo, hi = interval(value, n)
+    return f"{100 * value:.0f} % [{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
+def _verdict(results: list[MethodResult], options: EvalOptions) -> str:
+    lines = verdict(results, options)
+    if not lines:
+        return ""
+    return ("## Verdict\n\n" + "\n".join(f"- {cell(line)}" for line in lines)
+            + "\n\nAccuracy intervals: 95 % Wilson, per length over every depth "
+            "(attngen.profile.verdict).\n")
 
 
 def _validation(plan: ModelPlan) -> str:
