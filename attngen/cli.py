@@ -713,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=4096, help="sequence length (default 4096)")
     demo.add_argument("--out-dir", default="attngen-demo", help="where the PNGs, plan.json "
                       "and report.md go (default ./attngen-demo)")
-    demo.add_argument("--density", type=profile_commands.density_budget, default=0.3,
+    demo.add_argument("--density", type=profile_commands.density_budget,
+                      default=profile_commands.DEMO_DENSITY,
                       help="the search's density budget, in (0, 1]")
     demo.add_argument("--skip-profiler", action="store_true", help="only the library tour "
                       "and the kernel")
