@@ -15,7 +15,7 @@ timeout ${E2E_S:-330} python3 -m attngen bench --model llama3-8b:layers=4 \
   --lengths ${LENGTHS:-32768 65536 131072} --batch 1 --decode-cache 131072 --decode-batch 8 \
   --out "$OUT/e2e_llama3-8b.json" --md "$OUT/e2e_llama3-8b.md" > "$OUT/e2e.log" 2>&1
 echo "e2e exit $? at $(date -u +%T)" | tee -a "$OUT/env.log"; tail -30 "$OUT/e2e.log"
-timeout ${RAGGED_S:-90} python3 -m attngen bench --model llama3-8b:layers=4 --lengths 32768 \
+timeout ${RAGGED_S:-180} python3 -m attngen bench --model llama3-8b:layers=4 --lengths 32768 \
   --batch 4 --decode-cache 0 --out "$OUT/e2e_ragged.json" --md "$OUT/e2e_ragged.md" \
   > "$OUT/ragged.log" 2>&1
 echo "ragged exit $? at $(date -u +%T)" | tee -a "$OUT/env.log"; tail -12 "$OUT/ragged.log"
