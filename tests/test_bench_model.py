@@ -250,6 +250,9 @@ def test_a_replayed_decode_step_starts_from_the_filled_cache_every_time():
     step = bm.decode_step(model, cache, 2, 16, "cpu", counters)
     first = step()
     assert torch.equal(step(), first) and torch.equal(step(), first)
+    assert int(cache.get_seq_length()) == 17  # one step past the 16 filled keys, not three
+    nonzero = cache.layers[0].keys[0, 0].abs().sum(-1) != 0
+    assert int(nonzero.sum()) == 17  # so a cache counting its non-empty slots agrees
 
     class Layer:  # an older cache: a plain int and a one-element tensor
         def __init__(self):

@@ -667,8 +667,8 @@ def _restore(counters: list[tuple[object, str, object]]) -> None:
 def decode_step(model, cache, batch: int, length: int, device,
                 counters: list | None = None) -> Callable[[], torch.Tensor]:
     """One decoding step at position `length` (M = 1) with static input buffers; every call
-    restores the cache's counters (`counters`, default: as they are now) first and so
-    writes the same slot: it can be replayed."""
+    empties the slot it writes and restores the cache's counters (`counters`, default: as
+    they are now) first, so it writes the same slot: it can be replayed."""
     ids = torch.ones(batch, 1, dtype=torch.long, device=device)
     pos = torch.full((batch, 1), length, dtype=torch.long, device=device)
     extra = _logits_kwarg(model)
@@ -677,8 +677,15 @@ def decode_step(model, cache, batch: int, length: int, device,
     params = inspect.signature(model.forward).parameters
     extra["cache" if "cache" in params else "past_key_values"] = cache  # 5.25+: `cache`
     counters = _counters(cache) if counters is None else counters
+    slots = [t for layer in getattr(cache, "layers", []) for name in ("keys", "values")
+             if isinstance(t := getattr(layer, name, None), torch.Tensor) and t.dim() == 4
+             and t.shape[2] > length]
 
     def step():
+        # the slot this step writes is emptied first: a cache that counts its length by
+        # its non-empty slots (older transformers) would otherwise count it once more
+        for t in slots:
+            t[:, :, length].zero_()
         _restore(counters)
         with torch.no_grad():
             return model(input_ids=ids, position_ids=pos, use_cache=True, **extra).logits
