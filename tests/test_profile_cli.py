@@ -59,12 +59,15 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     out_dir = tmp_path / "report"
     assert main(["eval", str(tiny_model_dir), "--plan", str(plan_path), "--lengths", "320",
                  "--kv-lengths", "512", "--per-cell", "1", "--kv-per-cell", "1",
-                 "--ppl-length", "256", "--ppl-windows", "1", "--out-dir", str(out_dir)]) == 0
+                 "--ppl-length", "256", "--ppl-windows", "1", "--task-lengths", "1024",
+                 "--tasks", "multikey", "cwe", "--out-dir", str(out_dir)]) == 0
     report = (out_dir / "report.md").read_text()
     for name in ("dense", "plan", "StreamingLLM", "MoA uniform"):
         assert name in report
     assert re.search(r"% \[\d+–\d+\] \| 5 \|", report)  # n = 5 per length: 5 depths, one each
     assert "## Verdict" in report
+    assert "## Unseen tasks" in report and "| multikey 1024 | cwe 1024 |" in report
+    assert "n=5" in report.split("## Unseen tasks")[1]  # one per depth
     for png in ("passkey_heatmap.png", "kv_heatmap.png", "ppl.png", "plan_map.png"):
         assert (out_dir / png).stat().st_size > 1000
     results = json.loads((out_dir / "results.json").read_text())

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from attngen.profile.candidates import FAMILIES
+from attngen.profile.data import UNSEEN_TASKS
 from attngen.profile.model import DEFAULT_MODEL
 
 QUICK_SEARCH = {"lengths": (512, 1024), "samples": 2}  # --quick sizes
@@ -150,7 +151,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         passkey_lengths=tuple(args.lengths), kv_lengths=tuple(args.kv_lengths),
         per_cell=args.per_cell, kv_per_cell=args.kv_per_cell, ppl_length=args.ppl_length,
         ppl_windows=args.ppl_windows, seed=args.seed,
-        rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl)
+        rounds=tuple(args.rounds) if args.rounds else None, perplexity=not args.skip_ppl,
+        task_lengths=tuple(args.task_lengths), task_per_cell=args.task_per_cell,
+        tasks=tuple(args.tasks))
     device, dtype = resolve_device(args.device, args.dtype)
     model, tokenizer = load_model(args.model, dtype, device)
     path = run_eval(model, tokenizer, plan, options, args.out_dir, args.data,
@@ -273,6 +276,13 @@ def add_parsers(subs, fmt) -> None:
     ev.add_argument("--kv-lengths", type=int, nargs="+", default=[1024, 3072])
     ev.add_argument("--per-cell", type=int, default=4, help="passkey samples per length×depth")
     ev.add_argument("--kv-per-cell", type=int, default=2)
+    ev.add_argument("--task-lengths", type=int, nargs="*", default=[],
+                    help="lengths of the RULER-style tasks the search never saw (multi-key "
+                    "and multi-value needles, variable tracking, common words; none by "
+                    "default)")
+    ev.add_argument("--task-per-cell", type=int, default=1,
+                    help="samples per task × length × depth")
+    ev.add_argument("--tasks", nargs="+", choices=UNSEEN_TASKS, default=list(UNSEEN_TASKS))
     ev.add_argument("--ppl-length", type=int, default=2048)
     ev.add_argument("--ppl-windows", type=int, default=8)
     ev.add_argument("--data", nargs="+", default=None, help="your text files as haystack")

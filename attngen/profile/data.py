@@ -38,6 +38,40 @@ KV_WORDS = ("amber apple birch cobalt copper coral crimson ember falcon garnet h
             "silver spruce tiger tulip velvet willow").split()
 
 
+# RULER-style tasks (Hsieh et al. 2024) the search never calibrates on: synthetic, offline,
+# scored by exact match like passkey (`answered`)
+UNSEEN_TASKS = ("multikey", "multivalue", "vartrack", "cwe")
+MK_INTRO = ("Some special magic numbers are hidden inside the text below. Remember them; I "
+            "will ask for one of them afterwards.\n\n")
+MK_NEEDLE = "\n\nOne of the special magic numbers for {key} is: {value}.\n\n"
+MK_QUESTION = ("\n\nWhat is the special magic number for {key}? Answer with the number "
+               "only.")
+MK_ANSWER = "The special magic number for {key} is "
+MV_QUESTION = ("\n\nWhat are all the special magic numbers for {key}? Answer with the numbers "
+               "only, separated by spaces.")
+MV_ANSWER = "The special magic numbers for {key} are "
+VT_INTRO = ("Memorize the variable assignments hidden in the text below; I will ask for the "
+            "value of one variable afterwards.\n\n")
+VT_QUESTION = "\n\nWhat is the value of VAR {name}? Answer with the number only."
+VT_ANSWER = "The value of VAR {name} is "
+CWE_INTRO = ("Below is a numbered list of words. Some words appear more often than others; "
+             "I will ask which word appears most often.\n\n")
+CWE_QUESTION = "\n\nWhich word appears most often in the list above? Answer with the word only."
+CWE_ANSWER = "The word that appears most often is"
+
+
+def answered(text: str, sample: Sample) -> bool:
+    """Exact-match scoring of a generated answer: the first number (passkey, kv, multikey,
+    vartrack), every expected number among the numbers given (multivalue), or the first
+    word (cwe)."""
+    if sample.kind == "multivalue":
+        return set(sample.answer.split()) <= set(re.findall(r"\d+", text))
+    if sample.kind == "cwe":
+        found = re.search(r"[A-Za-z]+", text)
+        return found is not None and found.group(0).lower() == sample.answer
+    return first_number(text) == sample.answer
+
+
 @dataclass(frozen=True)
 class Sample:
     prompt_ids: list[int]  # chat-formatted prompt ending with the assistant's turn
@@ -122,7 +156,66 @@ class Haystack:
             return Sample(ids, key, self.encode(key), self.end_of_turn, kind, depth)
         if kind == "kv":
             return self.kv_sample(length, depth, rng)
+        if kind in ("multikey", "multivalue"):
+            return self.magic_sample(kind, length, depth, rng)
+        if kind == "vartrack":
+            return self.vartrack_sample(length, depth, rng)
+        if kind == "cwe":
+            return self.cwe_sample(length, depth, rng)
         raise ValueError(f"unknown sample kind {kind!r}")
+
+    def _sample(self, kind, intro, needles, question, answer_start, answer, length, depth,
+                rng) -> Sample:
+        ids = self.prompt(intro, needles, question, answer_start, length, rng)
+        return Sample(ids, answer, self.encode(answer), self.end_of_turn, kind, depth)
+
+    def magic_sample(self, kind: str, length: int, depth: float, rng: random.Random,
+                     count: int = 4) -> Sample:
+        """multikey: `count` needles of one form under different keys, one asked;
+        multivalue: `count` values under one key, all asked (RULER's NIAH variants)."""
+        keys: list[str] = []
+        while len(keys) < count:  # distinct keys
+            key = "-".join(rng.sample(KV_WORDS, 2))
+            keys += [key] if key not in keys else []
+        values = [str(rng.randrange(10000, 100000)) for _ in range(count)]
+        if kind == "multivalue":
+            keys = [keys[0]] * count
+        depths = [depth] + [rng.random() for _ in range(count - 1)]
+        needles = [(d, MK_NEEDLE.format(key=k, value=v))
+                   for d, k, v in zip(depths, keys, values)]
+        if kind == "multikey":
+            return self._sample(kind, MK_INTRO, needles, MK_QUESTION.format(key=keys[0]),
+                                MK_ANSWER.format(key=keys[0]), values[0], length, depth, rng)
+        return self._sample(kind, MK_INTRO, needles, MV_QUESTION.format(key=keys[0]),
+                            MV_ANSWER.format(key=keys[0]), " ".join(values), length, depth,
+                            rng)
+
+    def vartrack_sample(self, length: int, depth: float, rng: random.Random,
+                        hops: int = 4) -> Sample:
+        """A chain VAR A = 12345, VAR B = A, …: the last variable's value, `hops` assignments
+        spread from `depth` on (RULER's variable tracking), with one distractor chain."""
+        names = rng.sample(sorted({w.upper()[:5] for w in KV_WORDS}), 2 * hops)
+        value, other = (str(rng.randrange(10000, 100000)) for _ in range(2))
+        needles = []
+        for chain, start in ((names[:hops], value), (names[hops:], other)):
+            at = sorted(depth + (1 - depth) * rng.random() * i / hops for i in range(hops))
+            for i, (d, name) in enumerate(zip(at, chain)):
+                source = start if i == 0 else chain[i - 1]
+                needles.append((d, f"\n\nVAR {name} = {source}.\n\n"))
+        last = names[hops - 1]
+        return self._sample("vartrack", VT_INTRO, needles, VT_QUESTION.format(name=last),
+                            VT_ANSWER.format(name=last), value, length, depth, rng)
+
+    def cwe_sample(self, length: int, depth: float, rng: random.Random) -> Sample:
+        """A numbered word list in place of filler: one word 12 times, the others at most
+        4 times each, shuffled (RULER's common-word extraction, top 1). `depth` is kept
+        for the cell's name only."""
+        common, *others = rng.sample(KV_WORDS, 12)
+        words = [common] * 12 + [w for w in others for _ in range(rng.randint(2, 4))]
+        rng.shuffle(words)
+        listing = "".join(f"{i + 1}. {w}\n" for i, w in enumerate(words))
+        ids = self.prompt(CWE_INTRO + listing, [], CWE_QUESTION, CWE_ANSWER, length, rng)
+        return Sample(ids, common, self.encode(" " + common), self.end_of_turn, "cwe", depth)
 
     def kv_sample(self, length: int, depth: float, rng: random.Random,
                   pairs: int = 6) -> Sample:
@@ -182,7 +275,7 @@ class RandomTokens:
         return [rng.randrange(self.vocab_size) for _ in range(count)]
 
     def sample(self, kind: str, length: int, depth: float, rng: random.Random) -> Sample:
-        if kind not in ("passkey", "kv"):
+        if kind not in ("passkey", "kv", *UNSEEN_TASKS):
             raise ValueError(f"unknown sample kind {kind!r}")
         prompt, answer = self._ids(length, rng), self._ids(self.ANSWER, rng)
         return Sample(prompt, " ".join(map(str, answer)), answer, [], kind, depth)

@@ -5,6 +5,8 @@
 
 - passkey retrieval by length × depth: greedy generation, exact match of the first number;
 - kv retrieval by length × depth, the same way;
+- RULER-style tasks the search never calibrates on (`task_lengths`, data.UNSEEN_TASKS):
+  multi-key and multi-value needles, variable tracking, common-word extraction;
 - perplexity on held-out text (windows of the evaluation half of Python's docs text).
 
 Every method sees the same samples (fixed seeds): the comparison is paired, also for a
@@ -25,7 +27,7 @@ from attngen.integrations import hf
 from attngen.integrations.masks import MaskCache
 from attngen.integrations.plan import ModelPlan, uniform_plan
 from attngen.profile.candidates import library_call
-from attngen.profile.data import Haystack, Sample, first_number
+from attngen.profile.data import UNSEEN_TASKS, Haystack, Sample, answered
 from attngen.profile.scoring import static_density
 from attngen.profile.search import measured_density, plan_density
 
@@ -43,6 +45,9 @@ class EvalOptions:
     seed: int = 0
     rounds: tuple[int, ...] | None = None  # which sample rounds to run (default all)
     perplexity: bool = True  # False: leave perplexity to another shard of the run
+    task_lengths: tuple[int, ...] = ()  # lengths of the unseen tasks (none by default)
+    task_per_cell: int = 1
+    tasks: tuple[str, ...] = UNSEEN_TASKS
 
 
 @dataclass
@@ -52,6 +57,7 @@ class MethodResult:
     density: dict[int, float]  # at each evaluated length
     passkey: dict[str, list[bool]] = field(default_factory=dict)  # "length/depth" → hits
     kv: dict[str, list[bool]] = field(default_factory=dict)
+    tasks: dict[str, list[bool]] = field(default_factory=dict)  # "task/length/depth" → hits
     ppl: float = math.nan
 
 
@@ -135,7 +141,10 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
                 bar.set_postfix_str(f"{name[:24]} {kind} {L}")
                 hit = run(name, lambda: retrieved(model, tokenizer, sample,
                                                   options.max_new_tokens))
-                getattr(result, kind).setdefault(f"{L}/{d}", []).append(hit)
+                if kind in ("passkey", "kv"):
+                    getattr(result, kind).setdefault(f"{L}/{d}", []).append(hit)
+                else:
+                    result.tasks.setdefault(f"{kind}/{L}/{d}", []).append(hit)
                 bar.update()
         if checkpoint is not None:
             checkpoint(list(results.values()))
@@ -165,8 +174,15 @@ def sample_rounds(haystack: Haystack, options: EvalOptions
               for d in options.depths]
     drawn = {(kind, L, d): [haystack.sample(kind, L, d, rng) for _ in range(n)]
              for kind, L, d, n in cells}
+    # the unseen tasks from their own generator: adding them changes no other sample
+    task_rng = random.Random(options.seed + 1)
+    tasks = [(t, L, d, options.task_per_cell) for t in options.tasks
+             for L in options.task_lengths for d in options.depths]
+    drawn.update({(t, L, d): [haystack.sample(t, L, d, task_rng) for _ in range(n)]
+                  for t, L, d, n in tasks})
+    cells += tasks
     return [[(kind, L, d, drawn[kind, L, d][r]) for kind, L, d, n in cells if r < n]
-            for r in range(max(options.per_cell, options.kv_per_cell))]
+            for r in range(max(n for *_, n in cells))]
 
 
 def _describe(plan: ModelPlan, layers: int) -> str:
@@ -181,14 +197,16 @@ def retrieved(model, tokenizer, sample: Sample, max_new_tokens: int) -> bool:
     """Greedy generation reproduces the answer: its first number, or without a tokenizer
     (random-token samples, data.RandomTokens) the answer's ids."""
     prompt = torch.tensor([sample.prompt_ids], device=next(model.parameters()).device)
-    new = max_new_tokens if tokenizer is not None else len(sample.answer_ids)
+    # one answer's worth of tokens per expected value (multivalue asks for several)
+    new = (max_new_tokens * len(sample.answer.split()) if tokenizer is not None
+           else len(sample.answer_ids))
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                          max_new_tokens=new,
                          pad_token_id=tokenizer.eos_token_id if tokenizer is not None else 0)
     if tokenizer is None:
         return out[0, prompt.shape[1]:].tolist() == sample.answer_ids
     text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-    return first_number(text) == sample.answer
+    return answered(text, sample)
 
 
 @torch.no_grad()
@@ -211,6 +229,12 @@ def accuracy(hits: dict[str, list[bool]], length: int) -> tuple[float, int]:
     return (float(np.mean(flat)) if flat else math.nan), len(flat)
 
 
+def task_accuracy(hits: dict[str, list[bool]], task: str, length: int) -> tuple[float, int]:
+    """(accuracy, n) of one unseen task over every depth at one length."""
+    flat = [h for k, v in hits.items() if k.split("/")[:2] == [task, str(length)] for h in v]
+    return (float(np.mean(flat)) if flat else math.nan), len(flat)
+
+
 def to_json(results: list[MethodResult], options: EvalOptions) -> dict:
     return {"options": asdict(options), "methods": [asdict(r) for r in results]}
 
@@ -224,8 +248,8 @@ def merge(shards: list[dict]) -> tuple[list[MethodResult], EvalOptions]:
         for m in shard["methods"]:
             density = {int(n): v for n, v in m["density"].items()}
             into = merged.setdefault(m["name"], MethodResult(m["name"], m["pattern"], density))
-            for kind in ("passkey", "kv"):
-                for cell, hits in m[kind].items():
+            for kind in ("passkey", "kv", "tasks"):
+                for cell, hits in m.get(kind, {}).items():
                     getattr(into, kind).setdefault(cell, []).extend(hits)
             if m["ppl"] is not None and not math.isnan(m["ppl"]):
                 into.ppl = m["ppl"]

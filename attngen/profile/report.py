@@ -18,7 +18,7 @@ import numpy as np
 
 from attngen.integrations.plan import ModelPlan
 from attngen.profile.candidates import FAMILIES
-from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy, to_json
+from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy, task_accuracy, to_json
 from attngen.profile.verdict import interval, verdict
 
 
@@ -34,7 +34,7 @@ def write_report(results: list[MethodResult], options: EvalOptions, plan: ModelP
              _method_table(results),
              _accuracy_table(results, "passkey", options.passkey_lengths, "Passkey retrieval"),
              _accuracy_table(results, "kv", options.kv_lengths, "Key-value retrieval"),
-             _verdict(results, options), _validation(plan)]
+             _task_table(results, options), _verdict(results, options), _validation(plan)]
     lines += [f"![{p.stem}]({p.name})\n" for p in pictures if p is not None]
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -81,6 +81,25 @@ def _accuracy_table(results: list[MethodResult], kind: str, lengths, title: str)
             _rate(*accuracy(getattr(r, kind), L)) for L in lengths)
             + f" | {'/'.join(map(str, n))} |")
     return "\n".join(rows) + "\n"
+
+
+def _task_table(results: list[MethodResult], options: EvalOptions) -> str:
+    cols = [(t, L) for t in options.tasks for L in options.task_lengths]
+    if not cols:
+        return ""
+    rows = ["## Unseen tasks (RULER-style; never used in calibration; accuracy, exact match, "
+            "[95 % interval], n)\n",
+            "| method | " + " | ".join(f"{t} {L}" for t, L in cols) + " |",
+            "|---|" + "---|" * len(cols)]
+    for r in results:
+        rates = [task_accuracy(r.tasks, t, L) for t, L in cols]
+        rows.append(f"| {cell(r.name)} | "
+                    + " | ".join(f"{_rate(v, n)} n={n}" for v, n in rates) + " |")
+    return "\n".join(rows) + ("\n\nmultikey: four needles of one form under different "
+                               "keys, one asked; multivalue: four values under one key, all "
+                               "asked; vartrack: the value at the end of a four-step chain of "
+                               "assignments (with a distractor chain); cwe: the most frequent "
+                               "word of a list (attngen.profile.data).\n")
 
 
 def _rate(value: float, n: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy
+from attngen.profile.evaluate import EvalOptions, MethodResult, accuracy, task_accuracy
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ def metrics(result: MethodResult, options: EvalOptions) -> dict[str, tuple[float
     for kind, lengths in (("passkey", options.passkey_lengths), ("kv", options.kv_lengths)):
         for length in lengths:
             out[f"{kind} {length}"] = accuracy(getattr(result, kind), length)
+    for task in options.tasks:
+        for length in options.task_lengths:
+            out[f"{task} {length}"] = task_accuracy(result.tasks, task, length)
     return out
 
 
