@@ -57,8 +57,8 @@ class MethodResult:
     density: dict[int, float]  # at each evaluated length
     passkey: dict[str, list[bool]] = field(default_factory=dict)  # "length/depth" → hits
     kv: dict[str, list[bool]] = field(default_factory=dict)
-    tasks: dict[str, list[bool]] = field(default_factory=dict)  # "task/length/depth" → hits
     ppl: float = math.nan
+    tasks: dict[str, list[bool]] = field(default_factory=dict)  # "task/length/depth" → hits
 
 
 def matched_width(density: float, lengths: list[int], make, each: bool = False
