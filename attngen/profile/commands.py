@@ -16,8 +16,8 @@ from attngen.profile.model import DEFAULT_MODEL
 QUICK_SEARCH = {"lengths": (512, 1024), "samples": 2}  # --quick sizes
 QUICK_EVAL = {"passkey_lengths": (512, 1024), "kv_lengths": (1024,), "depths": (0.2, 0.5, 0.8),
               "per_cell": 1, "kv_per_cell": 1, "ppl_length": 1024, "ppl_windows": 2}
-# The demo's sizes (docs/profiler.md, "The demo"): n = 9 passkey prompts per length and 6
-# kv prompts, enough for the 95 % intervals to tell 100 % from 67 %, in about 5 minutes
+# The demo's sizes (docs/profiler.md, "The demo's sizes and density"): n = 9 passkey prompts
+# per length and 6 kv prompts, enough for 95 % intervals to tell 100 % from 67 %; ~5 min
 DEMO_SEARCH = {"lengths": (512, 1024), "samples": 4}
 DEMO_EVAL = {**QUICK_EVAL, "per_cell": 3, "kv_per_cell": 2, "ppl_windows": 4}
 DEMO_DENSITY = 0.35
