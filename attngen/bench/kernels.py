@@ -250,3 +250,18 @@ def save(result: dict, json_path: str, md_path: str | None = None, table=None) -
         with open(md_path, "w") as f:
             f.write((table or markdown)(result))
 
+
+def cuda_graph(fn, warmups: int = 2):
+    """fn captured in a CUDA graph (warmed up `warmups` times on a side stream first), as a
+    replay call; the graph lives as long as the returned call."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay

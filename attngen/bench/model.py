@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 import attngen
+from attngen.bench.kernels import cuda_graph
 from attngen.integrations.plan import expand_template, read_plan
 from attngen.ir.pattern import Pattern
 
@@ -713,24 +714,14 @@ def graph_timing(step: Callable, timer: Timer, repeats: int) -> tuple[list[float
     """Times of `step` replayed from a CUDA graph, else eagerly (the reason noted)."""
     if not timer.cuda:
         return timer(step, repeats, warmup=1), "eager (no CUDA)"
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            step()
+        replay = cuda_graph(step, warmups=3)
     except Exception as e:
-        del graph
         with contextlib.suppress(Exception):
             torch.cuda.synchronize()
         return timer(step, repeats, warmup=2), "eager: CUDA graph capture failed: " + _short(e)
-    times = timer(graph.replay, repeats, warmup=3)
-    del graph
+    times = timer(replay, repeats, warmup=3)
+    del replay  # the graph and its memory
     return times, "CUDA graph"
 
 

@@ -249,7 +249,7 @@ def decode(patterns: list[str] | None = None, lengths: list[int] | None = None, 
                     row["max_err"] = (out.float() - ref).abs().max().item()
                     row["eager_ms"] = statistics.median(_time(fn, repeats))
                     try:
-                        replay = _graph(fn)
+                        replay = bench.cuda_graph(fn)
                         row["graph_ms"] = statistics.median(_time(replay, repeats))
                         row["graph_queued_ms"] = statistics.median(
                             _time_queued(replay, repeats, flush))
@@ -333,20 +333,6 @@ def _time_queued(fn, repeats: int, flush: torch.Tensor, warmup: int = 3) -> list
         events.append((start, end))
     torch.cuda.synchronize()
     return [s.elapsed_time(e) for s, e in events]
-
-
-def _graph(fn):
-    """fn captured in a CUDA graph (warmed up on a side stream first), as a replay call."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 # -- output -----------------------------------------------------------------------------------

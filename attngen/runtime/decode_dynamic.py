@@ -25,7 +25,7 @@ import torch
 
 from attngen.codegen.torch_predicate import combine, predicate_fn
 from attngen.ir.node import Node
-from attngen.runtime.dynamic import VS_FORCED_COLUMNS, VS_FORCED_OFFSETS
+from attngen.runtime.dynamic import VS_FORCED_COLUMNS, VS_FORCED_OFFSETS, select_blocks
 
 
 def supported(node: Node) -> bool:
@@ -201,16 +201,8 @@ def _block_picks(kind: str, param: float, g: int, f: _Frame) -> torch.Tensor:
     scores = torch.matmul(pooled_q, pooled_k.transpose(-1, -2))  # [B, H, M, blocks]
     key_block = torch.arange(blocks, device=q.device).view(1, 1, 1, blocks)
     q_block = q_block.view(B, 1, M, 1)
-    causal = key_block <= q_block
-    if kind == "block_topk":
-        top = scores.masked_fill(~causal, -math.inf).topk(min(int(param), blocks), -1)
-        picked = torch.zeros_like(causal.expand_as(scores)).scatter(-1, top.indices, True)
-    else:  # block_cover: the fewest blocks whose softmax mass reaches param
-        mass = torch.softmax((scores * f.scale).masked_fill(~causal, -math.inf), -1)
-        order = mass.nan_to_num(0.0).sort(-1, descending=True)
-        keep = (order.values.cumsum(-1) - order.values) < param
-        picked = torch.zeros_like(keep).scatter(-1, order.indices, keep)
-    picked = (picked & causal) | (key_block == q_block)
+    causal = (key_block <= q_block).expand_as(scores)
+    picked = select_blocks(scores, causal, kind, param, f.scale) | (key_block == q_block)
     k_block = torch.div(f.k_pos, g, rounding_mode="floor").clamp(0, blocks - 1)
     allowed = picked.gather(-1, k_block.expand(B, H, M, n_max))
     return allowed & f.causal

@@ -159,17 +159,27 @@ def block_picks(q: torch.Tensor, k: torch.Tensor, kind: str, params: list, scale
     for r0 in range(0, R, _rows_per_chunk(4 * G * G)):
         r1 = min(R, r0 + _rows_per_chunk(4 * G * G))
         scores = torch.matmul(pq[r0:r1], pk[r0:r1].transpose(1, 2))
-        if kind == "block_topk":
-            top = scores.masked_fill(~causal, -math.inf).topk(min(int(params[0]), G), -1)
-            picked = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top.indices, True)
-        else:  # block_cover: fewest blocks whose softmax mass reaches gamma
-            mass = torch.softmax((scores * scale).masked_fill(~causal, -math.inf), -1)
-            order = mass.sort(-1, descending=True)
-            before = order.values.cumsum(-1) - order.values
-            keep = before < float(params[0])
-            picked = torch.zeros_like(keep).scatter_(-1, order.indices, keep)
-        picks.append((picked & causal) | torch.eye(G, dtype=torch.bool, device=q.device))
+        picked = select_blocks(scores, causal, kind, float(params[0]), scale)
+        picks.append(picked | torch.eye(G, dtype=torch.bool, device=q.device))
     return torch.cat(picks)
+
+
+def select_blocks(scores: torch.Tensor, causal: torch.Tensor, kind: str, param: float,
+                  scale: float) -> torch.Tensor:
+    """bool, scores' shape: the causal key blocks each pooled query block keeps from its
+    pooled scores — the `param` highest (block_topk), or the fewest whose softmax mass of
+    scale · scores reaches `param` (block_cover, FlexPrefill). A row with no causal block
+    keeps none. The caller adds the diagonal block."""
+    if kind == "block_topk":
+        top = scores.masked_fill(~causal, -math.inf).topk(min(int(param), scores.shape[-1]), -1)
+        picked = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        picked.scatter_(-1, top.indices, True)
+    else:
+        mass = torch.softmax((scores * scale).masked_fill(~causal, -math.inf), -1)
+        order = mass.nan_to_num(0.0).sort(-1, descending=True)
+        keep = (order.values.cumsum(-1) - order.values) < param
+        picked = torch.zeros_like(keep).scatter_(-1, order.indices, keep)
+    return picked & causal
 
 
 # -- conversion to kernel blocks ---------------------------------------------------------
