@@ -70,6 +70,13 @@ def main():
         except Exception as e:
             rows[f"causal32@{c},tma={tma}"] = f"{type(e).__name__}: {e}"[:200]
         causal.tma = saved
+    # the vertical_slash group: its estimate alone, and its kernel alone on that estimate
+    from attngen.runtime import dynamic
+    vs = attngen.compile(GROUPS[2], head_dim=128, dtype=torch.bfloat16, heads=8, kv_heads=2)
+    qv, kv_, vv_ = q[:, 16:24], k[:, 4:6], v[:, 4:6]
+    rows["vs_pick"] = ms(lambda: dynamic.pick(vs.spec.dynamic, qv, kv_, 128 ** -0.5, vs.module))
+    est = dynamic.pick(vs.spec.dynamic, qv, kv_, 128 ** -0.5, vs.module)
+    rows["vs_kernel"] = ms(lambda: vs.launch(qv, kv_, vv_, Config(128, 128, 8, 3), None, None, est))
     print(rows, out["causal_tuned"], out["causal_tma"], flush=True)
     out["rows_ms"] = rows
     if args.quick:
@@ -83,7 +90,6 @@ def main():
     # the plan and its vertical_slash group under each block configuration (the e2e bench
     # runs untuned: the first), and the vertical_slash estimate and its indices alone
     from attngen.lower.grid import Grid
-    from attngen.runtime import dynamic
     from attngen.runtime.kernel import GPU_CONFIGS
     for name, text, qq, kk, vv in [("plan", PLAN, q, k, v),
                                    ("vs", GROUPS[2], q[:, 16:24], k[:, 4:6], v[:, 4:6])]:
