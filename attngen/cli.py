@@ -672,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--page", type=int, default=64, help="--decode: keys per cache page")
     mode.add_argument("--model", metavar="SPEC", default=None, help="a model end to end: a "
                       "local Hugging Face model folder or a named shape with random weights ("
-                      "llama3-8b, qwen2.5-7b, tiny-llama, tiny-qwen2), optionally :layers=N; "
+                      "llama3-8b, qwen2.5-7b, tiny-llama, tiny-qwen2), optionally :layers=N and "
+                      ",weights=structured (LLM-like attention near the diagonal); "
                       "times dense SDPA, transformers' flex attention with the plan and "
                       "attngen with the plan, prefill (default lengths 32768 65536 131072) "
                       "and decode; see docs/benchmarks.md")

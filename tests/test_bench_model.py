@@ -10,6 +10,7 @@ import torch
 import attngen
 from attngen import cli
 from attngen.bench import model as bm
+from attngen.integrations import shapes
 from attngen.integrations.plan import read_plan
 
 DUO = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
@@ -17,23 +18,23 @@ DUO = ("heads { 0..7: causal; 8..15: causal & (sink(128) | local(4096)); "
 
 
 def test_named_shapes_have_the_exact_numbers():
-    llama = bm.parse_spec("llama3-8b:layers=4")
+    llama = shapes.parse_spec("llama3-8b:layers=4")
     c = llama.config
     assert (c.model_type, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
             c.vocab_size) == ("llama", 4, 4096, 14336, 128256)
     assert llama.heads == (32, 8, 128) and llama.layers == 4 and llama.folder is None
-    assert bm.rope_theta(c) == 500000.0 and c.max_position_embeddings >= 1 << 20
-    qwen = bm.parse_spec("qwen2.5-7b:layers=4")
+    assert shapes.rope_theta(c) == 500000.0 and c.max_position_embeddings >= 1 << 20
+    qwen = shapes.parse_spec("qwen2.5-7b:layers=4")
     c = qwen.config
     assert (c.model_type, c.num_hidden_layers, c.hidden_size, c.intermediate_size,
             c.vocab_size) == ("qwen2", 4, 3584, 18944, 152064)
-    assert qwen.heads == (28, 4, 128) and bm.rope_theta(c) == 1e6
-    assert bm.parse_spec("qwen2.5-7b").layers == 28  # the full depth without :layers
+    assert qwen.heads == (28, 4, 128) and shapes.rope_theta(c) == 1e6
+    assert shapes.parse_spec("qwen2.5-7b").layers == 28  # the full depth without :layers
 
 
 def test_tiny_shapes_build_on_the_device_with_their_biases():
-    llama = bm.build_model(bm.parse_spec("tiny-llama:layers=1"), "cpu")
-    qwen = bm.build_model(bm.parse_spec("tiny-qwen2:layers=1"), "cpu")
+    llama = shapes.build_model(shapes.parse_spec("tiny-llama:layers=1"), "cpu")
+    qwen = shapes.build_model(shapes.parse_spec("tiny-qwen2:layers=1"), "cpu")
     assert len(llama.model.layers) == 1 and not llama.training
     assert next(llama.parameters()).dtype == torch.bfloat16
     attn = qwen.model.layers[0].self_attn
@@ -45,23 +46,54 @@ def test_tiny_shapes_build_on_the_device_with_their_biases():
 
 @pytest.mark.parametrize("spec, message", [
     ("gpt9", "not a local model folder nor a named shape"),
-    ("llama3-8b:layers=0", "layers=N with N >= 1"),
+    ("llama3-8b:layers=0", "layers=N \\(N >= 1\\)"),
+    ("llama3-8b:weights=trained", r"weights=random\|structured"),
     ("llama3-8b:heads=4", "unknown option 'heads=4'"),
     ("llama3-8b:layers", "unknown option 'layers'"),
 ])
 def test_bad_specs_say_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
-        bm.parse_spec(spec)
+        shapes.parse_spec(spec)
+
+
+def _picked_slashes_near_the_diagonal(model, N: int = 256, s: int = 32) -> torch.Tensor:
+    """Per layer and head: the share of the s offsets q - k with the most attention over the
+    last 64 queries (vertical_slash's estimate, DESIGN §5) that lie below 2s."""
+    ids = torch.randint(0, 512, (1, N), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+    offsets = (torch.arange(N - 64, N)[:, None] - torch.arange(N)[None, :]).clamp(min=0)
+    shares = []
+    for a in out.attentions:
+        a = a[0, :, -64:, :].float()
+        sums = torch.zeros(a.shape[0], N).scatter_add_(
+            1, offsets.flatten().expand(a.shape[0], -1), a.reshape(a.shape[0], -1))
+        shares.append((sums.topk(s, dim=-1).indices < 2 * s).float().mean(-1))
+    return torch.stack(shares)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_structured_weights_put_the_slash_lines_next_to_the_diagonal(name):
+    shares = {}
+    for weights in shapes.WEIGHTS:
+        spec = shapes.parse_spec(f"{name}:layers=2,weights={weights}")
+        spec.config._attn_implementation = "eager"  # attention weights out
+        shares[weights] = _picked_slashes_near_the_diagonal(
+            shapes.build_model(spec, "cpu", torch.float32))
+    assert shares["structured"].min() >= 0.9  # the picks cluster at small offsets
+    assert shares["random"].max() <= 0.6  # 2s of 256 offsets: 0.25 if spread evenly
 
 
 def test_a_local_folder(tmp_path):
     with pytest.raises(ValueError, match="without config.json"):
-        bm.parse_spec(str(tmp_path))
-    model = bm.build_model(bm.parse_spec("tiny-llama:layers=2"), "cpu")
+        shapes.parse_spec(str(tmp_path))
+    model = shapes.build_model(shapes.parse_spec("tiny-llama:layers=2"), "cpu")
     model.save_pretrained(tmp_path)
-    spec = bm.parse_spec(f"{tmp_path}:layers=1")
+    spec = shapes.parse_spec(f"{tmp_path}:layers=1")
     assert spec.folder == tmp_path and spec.layers == 1 and spec.heads == (4, 2, 16)
-    loaded = bm.build_model(spec, "cpu")
+    with pytest.raises(ValueError, match="applies to named shapes"):
+        shapes.parse_spec(f"{tmp_path}:weights=structured")
+    loaded = shapes.build_model(spec, "cpu")
     assert len(loaded.model.layers) == 1
     assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
 

