@@ -1,5 +1,6 @@
 """Kernel-cache latency: first call in a new process (cold and warm caches), and a warm
-in-process `attngen.compile` hit.
+in-process `attngen.compile` hit; `import attngen` against `import torch` (new processes,
+median of 7 each).
 
     python benchmarks/cache_latency.py --out cache_latency.json
 """
@@ -12,6 +13,12 @@ import sys
 import tempfile
 import time
 
+IMPORT = r"""
+import time
+t0 = time.perf_counter()
+import {module}
+print(time.perf_counter() - t0)
+"""
 CHILD = r"""
 import time
 t0 = time.perf_counter()
@@ -47,6 +54,12 @@ def main():
     root = tempfile.mkdtemp(prefix="attngen-latency-")
     env = dict(os.environ, ATTNGEN_CACHE_DIR=f"{root}/attngen", TRITON_CACHE_DIR=f"{root}/triton")
     result = {"cold_caches": child(env), "warm_caches": child(env)}
+    for module in ("torch", "attngen"):
+        result[f"import_{module}_s"] = statistics.median(
+            float(subprocess.run([sys.executable, "-c", IMPORT.format(module=module)], env=env,
+                                 capture_output=True, text=True, check=True).stdout)
+            for _ in range(7))
+    result["import_ratio"] = result["import_attngen_s"] / result["import_torch_s"]
     import torch
 
     import attngen
