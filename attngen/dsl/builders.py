@@ -2,6 +2,9 @@
 
     from attngen import causal, local, sink, heads
     p = causal & (sink(128) | local(4096))
+
+Every primitive of ir/primitives.py gets its builder here by name (a new primitive needs
+no edit of this file); `where`, `heads` and `kv_heads` are written out below.
 """
 from __future__ import annotations
 
@@ -36,22 +39,14 @@ def _builder(name: str):
     return make
 
 
-full = Pattern(S.FULL)
-causal = Pattern(primitive("causal", []))
-document = Pattern(primitive("document", []))
-local = _builder("local")
-band = _builder("band")
-sink = _builder("sink")
-columns = _builder("columns")
-rows = _builder("rows")
-strided = _builder("strided")
-fixed = _builder("fixed")
-dilated = _builder("dilated")
-power = _builder("power")
-radial = _builder("radial")
-vertical_slash = _builder("vertical_slash")
-block_topk = _builder("block_topk")
-block_cover = _builder("block_cover")
+def _constant(name: str) -> Pattern:
+    return Pattern(S.FULL) if name == "full" else Pattern(primitive(name, []))
+
+
+# one builder per primitive of the registry: a Pattern for those without parameters
+# (`causal`), a function for the others (`local(4096)`)
+globals().update({name: _constant(name) if not spec.params else _builder(name)
+                  for name, spec in PRIMITIVES.items()})
 
 
 def where(cond) -> Pattern:

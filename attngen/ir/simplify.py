@@ -12,6 +12,7 @@ from __future__ import annotations
 import sympy
 
 from attngen.ir.node import HeadRange, Node, intern
+from attngen.ir.primitives import PRIMITIVES
 
 
 def prim(name: str, params: tuple = ()) -> Node:
@@ -61,16 +62,21 @@ def subset(a: Node, b: Node) -> bool:
         return True
     if a.op != "prim" or b.op != "prim":
         return False
-    pa, pb = a.params, b.params
-    if b.name == "causal":
-        return a.name in ("local", "dilated") or (a.name == "band" and pa[1] == 0)
-    if a.name == b.name and a.name in ("local", "sink"):
-        return _proved_le(pa[0], pb[0])
-    if a.name == b.name == "band":
-        return _proved_le(pa[0], pb[0]) and _proved_le(pa[1], pb[1])
-    if a.name == "local" and b.name == "band":
-        return _proved_le(pa[0] - 1, pb[0])
-    return False
+    return _box_within(PRIMITIVES[a.name].hull_of(*a.params),
+                       PRIMITIVES[b.name].boxes(*b.params))
+
+
+def _box_within(box: dict | None, boxes: list[dict] | None) -> bool:
+    """Whether `box` provably lies inside the one box of `boxes` (ir/primitives.py)."""
+    if box is None or boxes is None or len(boxes) != 1:
+        return False
+    for bound, limit in boxes[0].items():
+        if bound not in box:
+            return False
+        lower, upper = (limit, box[bound]) if bound.endswith("lo") else (box[bound], limit)
+        if not _proved_le(lower, upper):
+            return False
+    return True
 
 
 def _operands(op: str, items) -> list[Node]:

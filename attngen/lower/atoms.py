@@ -21,13 +21,12 @@ from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.ir.arith import evaluate_int
 from attngen.ir.node import Node
+from attngen.ir.primitives import PRIMITIVES
 from attngen.lower.grid import Grid
 from attngen.lower.runs import FULL, PARTIAL, Runs
 
 BIG = 1 << 40  # "unbounded": far beyond any position, small enough that sums stay in int64
 MAX_ATOMS = 64
-
-AFFINE = {"full", "causal", "local", "band", "sink", "rows", "columns"}
 
 
 @dataclass(frozen=True)
@@ -54,39 +53,20 @@ def _symbolic(*atoms: Atom) -> bool:
     return any(isinstance(v, sympy.Basic) for a in atoms for v in vars(a).values())
 
 
-def _runs_of(values: list[int]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for v in sorted(set(values)):
-        if out and out[-1][1] + 1 == v:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
-    return [(a, b) for a, b in out]
-
-
 def prim_atoms(node: Node, value) -> list[Atom] | None:
-    """The atoms of an affine primitive; `value` turns a parameter into a number or symbol."""
-    name, p = node.name, [value(x) for x in node.params]
-    if name == "full":
-        return [Atom()]
-    if name == "causal":
-        return [Atom(dlo=0)]
-    if name == "local":
-        return [Atom(dlo=0, dhi=p[0] - 1)]
-    if name == "band":
-        return [Atom(dlo=-p[1], dhi=p[0])]
-    if name == "sink":
-        return [Atom(khi=p[0] - 1)]
-    if name in ("rows", "columns") and all(isinstance(v, (int, np.integer)) for v in p):
-        key = ("qlo", "qhi") if name == "rows" else ("klo", "khi")
-        return [Atom(**{key[0]: a, key[1]: b}) for a, b in _runs_of([int(v) for v in p])]
-    return None
+    """The atoms of a primitive from its boxes (ir/primitives.py), or None when it has none;
+    `value` turns a parameter into a number or symbol."""
+    spec = PRIMITIVES[node.name]
+    if spec.atoms is None:
+        return None
+    boxes = spec.boxes(*[value(x) for x in node.params])
+    return None if boxes is None else [Atom(**box) for box in boxes]
 
 
 def atoms_of(node: Node, value) -> list[Atom] | None:
     """`node` as a union of atoms, or None when it is not one (or would need too many)."""
     if node.op == "prim":
-        return prim_atoms(node, value) if node.name in AFFINE else None
+        return prim_atoms(node, value)
     if node.op == "empty":
         return []
     if node.op not in ("or", "and", "not"):
