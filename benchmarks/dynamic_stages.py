@@ -8,8 +8,8 @@ import torch
 
 import attngen
 from attngen.bench.kernels import _time
-from attngen.codegen.render import KernelSpec
 from attngen.lower.grid import Grid
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.runtime import dynamic
 
 

@@ -10,9 +10,10 @@ from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 import attngen
-from attngen.codegen.render import KernelSpec, render
+from attngen.codegen.render import render
 from attngen.lower.atoms import Atom, block_ranges, transpose
 from attngen.lower.decompose import decompose
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.reference import attention as reference
 from attngen.runtime.tables import transpose_csr
 from tests.kernel_check import inputs, nan_padded
@@ -246,7 +247,9 @@ def test_every_strategy_has_backward_passes():
     spec = KernelSpec.build(attngen.parse(
         "heads { 0: causal & power(4); 1: local(7); *: causal & (local(9) | strided(5)) }"),
         4, 2)
-    source = render(spec, "KEY", "VERSION", kind="backward")
+    with pytest.raises(ValueError, match="with_transposed"):  # the plan is what renders
+        render(spec, "KEY", "VERSION", kind="backward")
+    source = render(spec.with_transposed(), "KEY", "VERSION", kind="backward")
     for name in ("attn_bwd_dkdv(", "attn_bwd_dq(", "attn_bwd_dkdv_mod5(", "attn_bwd_dq_mod5(",
                  "TABT_OFFSETS + 0 * 2 * (KB + 1) + n"):
         assert name in source

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attngen
-from attngen.codegen.render import KernelSpec
 from attngen.dsl.elaborate import load_text
 from attngen.errors import PatternError
 from attngen.integrations.masks import block_topk_mask, vertical_slash_mask
 from attngen.lower.decompose import decompose
 from attngen.lower.grid import Grid
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.reference import attention as reference
 from attngen.runtime import dynamic
 from tests.kernel_check import TOL

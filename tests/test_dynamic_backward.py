@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import attngen
-from attngen.codegen.render import KernelSpec, render
+from attngen.codegen.render import render
 from attngen.errors import PatternError
 from attngen.lower.grid import Grid
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.reference import attention as reference
 from attngen.runtime import dynamic
 from tests.kernel_check import TOL, nan_padded

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import attngen
-from attngen.codegen import KernelSpec, render
+from attngen.codegen import render
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.reference import attention as reference
 from attngen.runtime import dynamic
 from attngen.runtime.decode import INTERPRETER_CONFIG

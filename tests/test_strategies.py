@@ -8,9 +8,10 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import attngen
-from attngen.codegen.render import GroupSpec, KernelSpec, render
+from attngen.codegen.render import render
 from attngen.ir.pattern import Pattern, evaluate_node
 from attngen.lower.decompose import _split, decompose, disjuncts
+from attngen.lower.kernel_plan import GroupSpec, KernelSpec
 from attngen.lower.permute import class_shape, in_classes, period
 from attngen.runtime.kernel import Config, Kernel
 from attngen.runtime.tables import device_layout
@@ -188,7 +189,7 @@ def test_ranges_and_table_parts_share_one_pass(tmp_path):
         by[kind].append(d)
     parts = _split([by["affine"], by["other"]], {5: by["periodic"]})
     assert [x.strategy for x in parts] == ["ranges", "table", "permutation"]
-    spec = KernelSpec(p, (GroupSpec(0, p.node, parts, 0),), (0, 0), fused_loops=True)
+    spec = KernelSpec.from_groups(p, (GroupSpec(0, p.node, parts, 0),), (0, 0), fused_loops=True)
     source = render(spec, "test", "test")
     kernel = Kernel(spec, "test", tmp_path, 16, torch.float32, True, code=source.encode())
     q, k, v = (torch.randn(1, 2 if i == 0 else 1, 77, 16) for i in range(3))

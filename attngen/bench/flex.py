@@ -72,7 +72,7 @@ class _Layer:
 
     def __init__(self, pattern: Pattern, B: int, H: int, Hkv: int, M: int, N: int,
                  keep: torch.Tensor | None, device, block: int = BLOCK):
-        from attngen.codegen.render import KernelSpec
+        from attngen.lower.kernel_plan import KernelSpec
 
         self.B, self.H, self.M, self.N = B, H, M, N
         self.block = block

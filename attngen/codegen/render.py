@@ -3,7 +3,6 @@ with its loops (the backward also gets each ranges loop transposed: query blocks
 block)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 
 import jinja2
@@ -12,21 +11,11 @@ import sympy
 from attngen.codegen.printer import Printer
 from attngen.errors import PatternError
 from attngen.ir.arith import M, N, k, q
-from attngen.ir.node import Node
-from attngen.ir.pattern import Pattern
 from attngen.ir.primitives import doc
-from attngen.lower.decompose import Part, decompose
+from attngen.lower.decompose import Part
 from attngen.lower.dynamic import BLOCK_KINDS
-from attngen.lower.loops import (
-    ALWAYS,
-    BM_SYM,
-    BN_SYM,
-    N_BLOCKS,
-    Q_FIRST,
-    Q_LAST,
-    m_sym,
-    range_loops,
-)
+from attngen.lower.kernel_plan import KernelSpec
+from attngen.lower.loops import ALWAYS, BM_SYM, BN_SYM, N_BLOCKS, Q_FIRST, Q_LAST, RangeLoops, m_sym
 
 TEMPLATE = "attention_fwd.py.j2"
 BACKWARD_TEMPLATE = "attention_bwd.py.j2"
@@ -51,83 +40,12 @@ _ENV = jinja2.Environment(loader=jinja2.FunctionLoader(template_text),
                           lstrip_blocks=True, keep_trailing_newline=True)
 
 
-@dataclass(frozen=True)
-class GroupSpec:
-    """One distinct head pattern and the disjoint parts the kernel computes for it."""
-
-    index: int
-    node: Node
-    parts: tuple[Part, ...]
-    table_slot: int  # index among groups with an identity-order table part (-1: none)
-
-    @property
-    def identity(self) -> tuple[Part, ...]:
-        """The parts computed in the caller's row order (ranges, table), in one pass."""
-        return tuple(p for p in self.parts if p.strategy != "permutation")
-
-    @property
-    def table(self) -> Part | None:
-        return next((p for p in self.parts if p.strategy == "table"), None)
-
-    @property
-    def permuted(self) -> tuple[Part, ...]:
-        return tuple(p for p in self.parts if p.strategy == "permutation")
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    """Everything the source depends on (besides the template and versions)."""
-
-    pattern: Pattern
-    groups: tuple[GroupSpec, ...]
-    head_group: tuple[int, ...]  # query head → group index
-    fused_loops: bool = False  # ranges: one loop per piece, masking decided per block
-
-    @staticmethod
-    def build(pattern: Pattern, heads: int, kv_heads: int | None = None,
-              fused_loops: bool = False) -> KernelSpec:
-        nodes: dict[Node, int] = {}
-        head_group = []
-        for n in pattern.head_nodes(heads, kv_heads):
-            head_group.append(nodes.setdefault(n, len(nodes)))
-        groups, slots = [], 0
-        for node, i in nodes.items():
-            parts = decompose(node)
-            table = any(p.strategy == "table" for p in parts)
-            groups.append(GroupSpec(i, node, parts, slots if table else -1))
-            slots += table
-        return KernelSpec(pattern, tuple(groups), tuple(head_group), fused_loops)
-
-    @property
-    def uses_doc(self) -> bool:
-        return any("document" in g.node.text for g in self.groups)
-
-    @property
-    def dynamic(self) -> tuple[tuple[tuple[int, ...], Part], ...]:
-        """Each dynamic part with the query heads it runs for (estimated per call)."""
-        return tuple((tuple(h for h, x in enumerate(self.head_group) if x == g.index), p)
-                     for g in self.groups for p in g.parts if p.strategy == "dynamic")
-
-    @property
-    def periods(self) -> tuple[int, ...]:
-        """The permuted passes, in launch order."""
-        return tuple(sorted({p.period for g in self.groups for p in g.permuted}))
-
-    @property
-    def identity_pass(self) -> bool:
-        """Whether `attn_fwd` runs: it writes every row unless a single permuted pass covers
-        every head (each row belongs to exactly one residue class)."""
-        return len(self.periods) != 1 or any(g.identity or not g.permuted
-                                             for g in self.groups)
-
-
 KINDS = {"vertical_slash": 1, "block_topk": 2, "block_cover": 2}  # _dyn_allowed's KIND
 _RES = sympy.Symbol("res", integer=True, nonnegative=True)  # residue class in permuted passes
 
 
-def _loops(part: Node, fused: bool, names: dict, transposed: bool = False) -> dict:
+def _loops(loops: RangeLoops, names: dict) -> dict:
     """A ranges part's bounds and segments as kernel text."""
-    loops = range_loops(part, fused, transposed)
     local = Printer({**names, **{s: s.name for _, e in loops.bounds for s in e.free_symbols
                                  if s not in names}}, "tl")
     bounds = [(name, local(e)) for name, e in loops.bounds]
@@ -176,10 +94,10 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
                 loop = {"strategy": part.strategy, "name": part.node.text,
                         "pred": predicate(part.node.text, part.node.predicate)}
                 if part.strategy == "ranges":
-                    loop.update(_loops(part.node, spec.fused_loops, _KERNEL_NAMES))
+                    loop.update(_loops(spec.loop(part.node), _KERNEL_NAMES))
                     if backward:
-                        loop["transposed"] = _loops(part.node, spec.fused_loops,
-                                                    _TRANSPOSED_NAMES, True)
+                        loop["transposed"] = _loops(spec.loop(part.node, True),
+                                                    _TRANSPOSED_NAMES)
                 loops.append(loop)
             groups.append({"index": g.index, "name": g.node.text, "table_slot": g.table_slot,
                            "loops": loops})
@@ -188,10 +106,10 @@ def render(spec: KernelSpec, key: str, version: str, kind: str = "forward") -> s
             in_class = part.node.predicate.xreplace({q: _RES + s * q, k: _RES + s * k})
             entry = {"index": g.index, "name": f"{part.node.text}  (mod {s}: "
                      f"{part.classes.text})", "pred": predicate(part.node.text, in_class),
-                     **_loops(part.classes, spec.fused_loops, class_names)}
+                     **_loops(spec.loop(part.classes), class_names)}
             if backward:
-                entry["transposed"] = _loops(part.classes, spec.fused_loops,
-                                             transposed_class_names, True)
+                entry["transposed"] = _loops(spec.loop(part.classes, True),
+                                             transposed_class_names)
             if not part.exact:  # the loops cover a superset: every block evaluates the mask
                 for seg in entry["segments"] + entry.get("transposed", {}).get("segments", []):
                     seg["masked"] = ALWAYS

@@ -7,10 +7,11 @@ import functools
 
 import torch
 
-from attngen.codegen.render import KernelSpec, render
+from attngen.codegen.render import render
 from attngen.dsl import parse
 from attngen.env import interpreting
 from attngen.ir.pattern import Pattern
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.runtime import cache
 from attngen.runtime.kernel import Kernel
 from attngen.runtime.key import cache_key, device_capability

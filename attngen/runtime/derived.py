@@ -19,7 +19,8 @@ def module(kernel: Compiled, kind: str):
         def build():
             meta = {"pattern": str(kernel.pattern), "forward_key": kernel.key,
                     "head_group": kernel.spec.head_group, "pass": kind}
-            return render(kernel.spec, key, __version__, kind=kind), meta
+            spec = kernel.spec.with_transposed() if kind == "backward" else kernel.spec
+            return render(spec, key, __version__, kind=kind), meta
 
         entry = cache.get_or_build(key, build)
         _MODULES[key] = _load_module(entry.source, f"attngen_{kind}_{key[:16]}", entry.path)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attngen.codegen.render import KernelSpec
 from attngen.env import autotune, interpreting
 from attngen.ir.pattern import Pattern
 from attngen.lower.atoms import atoms_of, numeric
 from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
+from attngen.lower.kernel_plan import KernelSpec
 from attngen.lower.layout import layout
 from attngen.runtime import backward, dynamic
 from attngen.runtime.checks import check_inputs, check_row_span

@@ -14,9 +14,9 @@ from typing import Protocol
 
 import torch
 
-from attngen.codegen.render import KernelSpec
 from attngen.env import interpreting
 from attngen.ir.pattern import Pattern
+from attngen.lower.kernel_plan import KernelSpec
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def _kernel(pattern: str, q: torch.Tensor, k: torch.Tensor):
 
 @functools.lru_cache(maxsize=256)
 def _dynamic_parts(pattern: str, heads: int, kv_heads: int) -> tuple:
-    from attngen.codegen.render import KernelSpec
+    from attngen.lower.kernel_plan import KernelSpec
     from attngen.runtime.compiler import _pattern
 
     return KernelSpec.build(_pattern(pattern), heads, kv_heads).dynamic
