@@ -26,6 +26,15 @@ def test_import_attngen_pulls_no_heavy_module():
     assert {"sympy", "torch"} <= _modules_after("import attngen; attngen.parse('causal')")
 
 
+def test_density_loads_the_layout_stage_on_first_use():
+    # Pattern.density counts from lower's layout, which registers itself when it loads
+    for code in ("import attngen; p = attngen.parse('local(8)')",
+                 "from attngen.dsl import parse; p = parse('local(8)')"):
+        out = subprocess.run([sys.executable, "-c", f"{code}; print(p.density(64, 64))"],
+                             capture_output=True, text=True, check=True).stdout
+        assert abs(float(out) - (8 * 64 - 28) / (64 * 65 / 2)) < 1e-12, code
+
+
 def test_every_public_name_is_its_defining_module_s_object():
     for name, module in attngen._EXPORTS.items():
         assert getattr(attngen, name) is getattr(importlib.import_module(module), name), name

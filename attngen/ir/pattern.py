@@ -1,6 +1,7 @@
 """`Pattern`: the user-facing handle on an IR node, with the source spans it came from."""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,13 +164,17 @@ class Pattern:
                 kv_heads: int | None = None, block: int | tuple[int, int] = 128,
                 doc_ids=None) -> float:
         """Allowed pairs ÷ causal pairs, counted from the block layout (not the mask)."""
+        if _layout is None:  # nothing has loaded the layout stage yet: load it by name
+            importlib.import_module(LAYOUT_STAGE)
         lay = _layout(self, M, N, block=block, heads=heads, kv_heads=kv_heads, doc_ids=doc_ids)
         return lay.density()
 
 
 # The block layout belongs to a later stage (lower) that imports this module, so it hands
-# its `layout` in when it loads; `import attngen` always loads it (docs/design.md).
-_layout: Callable[..., Any]
+# its `layout` in when it loads (docs/design.md, "Pipeline"); `import attngen` loads its
+# names lazily, so the first density() loads that stage if nothing else has.
+LAYOUT_STAGE = "attngen.lower.layout"
+_layout: Callable[..., Any] | None = None
 
 
 def set_layout(layout: Callable[..., Any]) -> None:
