@@ -247,9 +247,9 @@ def test_every_strategy_has_backward_passes():
     spec = KernelSpec.build(attngen.parse(
         "heads { 0: causal & power(4); 1: local(7); *: causal & (local(9) | strided(5)) }"),
         4, 2)
-    with pytest.raises(ValueError, match="with_transposed"):  # the plan is what renders
+    with pytest.raises(ValueError, match="complete"):  # the plan is what renders
         render(spec, "KEY", "VERSION", kind="backward")
-    source = render(spec.with_transposed(), "KEY", "VERSION", kind="backward")
+    source = render(spec.complete(transposed=True), "KEY", "VERSION", kind="backward")
     for name in ("attn_bwd_dkdv(", "attn_bwd_dq(", "attn_bwd_dkdv_mod5(", "attn_bwd_dq_mod5(",
                  "TABT_OFFSETS + 0 * 2 * (KB + 1) + n"):
         assert name in source

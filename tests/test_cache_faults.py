@@ -21,11 +21,13 @@ from filelock import FileLock
 
 import attngen
 from attngen.cli import main
+from attngen.codegen.render import render
 from attngen.env import cache_dir, cache_key_file, models_dir
 from attngen.runtime import cache, compiler
 from attngen.runtime.launch import _load_module
 
 KEY = "a" * 64
+VERSION = attngen.__version__
 FORK = multiprocessing.get_context("fork")
 
 
@@ -107,6 +109,55 @@ def test_compile_never_runs_an_edited_kernel(root, tmp_path, monkeypatch):
                                                     dtype=torch.float32, heads=1,
                                                     device="cpu").load())
     assert again.rendered and not marker.exists() and len(caught) == 1
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a planted plan.pickle would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_an_edited_plan_is_never_unpickled(root, tmp_path, monkeypatch):
+    import pickle
+
+    marker = tmp_path / "marker"
+    monkeypatch.setattr(compiler, "_KERNELS", {})
+    kern = attngen.compile("local(5)", head_dim=16, dtype=torch.float32, heads=1, device="cpu")
+    assert (kern.path / cache.PLAN).is_file() and cache.verify(kern.path) is None
+    (kern.path / cache.PLAN).write_bytes(pickle.dumps(_Planted(marker)))
+    assert "plan.pickle is not signed" in cache.verify(kern.path)
+    monkeypatch.setattr(compiler, "_KERNELS", {})
+    again, caught = _caught(lambda: attngen.compile("local(5)", head_dim=16,
+                                                    dtype=torch.float32, heads=1, device="cpu"))
+    assert again.rendered and not marker.exists() and len(caught) == 1
+    assert again.spec == kern.spec and cache.verify(again.path) is None
+
+
+def test_a_warm_compile_takes_the_plan_from_the_cache_without_lowering(root, monkeypatch):
+    monkeypatch.setattr(compiler, "_KERNELS", {})
+    text = "heads { 0: causal & (sink(4) | local(64)); *: causal & (local(16) | strided(8)) }"
+    first = attngen.compile(text, head_dim=16, dtype=torch.float32, heads=2, device="cpu")
+    monkeypatch.setattr(compiler, "_KERNELS", {})
+
+    def no_lowering(*args, **kwargs):
+        raise AssertionError("lowered again on a cache hit")
+
+    monkeypatch.setattr(compiler.KernelSpec, "build", no_lowering)
+    again = attngen.compile(text, head_dim=16, dtype=torch.float32, heads=2, device="cpu")
+    assert not again.rendered and again.spec == first.spec and again.spec is not first.spec
+    assert [g.node for g in again.spec.groups] == [g.node for g in first.spec.groups]
+    assert all(a is b for a, b in zip((g.node for g in again.spec.groups),
+                                      (g.node for g in first.spec.groups)))  # interned
+    # the cached plan holds no loops; completed, it renders the cached source again
+    assert not again.spec.loops and render(again.spec.complete(), again.key, VERSION) == \
+        again.source
+    q, k, v = (torch.randn(1, 2, 37, 16) for _ in range(3))
+    ref = attngen.attention(q, k, v, text, backend="reference")
+    assert (again(q, k, v) - ref).abs().max() <= 1e-4
 
 
 def test_the_key_file_lives_outside_the_cache_and_is_private(root, tmp_path, monkeypatch):

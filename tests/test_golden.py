@@ -27,7 +27,7 @@ def test_rendered_source_matches_golden(name, kind):
     text, heads = CASES[name]
     spec = KernelSpec.build(attngen.parse(text), heads)
     if kind == "backward":
-        spec = spec.with_transposed()
+        spec = spec.complete(transposed=True)
     source = render(spec, key="KEY", version="VERSION", kind=kind)
     path = GOLDEN / (f"{name}.py" if kind == "forward" else f"{name}_{kind}.py")
     if os.environ.get("UPDATE_GOLDEN"):

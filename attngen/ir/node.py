@@ -47,6 +47,11 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.text})"
 
+    def __reduce__(self):
+        # unpickled nodes are interned again: one object per canonical text, as built
+        return _rebuild, (self.op, self.children, self.name, self.params, self.cond,
+                          self.ranges, self.default)
+
     @cached_property
     def key(self) -> str:
         """Stable structural hash (sha256 of the canonical text)."""
@@ -116,6 +121,10 @@ def intern(node: Node) -> Node:
     object.__setattr__(node, "text", text)
     _INTERNED[text] = node
     return node
+
+
+def _rebuild(op, children, name, params, cond, ranges, default) -> Node:
+    return intern(Node(op, children, name, params, cond, ranges, default))
 
 
 def _child_text(child: Node, parent_prec: int) -> str:

@@ -13,6 +13,16 @@ from attngen.lower.decompose import Part, decompose
 from attngen.lower.loops import RangeLoops, range_loops
 
 
+def head_groups(pattern: Pattern, heads: int, kv_heads: int | None = None
+                ) -> tuple[list[Node], tuple[int, ...]]:
+    """The distinct head patterns in order of first use, and each query head's index among
+    them: the kernel's groups without lowering anything (the cache key needs only this)."""
+    index: dict[Node, int] = {}
+    head_group = tuple(index.setdefault(n, len(index))
+                       for n in pattern.head_nodes(heads, kv_heads))
+    return list(index), head_group
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """One distinct head pattern and the disjoint parts the kernel computes for it."""
@@ -45,54 +55,54 @@ class KernelSpec:
     head_group: tuple[int, ...]  # query head → group index
     fused_loops: bool = False  # ranges: one loop per piece, masking decided per block
     # (loop node, transposed) → its loops: the ranges parts' nodes and the permuted parts'
-    # residue classes; transposed ones only after with_transposed()
+    # residue classes; transposed ones only after complete(transposed=True)
     loops: tuple[tuple[tuple[Node, bool], RangeLoops], ...] = field(
         default=(), compare=False, repr=False)
 
     @staticmethod
     def build(pattern: Pattern, heads: int, kv_heads: int | None = None,
               fused_loops: bool = False) -> KernelSpec:
-        nodes: dict[Node, int] = {}
-        head_group = []
-        for n in pattern.head_nodes(heads, kv_heads):
-            head_group.append(nodes.setdefault(n, len(nodes)))
+        nodes, head_group = head_groups(pattern, heads, kv_heads)
         groups, slots = [], 0
-        for node, i in nodes.items():
+        for i, node in enumerate(nodes):
             parts = decompose(node)
             table = any(p.strategy == "table" for p in parts)
             groups.append(GroupSpec(i, node, parts, slots if table else -1))
             slots += table
-        return KernelSpec.from_groups(pattern, tuple(groups), tuple(head_group), fused_loops)
+        return KernelSpec.from_groups(pattern, tuple(groups), head_group, fused_loops)
 
     @staticmethod
     def from_groups(pattern: Pattern, groups: tuple[GroupSpec, ...],
                     head_group: tuple[int, ...], fused_loops: bool = False) -> KernelSpec:
         """The plan of groups already decomposed, with the forward's loops."""
-        spec = KernelSpec(pattern, groups, head_group, fused_loops)
-        return replace(spec, loops=spec._loops_for(False))
+        return KernelSpec(pattern, groups, head_group, fused_loops).complete()
 
     def _loop_nodes(self) -> list[Node]:
         return [p.node for g in self.groups for p in g.identity if p.strategy == "ranges"] + \
             [p.classes for g in self.groups for p in g.permuted]
 
-    def _loops_for(self, transposed: bool) -> tuple:
-        return tuple(((n, transposed), range_loops(n, self.fused_loops, transposed))
-                     for n in dict.fromkeys(self._loop_nodes()))
+    def complete(self, transposed: bool = False) -> KernelSpec:
+        """This plan with every loop a render needs: the forward's (query-block order), and
+        with `transposed` the backward's as well. The cache stores plans without loops
+        (`without_loops`: rebuilding their sympy bounds on unpickling costs more than
+        computing them), so a render of a cached plan completes it first."""
+        have = {(n, t) for (n, t), _ in self.loops}
+        want = [(n, t) for t in ((False, True) if transposed else (False,))
+                for n in dict.fromkeys(self._loop_nodes())]
+        missing = tuple(((n, t), range_loops(n, self.fused_loops, t)) for n, t in want
+                        if (n, t) not in have)
+        return replace(self, loops=self.loops + missing) if missing else self
 
-    def with_transposed(self) -> KernelSpec:
-        """This plan with the backward's transposed loops as well."""
-        if any(t for (_, t), _ in self.loops) or not self._loop_nodes():
-            return self
-        return replace(self, loops=self.loops + self._loops_for(True))
+    def without_loops(self) -> KernelSpec:
+        return replace(self, loops=())
 
     def loop(self, node: Node, transposed: bool = False) -> RangeLoops:
         """The loops of a ranges part's node or a permuted part's classes."""
         for (n, t), loops in self.loops:
-            if n is node and t == transposed:
+            if n == node and t == transposed:
                 return loops
         raise ValueError(f"the kernel plan has no {'transposed ' if transposed else ''}"
-                         f"loops for `{node.text}`" + (" (KernelSpec.with_transposed() adds "
-                                                       "them)" if transposed else ""))
+                         f"loops for `{node.text}` (KernelSpec.complete() adds them)")
 
     @property
     def uses_doc(self) -> bool:

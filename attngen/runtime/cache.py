@@ -1,11 +1,13 @@
-"""Content-addressed kernel cache on disk: `<root>/<key>/kernel.py` + `meta.json`.
+"""Content-addressed kernel cache on disk: `<root>/<key>/kernel.py` + `meta.json`, and
+for forward kernels `plan.pickle` (the kernel plan, so a new process skips lowering).
 
 Publishing writes every file into a temporary directory inside the root, fsyncs, writes
 meta.json last (sha256 and HMAC of kernel.py), and renames the directory into place; if
 another process won the race, its entry is used. The HMAC is made with a per-user secret
 kept outside the cache (env.cache_key_file), so whoever can write the cache cannot make
 an entry this user will run. Readers read kernel.py once, check it, and hand out exactly
-those bytes (the loader executes them, never the file). A bad entry is moved aside
+those bytes (the loader executes them, never the file); plan.pickle is signed and checked
+the same way before anyone unpickles it (unpickling runs code). A bad entry is moved aside
 (".corrupt-…"), reported once, and rebuilt. A per-key file lock keeps two processes from
 rendering the same key. When the cache cannot be used (a root writable by others, a
 read-only or full disk, a lock held too long) the kernel is built in memory instead.
@@ -47,6 +49,7 @@ class Entry:
     path: Path | None  # directory holding kernel.py and meta.json; None: built in memory
     rendered: bool     # whether this process rendered it
     source: bytes = field(repr=False, default=b"")  # the checked kernel.py: what is executed
+    plan: bytes | None = field(repr=False, default=None)  # the checked plan.pickle, if any
 
 
 def _sha(data: bytes) -> str:
@@ -171,28 +174,38 @@ def _meta_problem(meta: object) -> str | None:
     return None
 
 
-def _read_checked(entry: Path, secret: bytes) -> tuple[bytes | None, str | None]:
-    """(kernel.py's bytes, None) if the entry is whole and signed with `secret`, else
-    (None, what is wrong). The bytes are read once: they are what gets executed."""
+PLAN = "plan.pickle"
+
+
+def _read_checked(entry: Path, secret: bytes) -> tuple[bytes | None, bytes | None, str | None]:
+    """(kernel.py's bytes, plan.pickle's bytes or None, None) if the entry is whole and
+    signed with `secret`, else (None, None, what is wrong). The bytes are read once: they
+    are what gets executed or unpickled."""
     try:
         meta = json.loads((entry / "meta.json").read_bytes())
         data = (entry / "kernel.py").read_bytes()
+        plan = (entry / PLAN).read_bytes() if isinstance(meta, dict) and "plan_hmac" in meta \
+            else None
     except (OSError, ValueError) as e:
-        return None, f"unreadable: {e}"
+        return None, None, f"unreadable: {e}"
     problem = _meta_problem(meta)
     if problem is not None:
-        return None, problem
+        return None, None, problem
     if meta["sha256"] != _sha(data):
-        return None, "kernel.py does not match the checksum in meta.json"
+        return None, None, "kernel.py does not match the checksum in meta.json"
     if not hmac.compare_digest(meta["hmac"], _mac(secret, entry.name, data)):
-        return None, ("kernel.py is not signed with this user's cache key (edited or planted; "
-                      "never executed)")
-    return data, None
+        return None, None, ("kernel.py is not signed with this user's cache key (edited or "
+                            "planted; never executed)")
+    if plan is not None and not (isinstance(meta["plan_hmac"], str) and hmac.compare_digest(
+            meta["plan_hmac"], _mac(secret, f"{entry.name}/{PLAN}", plan))):
+        return None, None, (f"{PLAN} is not signed with this user's cache key (edited or "
+                            "planted; never unpickled)")
+    return data, plan, None
 
 
 def verify(entry: Path) -> str | None:
     """None if the entry is whole and signed by this user's key, else what is wrong."""
-    return _read_checked(entry, _secret())[1]
+    return _read_checked(entry, _secret())[2]
 
 
 def read_meta(entry: Path) -> dict | None:
@@ -223,20 +236,25 @@ def _quarantine(entry: Path, why: str) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _checked_entry(entry: Path, secret: bytes) -> bytes | None:
-    """The checked source of an existing entry; a bad one is quarantined (None)."""
+def _checked_entry(entry: Path, secret: bytes) -> tuple[bytes, bytes | None] | None:
+    """The checked (source, plan) of an existing entry; a bad one is quarantined (None)."""
     if not os.path.lexists(entry):
         return None
-    data, problem = _read_checked(entry, secret)
+    data, plan, problem = _read_checked(entry, secret)
     if data is None:
         _quarantine(entry, problem)
-    return data
+        return None
+    return data, plan
 
 
-def _publish(root: Path, key: str, data: bytes, meta: dict, secret: bytes) -> Path:
+def _publish(root: Path, key: str, data: bytes, meta: dict, secret: bytes,
+             plan: bytes | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=root))
     try:
         _fsync_write(tmp / "kernel.py", data)
+        if plan is not None:
+            _fsync_write(tmp / PLAN, plan)
+            meta = {**meta, "plan_hmac": _mac(secret, f"{key}/{PLAN}", plan)}
         meta = {**meta, "sha256": _sha(data), "hmac": _mac(secret, key, data),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _fsync_write(tmp / "meta.json", json.dumps(meta, indent=2).encode())
@@ -254,14 +272,18 @@ def _publish(root: Path, key: str, data: bytes, meta: dict, secret: bytes) -> Pa
         raise
 
 
-def _in_memory(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
-    source, _ = build()
-    return Entry(None, True, source.encode())
+Build = Callable[[], "tuple[str, dict] | tuple[str, dict, bytes]"]
 
 
-def get_or_build(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
-    """The cache entry for `key`, rendering it with `build()` → (source, meta) if needed.
-    Falls back to an in-memory build (with one warning) when the cache cannot be used."""
+def _in_memory(key: str, build: Build) -> Entry:
+    source, _, *plan = build()
+    return Entry(None, True, source.encode(), plan[0] if plan else None)
+
+
+def get_or_build(key: str, build: Build) -> Entry:
+    """The cache entry for `key`, rendering it with `build()` → (source, meta) or (source,
+    meta, plan bytes) if needed. Falls back to an in-memory build (with one warning) when
+    the cache cannot be used."""
     if not KEY.fullmatch(key):
         raise ValueError(f"cache key must be 64 hex digits, got {key!r}")
     try:
@@ -272,9 +294,9 @@ def get_or_build(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
                    "building kernels in memory")
         return _in_memory(key, build)
     entry = root / key
-    data = _checked_entry(entry, secret)
-    if data is not None:
-        return Entry(entry, False, data)
+    found = _checked_entry(entry, secret)
+    if found is not None:
+        return Entry(entry, False, *found)
     lock = FileLock(str(root / ".locks" / f"{key}.lock"))
     try:
         (root / ".locks").mkdir(exist_ok=True)
@@ -288,17 +310,17 @@ def get_or_build(key: str, build: Callable[[], tuple[str, dict]]) -> Entry:
                    f"({e}); kernels are built in memory")
         return _in_memory(key, build)
     try:
-        data = _checked_entry(entry, secret)  # built while we waited
-        if data is not None:
-            return Entry(entry, False, data)
-        source, meta = build()
-        data = source.encode()
+        found = _checked_entry(entry, secret)  # built while we waited
+        if found is not None:
+            return Entry(entry, False, *found)
+        source, meta, *extra = build()
+        data, plan = source.encode(), (extra[0] if extra else None)
         try:
-            return Entry(_publish(root, key, data, meta, secret), True, data)
+            return Entry(_publish(root, key, data, meta, secret, plan), True, data, plan)
         except OSError as e:
             _warn_once(f"unwritable:{root}", f"attngen: cannot write the kernel cache {root} "
                        f"({e}); kernels are built in memory")
-            return Entry(None, True, data)
+            return Entry(None, True, data, plan)
     finally:
         lock.release()
 

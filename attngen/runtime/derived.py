@@ -19,7 +19,7 @@ def module(kernel: Compiled, kind: str):
         def build():
             meta = {"pattern": str(kernel.pattern), "forward_key": kernel.key,
                     "head_group": kernel.spec.head_group, "pass": kind}
-            spec = kernel.spec.with_transposed() if kind == "backward" else kernel.spec
+            spec = kernel.spec.complete(transposed=kind == "backward")
             return render(spec, key, __version__, kind=kind), meta
 
         entry = cache.get_or_build(key, build)

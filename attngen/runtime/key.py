@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -14,9 +15,15 @@ from attngen.version import __version__
 
 @functools.cache
 def _versions() -> tuple[str, str, str]:
-    import triton
+    # the installed distribution's version: importing triton here would cost a cache hit
+    # ~0.2 s in a new process (the kernel's first call imports it anyway)
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:  # a triton installed under another name
+        import triton
 
-    return __version__, triton.__version__, torch.__version__
+        triton_version = triton.__version__
+    return __version__, triton_version, torch.__version__
 
 
 @functools.cache
