@@ -16,9 +16,9 @@ import types
 
 from attngen.version import __version__ as __version__
 
-_BUILDERS = ("band", "block_cover", "block_topk", "causal", "columns", "dilated", "document",
-             "fixed", "full", "heads", "kv_heads", "local", "power", "radial", "rows", "sink",
-             "strided", "vertical_slash", "where")
+_BUILDERS = ("band", "block_cover", "block_topk", "causal", "chunked", "columns", "dilated",
+             "document", "fixed", "full", "heads", "kv_heads", "local", "power", "radial",
+             "rows", "sink", "strided", "vertical_slash", "where")
 _EXPORTS: dict[str, str] = {
     "load": "attngen.dsl", "parse": "attngen.dsl",
     **{name: "attngen.dsl.builders" for name in _BUILDERS},

@@ -35,6 +35,7 @@ PRIMS = {
               lambda q, k, l, c: (k // l == q // l) | (k % l >= l - c)),
     "dilated": (st.tuples(ints(1, 8), ints(1, 5)),
                 lambda q, k, w, d: (q - k >= 0) & (q - k < w * d) & ((q - k) % d == 0)),
+    "chunked": (st.tuples(ints(1, 24)), lambda q, k, c: q // c == k // c),
     "power": (st.tuples(ints(1, 8)),
               lambda q, k, g: _is_pow2_or_zero(np.abs(q // g - k // g))),
     "radial": (st.tuples(ints(1, 12), ints(1, 16), st.sampled_from(["1", "0.5", "2"])),
