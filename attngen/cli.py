@@ -130,12 +130,24 @@ class Problem:
 
     def plan_summary(self) -> str:
         try:
-            return attngen.lower(self.pattern, self.M, self.N, block=self.block,
-                                 **self.kw).summary()
+            plan = attngen.lower(self.pattern, self.M, self.N, block=self.block, **self.kw)
         except (KeyError, PatternError):
             if self.doc_ids is None:
                 raise
             return "plan: not available yet for `document` (its ids are a run-time input)"
+        return plan.summary() + "\n" + self.useful_work(plan)
+
+    def useful_work(self, plan) -> str:
+        """Allowed pairs ÷ the pairs the plan's visited blocks compute (issue 18: the share
+        of the kernel's work that is not masked away)."""
+        if self.pattern.is_dynamic:
+            return "  useful work: known at run time (the blocks come from the estimate)"
+        try:
+            allowed = self.layout().allowed_elements()
+        except ValueError as e:
+            return f"  useful work: not computed ({e})"
+        return (f"  useful work {allowed / max(1, plan.elements):.1%}: {allowed} allowed pairs "
+                f"of the {plan.elements} its blocks compute")
 
     @property
     def docs_note(self) -> str:

@@ -286,3 +286,12 @@ def test_png_goes_where_it_says(capsys, tmp_path, target, written):
 def test_density_budget_outside_zero_one_is_a_usage_error(command, density, capsys):
     assert main([*command, "--density", density]) == 2
     assert "--density" in capsys.readouterr().err
+
+
+def test_show_prints_the_useful_work_of_the_plan(capsys):
+    # causal at N = 256 with 64-blocks: 10 visited blocks of 4096 pairs, 256·257/2 allowed
+    assert main(["show", "causal", "--n", "256", "--block", "64"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "useful work" in x][0]
+    assert line.strip() == "useful work 80.3%: 32896 allowed pairs of the 40960 its blocks compute"
+    assert main(["show", "vertical_slash(8, 16)", "--n", "256"]) == 0
+    assert "useful work: known at run time" in capsys.readouterr().out
