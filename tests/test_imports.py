@@ -13,7 +13,7 @@ ROOT = Path(attngen.__file__).parent
 # Lower stages first. `ir` is the data every stage shares, so the language (which builds
 # Pattern objects) sits above it; see docs/design.md, "Import order".
 STAGES = ["ir", "dsl", "lower", "codegen", "runtime"]
-TOP = ("profile", "integrations", "cli", "bench")
+TOP = ("profile", "integrations", "cli", "bench", "distributed")
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,294 @@
+"""Sparse-aware context parallelism over torch.distributed (NCCL on GPUs, gloo on the CPU).
+
+    q_local, k_local, v_local = (distributed.shard(x, pattern) for x in (q, k, v))
+    out_local = distributed.attention(q_local, k_local, v_local, pattern)
+    out = distributed.unshard(out_local, pattern)   # = attngen.attention(q, k, v, pattern)
+
+Every rank plans the same split from the pattern alone, with no communication
+(`plan_shards`): the block layout at the full length tells which kv blocks each query block
+visits, so
+
+- the sequence is cut at block boundaries where the *visited blocks* (the work) are equal
+  per rank, not the tokens: causal, document and A-shape patterns leave no rank idle;
+- each rank receives only the K/V blocks its query rows visit, from the ranks that hold
+  them (a window needs its neighbour's last w keys, a sink the first rank's first blocks,
+  strided keys their residue blocks), by point-to-point sends that all ranks post at once;
+- its queries then run the ordinary single-GPU kernel against a key buffer of its prefix
+  length: the blocks it received and its own, zeros elsewhere (never visited, so never
+  read).
+
+Autograd: the exchange's backward sends the gradients of the received blocks back to their
+owners, who add them to their own. Patterns must lie within causal (a rank's queries then
+need no key after its last row) and be static; `heads { … }` mixtures and GQA work. The
+estimate of a dynamic pattern needs every key, so dynamic patterns are refused.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import attngen
+from attngen.ir import simplify as S
+from attngen.ir.pattern import Pattern
+from attngen.runtime.compiler import _pattern
+
+Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint [start, stop) position ranges
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The split of an N-token sequence over `world` ranks under one pattern."""
+
+    N: int
+    block: int
+    bounds: tuple[int, ...]  # rank r holds positions bounds[r] .. bounds[r + 1] - 1
+    needs: tuple[Ranges, ...]  # per rank: the key positions its queries visit (own included)
+    work: tuple[int, ...]  # per rank: kv blocks its query blocks visit, summed over patterns
+
+    def rows(self, rank: int) -> tuple[int, int]:
+        return self.bounds[rank], self.bounds[rank + 1]
+
+    def wanted(self, rank: int, owner: int) -> Ranges:
+        """The key ranges `rank` needs from `owner`'s shard (empty for itself)."""
+        if rank == owner:
+            return ()
+        lo, hi = self.rows(owner)
+        return tuple((max(a, lo), min(b, hi)) for a, b in self.needs[rank]
+                     if max(a, lo) < min(b, hi))
+
+    def received(self, rank: int) -> int:
+        """Key positions `rank` receives from the others."""
+        return sum(b - a for owner in range(len(self.bounds) - 1)
+                   for a, b in self.wanted(rank, owner))
+
+
+def _plan_block(N: int, world: int) -> int:
+    """128-key blocks, smaller while the sequence has fewer than 8 blocks per rank."""
+    block = 128
+    while block > 16 and -(-N // block) < 8 * world:
+        block //= 2
+    return block
+
+
+def _check(pattern: Pattern) -> None:
+    if pattern.is_dynamic:
+        raise NotImplementedError(f"`{pattern}`: a dynamic pattern estimates from every key; "
+                                  "attngen.distributed runs static patterns only")
+    nodes = pattern.node.children if pattern.node.op == "heads" else (pattern.node,)
+    causal = attngen.parse("causal").node
+    for node in nodes:
+        if not S.subset(node, causal):
+            raise ValueError(f"`{node.text}` is not within causal: attngen.distributed needs "
+                             "every head's pattern inside `causal` (combine it with causal)")
+
+
+def _ranges(flags: np.ndarray, block: int, N: int) -> Ranges:
+    """The position ranges of the set blocks of a bool vector over kv blocks."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return tuple((int(a) * block, min(N, int(b) * block)) for a, b in zip(edges[::2],
+                                                                             edges[1::2]))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(text: str, N: int, world: int, block: int, doc_ids: tuple | None) -> Shards:
+    pattern = _pattern(text)
+    nodes = pattern.node.children if pattern.node.op == "heads" else (pattern.node,)
+    docs = None if doc_ids is None else torch.tensor(doc_ids, dtype=torch.int64)
+    QB = KB = -(-N // block)
+    cost = np.zeros(QB, dtype=np.int64)
+    visited = np.zeros((QB, KB), dtype=bool)  # any pattern's blocks, per query block
+    for node in dict.fromkeys(nodes):  # each distinct head pattern weighs the same
+        lay = attngen.layout(Pattern(node), N, N, block=block, doc_ids=docs)
+        for csr in (lay.partial[0], lay.full[0]):
+            rows = np.repeat(np.arange(QB), csr.counts)
+            visited[rows, csr.indices] = True
+            cost += csr.counts
+    # cut where the cumulative work crosses r/world of the total, at block boundaries
+    total = np.cumsum(cost)
+    targets = np.searchsorted(total, total[-1] * np.arange(1, world) / world, side="left") + 1
+    cuts, last = [], 0
+    for i, target in enumerate(targets, start=1):
+        if QB >= world:  # every rank gets a block at least: the i-th cut in [i, QB - world + i]
+            target = min(max(int(target), last + 1, i), QB - world + i)
+        last = min(max(int(target), last), QB)
+        cuts.append(last)
+    edges = [0, *cuts, QB]
+    bounds = tuple(min(N, e * block) for e in edges)
+    needs = tuple(_ranges(visited[a:b].any(0), block, N) for a, b in zip(edges, edges[1:]))
+    work = tuple(int(cost[a:b].sum()) for a, b in zip(edges, edges[1:]))
+    return Shards(N, block, bounds, needs, work)
+
+
+def plan_shards(pattern: Pattern | str, N: int, world: int, block: int | None = None,
+                doc_ids: torch.Tensor | None = None) -> Shards:
+    """The split every rank computes alike (module doc): boundaries balancing the visited
+    kv blocks, and the key ranges each rank's queries visit."""
+    pattern = _pattern(pattern)
+    _check(pattern)
+    if world < 1 or N < 1:
+        raise ValueError(f"need N >= 1 tokens and a world of >= 1 ranks, got N={N}, "
+                         f"world={world}")
+    doc = None
+    if doc_ids is None and "document" in str(pattern):
+        raise ValueError(f"`{pattern}` needs doc_ids (the document id of every position)")
+    if doc_ids is not None and "document" in str(pattern):
+        doc = tuple(int(x) for x in doc_ids.reshape(-1).tolist())
+        if len(doc) != N:
+            raise ValueError(f"doc_ids has {len(doc)} entries for a sequence of {N}")
+    return _plan(str(pattern), N, world, block or _plan_block(N, world), doc)
+
+
+def _group_info(group) -> tuple[int, int]:
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def shard(x: torch.Tensor, pattern: Pattern | str, group=None, dim: int = 2,
+          doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's rows of a full-sequence tensor along `dim` (the split of plan_shards)."""
+    world, rank = _group_info(group)
+    shards = plan_shards(pattern, x.shape[dim], world, doc_ids=doc_ids)
+    lo, hi = shards.rows(rank)
+    return x.narrow(dim, lo, hi - lo)
+
+
+def unshard(x_local: torch.Tensor, pattern: Pattern | str, group=None, dim: int = 2,
+            doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The full tensor on every rank, in sequence order, from each rank's rows."""
+    world, _ = _group_info(group)
+    lengths = _lengths(x_local.shape[dim], x_local.device, group)
+    longest = max(lengths)
+    pad = list(x_local.shape)
+    pad[dim] = longest - x_local.shape[dim]
+    padded = torch.cat([x_local, x_local.new_zeros(pad)], dim).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, lengths)], dim)
+
+
+def _lengths(local: int, device, group) -> list[int]:
+    world, _ = _group_info(group)
+    mine = torch.tensor([local], dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    return [int(t.item()) for t in every]
+
+
+@dataclass
+class Exchange:
+    """What the last `attention` call of this process moved (for tests and the bench)."""
+
+    received_positions: int = 0
+    received_bytes: int = 0
+    sent_bytes: int = 0
+
+
+LAST_EXCHANGE = Exchange()
+
+
+def _swap(outgoing: dict[int, torch.Tensor], incoming: dict[int, torch.Tensor],
+          group) -> None:
+    """Posts every send and receive at once (no ordering between ranks), then waits."""
+    ops = [dist.P2POp(dist.irecv, buf, _global(peer, group), group)
+           for peer, buf in incoming.items()]
+    ops += [dist.P2POp(dist.isend, t, _global(peer, group), group)
+            for peer, t in outgoing.items()]
+    if ops:
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+
+
+def _global(rank: int, group) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+def _slices(x: torch.Tensor, ranges: Ranges, offset: int) -> torch.Tensor:
+    """x's rows (dim 2) of the given absolute ranges, x starting at position `offset`."""
+    return torch.cat([x[:, :, a - offset:b - offset] for a, b in ranges], 2).contiguous()
+
+
+class _Gather(torch.autograd.Function):
+    """k_local, v_local → key buffers of this rank's prefix length holding its own rows and
+    the rows it visits from the others (zeros elsewhere); backward returns the received
+    rows' gradients to their owners."""
+
+    @staticmethod
+    def forward(ctx, k_local, v_local, shards: Shards, rank: int, group):
+        ctx.shards, ctx.rank, ctx.group = shards, rank, group
+        lo, hi = shards.rows(rank)
+        world = len(shards.bounds) - 1
+        bufs = []
+        stats = Exchange()
+        for x in (k_local, v_local):
+            buf = x.new_zeros((*x.shape[:2], hi, x.shape[3]))
+            buf[:, :, lo:hi] = x
+            outgoing = {p: _slices(x, shards.wanted(p, rank), lo) for p in range(world)
+                        if shards.wanted(p, rank)}
+            incoming = {p: x.new_empty((*x.shape[:2], sum(b - a for a, b in
+                                                          shards.wanted(rank, p)), x.shape[3]))
+                        for p in range(world) if shards.wanted(rank, p)}
+            _swap(outgoing, incoming, group)
+            for p, got in incoming.items():
+                at = 0
+                for a, b in shards.wanted(rank, p):
+                    buf[:, :, a:b] = got[:, :, at:at + b - a]
+                    at += b - a
+            stats.received_bytes += sum(t.numel() * t.element_size() for t in incoming.values())
+            stats.sent_bytes += sum(t.numel() * t.element_size() for t in outgoing.values())
+            bufs.append(buf)
+        stats.received_positions = shards.received(rank)
+        LAST_EXCHANGE.__dict__.update(stats.__dict__)
+        return tuple(bufs)
+
+    @staticmethod
+    def backward(ctx, grad_k, grad_v):
+        shards, rank, group = ctx.shards, ctx.rank, ctx.group
+        lo, hi = shards.rows(rank)
+        world = len(shards.bounds) - 1
+        grads = []
+        for g in (grad_k, grad_v):
+            own = g[:, :, lo:hi].clone()
+            # what I received from p goes back to p; what p received from me comes back
+            outgoing = {p: _slices(g, shards.wanted(rank, p), 0) for p in range(world)
+                        if shards.wanted(rank, p)}
+            incoming = {p: g.new_empty((*g.shape[:2], sum(b - a for a, b in
+                                                          shards.wanted(p, rank)), g.shape[3]))
+                        for p in range(world) if shards.wanted(p, rank)}
+            _swap(outgoing, incoming, group)
+            for p, got in incoming.items():
+                at = 0
+                for a, b in shards.wanted(p, rank):
+                    own[:, :, a - lo:b - lo] += got[:, :, at:at + b - a]
+                    at += b - a
+            grads.append(own)
+        return grads[0], grads[1], None, None, None
+
+
+def attention(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor,
+              pattern: Pattern | str, group=None, scale: float | None = None,
+              doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's output rows: equal to the matching rows of `attngen.attention` on the
+    full q, k, v. q_local [B, H, L, D], k_local / v_local [B, Hkv, L, D] are this rank's
+    rows as `shard` cuts them; doc_ids, if any, is the full [N] tensor on every rank."""
+    world, rank = _group_info(group)
+    lengths = _lengths(q_local.shape[2], q_local.device, group)
+    N = sum(lengths)
+    shards = plan_shards(pattern, N, world, doc_ids=doc_ids)
+    want = [b - a for a, b in zip(shards.bounds, shards.bounds[1:])]
+    if lengths != want:
+        raise ValueError(f"the ranks hold {lengths} rows; `{pattern}` over {N} tokens is split "
+                         f"{want} (cut q, k and v with attngen.distributed.shard)")
+    if k_local.shape[2] != q_local.shape[2] or v_local.shape[2] != q_local.shape[2]:
+        raise ValueError(f"q, k and v hold {q_local.shape[2]}, {k_local.shape[2]} and "
+                         f"{v_local.shape[2]} rows on rank {rank}; they must be cut alike")
+    k_buf, v_buf = _Gather.apply(k_local, v_local, shards, rank, group)
+    if q_local.shape[2] == 0:
+        # no rows here; the result still depends on every input, so this rank takes part
+        # in the backward's exchange like the others
+        return q_local * 0 + 0 * (k_buf.sum() + v_buf.sum())
+    lo, hi = shards.rows(rank)
+    docs = None if doc_ids is None else doc_ids[:hi]
+    return attngen.attention(q_local, k_buf, v_buf, pattern, scale=scale, doc_ids=docs)

@@ -1,0 +1,98 @@
+"""attngen.distributed on gloo (CPU), world sizes 2 and 4 in spawned processes, kernels under
+the interpreter: shard → attention → unshard equals single-process attention, gradients
+too, and a window moves O(w) keys per rank, not O(N)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import attngen
+from attngen import distributed
+
+# (pattern, query heads, kv heads, length, packed documents)
+CASES = [
+    ("causal", 2, 1, 97, False),
+    ("local(24)", 2, 2, 131, False),
+    ("causal & (sink(8) | local(16))", 4, 2, 88, False),
+    ("causal & strided(5)", 2, 1, 75, False),
+    ("causal & document", 2, 2, 110, True),
+    ("heads { 0: causal; 1: local(9); *: causal & (sink(4) | local(20)) }", 4, 2, 101, False),
+    ("causal", 2, 2, 40, False),  # fewer blocks than ranks at world 4: empty shards
+]
+TOL = 1e-4  # fp32; the same kernels on different key buffers (zeros where never visited)
+
+
+def _inputs(H: int, Hkv: int, N: int, documents: bool):
+    g = torch.Generator().manual_seed(N * 31 + H)
+    q = torch.randn(1, H, N, 16, generator=g)
+    k, v = (torch.randn(1, Hkv, N, 16, generator=g) for _ in range(2))
+    doc = (torch.arange(N) * 3 // N) if documents else None
+    return q, k, v, doc, torch.randn(1, H, N, 16, generator=g)
+
+
+def _worker(rank: int, world: int, init: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        for text, H, Hkv, N, documents in CASES:
+            q, k, v, doc, w = _inputs(H, Hkv, N, documents)
+            full = [t.clone().requires_grad_() for t in (q, k, v)]
+            ref = attngen.attention(*full, text, doc_ids=doc, backend="reference")
+            (ref * w).sum().backward()
+            local = [distributed.shard(t, text, doc_ids=doc).detach().requires_grad_()
+                     for t in (q, k, v)]
+            out = distributed.attention(*local, text, doc_ids=doc)
+            whole = distributed.unshard(out.detach(), text, doc_ids=doc)
+            assert (whole - ref).abs().max() <= TOL, (text, world, rank)
+            (out * distributed.shard(w, text, doc_ids=doc)).sum().backward()
+            for name, mine, theirs in zip("qkv", local, full):
+                want = distributed.shard(theirs.grad, text, doc_ids=doc)
+                err = (mine.grad - want).abs().max() if want.numel() else 0.0
+                assert err <= TOL, (text, world, rank, name, float(err))
+        # a window: each rank receives its neighbour's last blocks, not the sequence
+        N, w = 4096, 64
+        q, k, v, _, _ = _inputs(1, 1, N, False)
+        local = [distributed.shard(t, "local(64)") for t in (q, k, v)]
+        distributed.attention(*local, "local(64)")
+        shards = distributed.plan_shards("local(64)", N, world)
+        got = distributed.LAST_EXCHANGE
+        assert got.received_positions == shards.received(rank)
+        assert got.received_positions <= w + shards.block, got
+        assert got.received_bytes == 2 * got.received_positions * 16 * 4  # K and V, fp32
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_attention_equals_one_process(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", os.environ.get("ATTNGEN_CACHE_DIR", "") or
+                       str(tmp_path / "cache"))
+    mp.spawn(_worker, args=(world, f"file://{tmp_path / 'rendezvous'}"), nprocs=world)
+
+
+def test_the_split_balances_work_and_names_what_each_rank_needs():
+    causal = distributed.plan_shards("causal", 4096, 4, block=128)
+    assert causal.bounds[0] == 0 and causal.bounds[-1] == 4096
+    assert all(b % 128 == 0 for b in causal.bounds[:-1])
+    assert max(causal.work) - min(causal.work) <= 32 + 1  # a causal row of blocks at most
+    assert causal.bounds[1] > 4096 // 4 > causal.bounds[4] - causal.bounds[3]  # not tokens
+    window = distributed.plan_shards("local(300)", 4096, 4, block=128)
+    for rank in range(1, 4):  # the previous rank's last 3 blocks at most (300 keys)
+        assert window.wanted(rank, rank - 1)[-1][1] == window.bounds[rank]
+        assert 300 <= window.received(rank) <= 3 * 128 + 128
+        assert all(not window.wanted(rank, p) for p in range(rank - 1))
+    sinks = distributed.plan_shards("causal & (sink(64) | local(128))", 4096, 4, block=64)
+    assert sinks.wanted(3, 0)[0] == (0, 64)  # the sink block comes from rank 0
+
+
+@pytest.mark.parametrize("text, error, message", [
+    ("strided(4)", ValueError, "not within causal"),
+    ("vertical_slash(8, 16)", NotImplementedError, "static patterns only"),
+])
+def test_patterns_it_cannot_split_say_why(text, error, message):
+    with pytest.raises(error, match=message):
+        distributed.plan_shards(text, 256, 2)
