@@ -481,6 +481,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.model:  # checks its spec and plan first (usage errors), then the GPU
         return _bench_model(args)
+    if args.world:
+        from attngen.bench import world
+
+        return world.main_world(args.world, args.lengths, args.patterns, args.heads,
+                                args.kv_heads, args.head_dim, args.repeats or 10, args.out,
+                                args.md)
     if args.plan:
         raise ValueError("--plan goes with --model")
     if args.batch and len(args.batch) > 1:
@@ -649,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  attngen bench --lengths 8192 32768 --out bench.json --md bench.md\n"
                "  attngen bench --backward --lengths 32768 --out bwd.json --md bwd.md\n"
                "  attngen bench --decode --lengths 131072 --out decode.json --md decode.md\n"
-               "  attngen bench --model llama3-8b:layers=4 --out e2e.json --md e2e.md")
+               "  attngen bench --model llama3-8b:layers=4 --out e2e.json --md e2e.md\n"
+               "  torchrun --nproc-per-node 2 -m attngen bench --world 2 --out w.json")
     ben.add_argument("--patterns", nargs="+", default=None, help="patterns (default: causal, "
                      "local, A-shape, local+strided, dilated, strided, fixed, power, radial)")
     ben.add_argument("--lengths", nargs="+", type=int, default=None)
@@ -689,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "times dense SDPA, transformers' flex attention with the plan and "
                       "attngen with the plan, prefill (default lengths 32768 65536 131072) "
                       "and decode; see docs/benchmarks.md")
+    mode.add_argument("--world", type=int, default=None, metavar="N", help="attngen.distributed "
+                      "on N processes launched by torchrun (NCCL on GPUs, gloo on the CPU): "
+                      "each pattern's sharded attention against all-gathered dense SDPA, "
+                      "time and bytes received per rank (docs/distributed.md)")
     ben.add_argument("--plan", default=None, help="--model: a plan file (DESIGN §7, or a "
                      "template with every_layer) or a bundled plan's name (default "
                      "duo_quarter)")

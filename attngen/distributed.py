@@ -93,6 +93,31 @@ def _ranges(flags: np.ndarray, block: int, N: int) -> Ranges:
                                                                              edges[1::2]))
 
 
+def _balanced_cuts(cost: np.ndarray, world: int) -> list[int]:
+    """world − 1 cuts of the query blocks (rank r takes blocks cuts[r−1] .. cuts[r] − 1)
+    minimising the largest rank's work (the linear partition problem: binary search on
+    that maximum, cutting greedily); every rank gets a block when there are enough."""
+    QB = len(cost)
+    before = np.concatenate([[0], np.cumsum(cost)])  # work of blocks 0 .. i − 1
+
+    def greedy(limit: int) -> tuple[list[int], bool]:
+        cuts, start = [], 0
+        for i in range(world - 1):
+            end = int(np.searchsorted(before, before[start] + limit, side="right")) - 1
+            if QB >= world:  # leave a block for each rank after this one
+                end = max(min(end, QB - (world - 1 - i)), start + 1)
+            end = min(max(end, start), QB)
+            cuts.append(end)
+            start = end
+        return cuts, before[QB] - before[start] <= limit
+
+    lo, hi = int(cost.max(initial=0)), int(before[QB])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if greedy(mid)[1] else (mid + 1, hi)
+    return greedy(lo)[0]
+
+
 @functools.lru_cache(maxsize=64)
 def _plan(text: str, N: int, world: int, block: int, doc_ids: tuple | None) -> Shards:
     pattern = _pattern(text)
@@ -107,15 +132,7 @@ def _plan(text: str, N: int, world: int, block: int, doc_ids: tuple | None) -> S
             rows = np.repeat(np.arange(QB), csr.counts)
             visited[rows, csr.indices] = True
             cost += csr.counts
-    # cut where the cumulative work crosses r/world of the total, at block boundaries
-    total = np.cumsum(cost)
-    targets = np.searchsorted(total, total[-1] * np.arange(1, world) / world, side="left") + 1
-    cuts, last = [], 0
-    for i, target in enumerate(targets, start=1):
-        if QB >= world:  # every rank gets a block at least: the i-th cut in [i, QB - world + i]
-            target = min(max(int(target), last + 1, i), QB - world + i)
-        last = min(max(int(target), last), QB)
-        cuts.append(last)
+    cuts = _balanced_cuts(cost, world)
     edges = [0, *cuts, QB]
     bounds = tuple(min(N, e * block) for e in edges)
     needs = tuple(_ranges(visited[a:b].any(0), block, N) for a, b in zip(edges, edges[1:]))
