@@ -411,8 +411,8 @@ def test_offsets_are_widened_to_int64_before_they_are_multiplied(kind):
     patterns = ["heads { 0: causal & (sink(4) | local(64)); *: causal & strided(8) }",
                 "heads { 0: sink(64) | vertical_slash(1000, 6096); *: block_topk(8, 64) }"]
     for text in patterns[:1] if kind == "decode" else patterns:
-        source = render(KernelSpec.build(attngen.parse(text), 4), key="K", version="V",
-                        kind=kind)
+        spec = KernelSpec.build(attngen.parse(text), 4).complete(kind == "backward")
+        source = render(spec, key="K", version="V", kind=kind)
         for m in FACTOR.finditer(source):
             factor = m.group(1)
             name = re.sub(r"\[.*", "", factor)
