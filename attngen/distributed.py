@@ -227,6 +227,25 @@ def _slices(x: torch.Tensor, ranges: Ranges, offset: int) -> torch.Tensor:
     return torch.cat([x[:, :, a - offset:b - offset] for a, b in ranges], 2).contiguous()
 
 
+def _exchange(x: torch.Tensor, sends: dict[int, Ranges], receives: dict[int, Ranges],
+              offset: int, group):
+    """Sends each peer its ranges of x (x starting at position `offset`) and receives each
+    peer's ranges; yields (start, stop, rows) per received range, and the bytes moved."""
+    outgoing = {p: _slices(x, r, offset) for p, r in sends.items() if r}
+    incoming = {p: x.new_empty((*x.shape[:2], sum(b - a for a, b in r), x.shape[3]))
+                for p, r in receives.items() if r}
+    _swap(outgoing, incoming, group)
+    pieces = []
+    for p, got in incoming.items():
+        at = 0
+        for a, b in receives[p]:
+            pieces.append((a, b, got[:, :, at:at + b - a]))
+            at += b - a
+    moved = [sum(t.numel() * t.element_size() for t in d.values())
+             for d in (incoming, outgoing)]
+    return pieces, moved
+
+
 class _Gather(torch.autograd.Function):
     """k_local, v_local → key buffers of this rank's prefix length holding its own rows and
     the rows it visits from the others (zeros elsewhere); backward returns the received
@@ -236,50 +255,36 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, k_local, v_local, shards: Shards, rank: int, group):
         ctx.shards, ctx.rank, ctx.group = shards, rank, group
         lo, hi = shards.rows(rank)
-        world = len(shards.bounds) - 1
-        bufs = []
-        stats = Exchange()
+        peers = range(len(shards.bounds) - 1)
+        sends = {p: shards.wanted(p, rank) for p in peers}
+        receives = {p: shards.wanted(rank, p) for p in peers}
+        bufs, received, sent = [], 0, 0
         for x in (k_local, v_local):
             buf = x.new_zeros((*x.shape[:2], hi, x.shape[3]))
             buf[:, :, lo:hi] = x
-            outgoing = {p: _slices(x, shards.wanted(p, rank), lo) for p in range(world)
-                        if shards.wanted(p, rank)}
-            incoming = {p: x.new_empty((*x.shape[:2], sum(b - a for a, b in
-                                                          shards.wanted(rank, p)), x.shape[3]))
-                        for p in range(world) if shards.wanted(rank, p)}
-            _swap(outgoing, incoming, group)
-            for p, got in incoming.items():
-                at = 0
-                for a, b in shards.wanted(rank, p):
-                    buf[:, :, a:b] = got[:, :, at:at + b - a]
-                    at += b - a
-            stats.received_bytes += sum(t.numel() * t.element_size() for t in incoming.values())
-            stats.sent_bytes += sum(t.numel() * t.element_size() for t in outgoing.values())
+            pieces, (got, gave) = _exchange(x, sends, receives, lo, group)
+            for a, b, rows in pieces:
+                buf[:, :, a:b] = rows
             bufs.append(buf)
-        stats.received_positions = shards.received(rank)
-        LAST_EXCHANGE.__dict__.update(stats.__dict__)
+            received, sent = received + got, sent + gave
+        LAST_EXCHANGE.received_positions = shards.received(rank)
+        LAST_EXCHANGE.received_bytes, LAST_EXCHANGE.sent_bytes = received, sent
         return tuple(bufs)
 
     @staticmethod
     def backward(ctx, grad_k, grad_v):
-        shards, rank, group = ctx.shards, ctx.rank, ctx.group
+        shards, rank = ctx.shards, ctx.rank
         lo, hi = shards.rows(rank)
-        world = len(shards.bounds) - 1
+        peers = range(len(shards.bounds) - 1)
+        # what this rank received from p goes back to p; what p received from it comes back
+        sends = {p: shards.wanted(rank, p) for p in peers}
+        receives = {p: shards.wanted(p, rank) for p in peers}
         grads = []
         for g in (grad_k, grad_v):
             own = g[:, :, lo:hi].clone()
-            # what I received from p goes back to p; what p received from me comes back
-            outgoing = {p: _slices(g, shards.wanted(rank, p), 0) for p in range(world)
-                        if shards.wanted(rank, p)}
-            incoming = {p: g.new_empty((*g.shape[:2], sum(b - a for a, b in
-                                                          shards.wanted(p, rank)), g.shape[3]))
-                        for p in range(world) if shards.wanted(p, rank)}
-            _swap(outgoing, incoming, group)
-            for p, got in incoming.items():
-                at = 0
-                for a, b in shards.wanted(p, rank):
-                    own[:, :, a - lo:b - lo] += got[:, :, at:at + b - a]
-                    at += b - a
+            pieces, _ = _exchange(g, sends, receives, 0, ctx.group)
+            for a, b, rows in pieces:
+                own[:, :, a - lo:b - lo] += rows
             grads.append(own)
         return grads[0], grads[1], None, None, None
 
