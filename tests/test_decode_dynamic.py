@@ -85,3 +85,37 @@ def test_heads_of_different_kinds_in_one_step():
         kv = h // 2
         ref = expected(q[:, h:h + 1], k[:, kv:kv + 1], v[:, kv:kv + 1], node, starts, ends, 0.25)
         assert (out[:, h:h + 1] - ref).abs().max() < 1e-5, texts[h]
+
+
+def test_a_group_past_every_position_is_one_group(monkeypatch):
+    """block_topk / block_cover with g far above N (the language accepts up to 2^30) pool
+    one group, as g = N does, without padding the estimate to g rows (2^22 rows × 16 fp32
+    would be 256 MiB per head here)."""
+    from attngen.runtime import dynamic
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    groups = []  # every group size the estimates pool over
+
+    def spy(fn):
+        def wrapped(*args):
+            groups.append(args[2])
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(dynamic, "_pooled", spy(dynamic._pooled))
+    monkeypatch.setattr(decode_dynamic, "_block_picks", spy(decode_dynamic._block_picks))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 50, 16), torch.randn(1, 1, 50, 16), torch.randn(1, 1, 50, 16)
+    for kind in ("block_topk(2, {})", "block_cover(0.8, {})"):
+        huge, whole = kind.format(1 << 22), kind.format(50)
+        for backend in ("reference", "triton"):
+            a = attngen.attention(q, k, v, huge, backend=backend)
+            b = attngen.attention(q, k, v, whole, backend=backend)
+            assert torch.equal(a, b), (kind, backend)
+        node_huge, node_whole = attngen.parse(huge).node, attngen.parse(whole).node
+        starts, ends = torch.tensor([0]), torch.tensor([50])
+        a = decode_dynamic.decode_heads(q[:, :, -2:], k, v, [node_huge] * 2, starts, ends, 0.25)
+        b = decode_dynamic.decode_heads(q[:, :, -2:], k, v, [node_whole] * 2, starts, ends,
+                                        0.25)
+        assert torch.equal(a, b), kind
+    assert groups and max(groups) <= 50, groups

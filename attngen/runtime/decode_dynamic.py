@@ -141,7 +141,9 @@ def _allowed(node: Node, scores: torch.Tensor, f: _Frame) -> torch.Tensor:
         v, s = (int(p) for p in node.params)
         return _vertical_slash(scores, v, s, f)
     if node.op == "prim":  # block_topk(t, g) or block_cover(gamma, g)
-        return _block_picks(node.name, float(node.params[0]), int(node.params[1]), f)
+        # a group past the cache's end is one group, as is the cache's length (no padding)
+        g = min(int(node.params[1]), max(1, f.k.shape[2]))
+        return _block_picks(node.name, float(node.params[0]), g, f)
     mask = combine(node, [_allowed(c, scores, f) for c in node.children])
     return mask & f.in_range if node.op == "not" else mask
 

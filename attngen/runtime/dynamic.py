@@ -29,6 +29,7 @@ import torch
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
 from attngen.ir.pattern import Pattern
+from attngen.ir.primitives import PRIMITIVES
 from attngen.lower.decompose import Part, decompose
 from attngen.lower.grid import Grid
 from attngen.runtime.tables import csr_of
@@ -50,9 +51,12 @@ def parameters(prim, M: int, N: int) -> list[float]:
 def _parameters(prim, M: int, N: int) -> tuple:
     env = {N_SYM: N, M_SYM: M}
     out = []
-    for p in prim.params:
+    for name, p in zip(PRIMITIVES[prim.name].params, prim.params):
         value = p.subs(env)
-        out.append(int(value) if value.is_integer else float(value))
+        value = int(value) if value.is_integer else float(value)
+        if name == "g":  # a group past every position is one group, as is max(M, N): the
+            value = min(value, max(M, N, 1))  # pooled estimate never pads to more rows
+        out.append(value)
     return tuple(out)
 
 
