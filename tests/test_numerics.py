@@ -445,3 +445,21 @@ def test_a_compiled_kernel_on_cpu_tensors_says_how_to_run_it(monkeypatch, kernel
         kernel(q, q, q)
     out = attngen.attention(q, q, q, "causal")  # auto: the reference on the CPU
     assert torch.isfinite(out).all()
+
+
+def test_where_arithmetic_that_leaves_int32_is_refused_not_wrapped(monkeypatch):
+    """Kernels compute positions in int32: `q * 1000000` wraps once q > 2147, which gave
+    wrong results silently. Refused at launch for the lengths where it would leave int32;
+    computed exactly where it does not."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    text = "causal & where(q * 1000000 > 3 * k)"
+    q = torch.randn(1, 1, 40, 16)
+    for N, fits in ((2000, True), (2200, False)):  # 1000000 · 2199 > 2^31 − 1 > 10^6 · 1999
+        k, v = torch.randn(1, 1, N, 16), torch.randn(1, 1, N, 16)
+        ref = attngen.attention(q, k, v, text, backend="reference")
+        if fits:
+            assert (attngen.attention(q, k, v, text) - ref).abs().max() <= 1e-4
+        else:
+            with pytest.raises(ValueError, match=r"1000000\*q leaves the int32 range"):
+                attngen.attention(q, k, v, text)

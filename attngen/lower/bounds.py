@@ -181,3 +181,22 @@ class RangeMinMax:
             lo[sel] = np.minimum(self.lo_tables[lv][a[sel]], self.lo_tables[lv][b[sel] - w + 1])
             hi[sel] = np.maximum(self.hi_tables[lv][a[sel]], self.hi_tables[lv][b[sel] - w + 1])
         return lo, hi
+
+
+INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def int32_escape(cond: sympy.Basic, M_val: int, N_val: int) -> sympy.Expr | None:
+    """A subexpression of `cond` whose values leave int32 for some query position
+    q ∈ [N − M, N − 1] and key k ∈ [0, N − 1] (the kernels compute predicates in int32),
+    or None. Only finite bounds count: an expression with unknown bounds (a run-time
+    lookup) is no evidence of overflow."""
+    box = Bounds(N_val - M_val, N_val - 1, 0, N_val - 1, M_val, N_val)
+    for e in sympy.preorder_traversal(cond):
+        if not isinstance(e, sympy.Expr) or e.is_Number or e.is_Symbol \
+                or not e.free_symbols & {q, k}:
+            continue
+        lo, hi = (float(np.min(x)) for x in box.value(e))
+        if (np.isfinite(lo) and lo < INT32[0]) or (np.isfinite(hi) and hi > INT32[1]):
+            return e
+    return None

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import sympy
 import torch
 
 from attngen.env import autotune, interpreting
+from attngen.ir.node import walk
 from attngen.ir.pattern import Pattern
 from attngen.lower.atoms import atoms_of, numeric
+from attngen.lower.bounds import int32_escape
 from attngen.lower.cost import ranges_rows
 from attngen.lower.grid import Grid
 from attngen.lower.kernel_plan import KernelSpec
@@ -177,9 +180,19 @@ class Kernel:
         self.check_lengths(q.shape[2] if M is None else M, k.shape[2] if N is None else N)
 
     def check_lengths(self, M: int, N: int) -> None:
+        """The pattern's parameters at these lengths, and no `where` arithmetic that leaves
+        int32 (the kernels' position type) for them; once per (M, N)."""
         key = ("checked", M, N)
         if key not in self.tables:
             self.pattern.check(M, N)
+            for node in walk(self.pattern.node):
+                escape = int32_escape(node.cond, M, N) if node.op == "where" else None
+                if escape is not None:
+                    raise ValueError(
+                        f"`{node.text}`: {sympy.sstr(escape)} leaves the int32 range the "
+                        f"kernels compute positions in at M={M}, N={N}; rewrite it with "
+                        "smaller factors (for example divide the other side), or use "
+                        "backend='reference'")
             self.tables[key] = True
 
     def launch(self, q, k, v, cfg: Config, scale, doc_ids, est=None):
