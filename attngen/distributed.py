@@ -25,6 +25,7 @@ estimate of a dynamic pattern needs every key, so dynamic patterns are refused.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,11 +119,14 @@ def _balanced_cuts(cost: np.ndarray, world: int) -> list[int]:
     return greedy(lo)[0]
 
 
+_DOCS: dict[str, torch.Tensor] = {}  # doc_ids by digest, for _plan's cache key
+
+
 @functools.lru_cache(maxsize=64)
-def _plan(text: str, N: int, world: int, block: int, doc_ids: tuple | None) -> Shards:
+def _plan(text: str, N: int, world: int, block: int, doc_key: str | None) -> Shards:
     pattern = _pattern(text)
     nodes = pattern.node.children if pattern.node.op == "heads" else (pattern.node,)
-    docs = None if doc_ids is None else torch.tensor(doc_ids, dtype=torch.int64)
+    docs = None if doc_key is None else _DOCS[doc_key]
     QB = KB = -(-N // block)
     cost = np.zeros(QB, dtype=np.int64)
     visited = np.zeros((QB, KB), dtype=bool)  # any pattern's blocks, per query block
@@ -149,14 +153,19 @@ def plan_shards(pattern: Pattern | str, N: int, world: int, block: int | None = 
     if world < 1 or N < 1:
         raise ValueError(f"need N >= 1 tokens and a world of >= 1 ranks, got N={N}, "
                          f"world={world}")
-    doc = None
+    doc_key = None
     if doc_ids is None and "document" in str(pattern):
         raise ValueError(f"`{pattern}` needs doc_ids (the document id of every position)")
     if doc_ids is not None and "document" in str(pattern):
-        doc = tuple(int(x) for x in doc_ids.reshape(-1).tolist())
-        if len(doc) != N:
-            raise ValueError(f"doc_ids has {len(doc)} entries for a sequence of {N}")
-    return _plan(str(pattern), N, world, block or _plan_block(N, world), doc)
+        docs = doc_ids.reshape(-1).to("cpu", torch.int64)
+        if docs.numel() != N:
+            raise ValueError(f"doc_ids has {docs.numel()} entries for a sequence of {N}")
+        doc_key = hashlib.sha256(docs.numpy().tobytes()).hexdigest()
+        if doc_key not in _DOCS and len(_DOCS) >= 64:  # bounded like _plan's cache
+            _DOCS.clear()
+            _plan.cache_clear()
+        _DOCS.setdefault(doc_key, docs)
+    return _plan(str(pattern), N, world, block or _plan_block(N, world), doc_key)
 
 
 def _group_info(group) -> tuple[int, int]:
