@@ -92,14 +92,11 @@ def test_decode_falls_back_to_the_prefill_kernel(interpreter, monkeypatch):
 # interpreter once this process has imported it under TRITON_INTERPRET=1.
 
 SM90_CHECK = r"""
-import math, sys, types, dataclasses
+import math, sys
 import torch
+from attngen.bench import sm90
 try:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend, compile as triton_compile
-    from triton.runtime.jit import create_function_from_signature
-    target = GPUTarget("cuda", 90, 128)
-    backend = make_backend(target)
+    target, backend = sm90.toolchain()
 except Exception as e:
     print(f"{type(e).__name__}: {e}")
     sys.exit(77)
@@ -108,26 +105,15 @@ from attngen.runtime import kernel as kernel_mod
 
 N, tma = int(sys.argv[1]), sys.argv[2] == "1"
 H, HKV, D = 4, 2, 128
-
-
-class Recorder:
-    calls = []
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((args, kwargs))
-
-
 kernel = attngen.compile("causal", head_dim=D, dtype=torch.bfloat16, heads=H, kv_heads=HKV,
                          device="cpu")
 jit = kernel.load().module.attn_fwd
-probe = dataclasses.replace(kernel, module=types.SimpleNamespace(attn_fwd=Recorder()),
-                            tables={}, tuned={})
 q = torch.randn(1, N, H, D, dtype=torch.bfloat16).transpose(1, 2)  # HF's layout
 k, v = (torch.randn(1, HKV, N, D, dtype=torch.bfloat16) for _ in range(2))
 cfg = kernel_mod.Config(*kernel_mod.GPU_CONFIGS[0])
-probe.launch(q, k, v, cfg, 1 / math.sqrt(D), None)
-assert [kw["GUARD"] for _, kw in Recorder.calls] == [False, True]  # both variants launch
-for args, kwargs in Recorder.calls:
+calls = sm90.record(kernel, q, k, v, cfg, 1 / math.sqrt(D))
+assert [kw["GUARD"] for _, _, kw in calls] == [False, True]  # both variants launch
+for _, args, kwargs in calls:
     assert kwargs["EVEN_N"] == (N % cfg.block_n == 0)
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -135,12 +121,8 @@ for args, kwargs in Recorder.calls:
         args[1], args[2] = (TensorDescriptor(t, list(t.shape), list(t.stride()),
                                              [1, 1, cfg.block_n, D]) for t in (k, v))
         kwargs = {**kwargs, "USE_TMA": True}
-    bind = create_function_from_signature(jit.signature, jit.params, backend)
-    bound, spec, options = bind(*args, **kwargs)
-    options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, spec, options)
     try:
-        triton_compile(ASTSource(jit, signature, constexprs, attrs), target=target,
-                       options=options.__dict__)
+        sm90.compile_sm90(jit, args, kwargs, target, backend)
     except Exception as e:
         if "ptxas" in str(e).lower() and "PassManager" not in str(e):
             print(f"{type(e).__name__}: {e}")
