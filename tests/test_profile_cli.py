@@ -73,3 +73,10 @@ def test_search_then_eval(tiny_model_dir, tmp_path, capsys):
     results = json.loads((out_dir / "results.json").read_text())
     assert [m["name"] for m in results["methods"]][:2] == ["dense", "plan"]
     assert "report" in capsys.readouterr().out
+    # perplexity only: no passkey and no kv samples
+    assert main(["eval", str(tiny_model_dir), "--plan", str(plan_path), "--per-cell", "0",
+                 "--kv-per-cell", "0", "--ppl-length", "256", "--ppl-windows", "1",
+                 "--methods", "dense", "plan", "--out-dir", str(tmp_path / "ppl")]) == 0
+    methods = json.loads((tmp_path / "ppl" / "results.json").read_text())["methods"]
+    assert [m["name"] for m in methods] == ["dense", "plan"]
+    assert all(m["ppl"] > 1 and not m["passkey"] and not m["kv"] for m in methods)

@@ -206,6 +206,17 @@ def density_budget(text: str) -> float:
     return value
 
 
+def count(text: str) -> int:
+    """argparse type of a sample count: an integer, at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a sample count is at least 0, got {value}")
+    return value
+
+
 def _device_arguments(parser) -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="where the model runs (default cuda when torch sees a GPU)")
@@ -274,8 +285,9 @@ def add_parsers(subs, fmt) -> None:
     ev.add_argument("--plan", required=True)
     ev.add_argument("--lengths", type=int, nargs="+", default=[512, 1536, 3072, 4096])
     ev.add_argument("--kv-lengths", type=int, nargs="+", default=[1024, 3072])
-    ev.add_argument("--per-cell", type=int, default=4, help="passkey samples per length×depth")
-    ev.add_argument("--kv-per-cell", type=int, default=2)
+    ev.add_argument("--per-cell", type=count, default=4, help="passkey samples per "
+                    "length×depth (0: no passkey; with --kv-per-cell 0, perplexity only)")
+    ev.add_argument("--kv-per-cell", type=count, default=2)
     ev.add_argument("--task-lengths", type=int, nargs="*", default=[],
                     help="lengths of the RULER-style tasks the search never saw (multi-key "
                     "and multi-value needles, variable tracking, common words; none by "

@@ -115,7 +115,8 @@ def evaluate(model, tokenizer, methods: dict[str, ModelPlan], options: EvalOptio
     layers = len(hf.attention_modules(model))
     rounds = sample_rounds(haystack, options)
     results = {name: MethodResult(name, _describe(plan, layers),
-                                  densities(model, plan, rounds[0], options, haystack))
+                                  densities(model, plan, rounds[0] if rounds else [], options,
+                                            haystack))
                for name, plan in methods.items()}
     if options.rounds is not None:
         rounds = [rounds[r] for r in options.rounds]
