@@ -45,3 +45,8 @@ def test_within_tolerance_is_said_too():
 def test_describe_prints_n_and_interval():
     line = describe(method("plan", 12.0, [True, True, False], [True]), OPTIONS)
     assert "ppl  12.000" in line and "passkey 512 67% [21–94] n=3" in line
+
+
+def test_describe_leaves_out_metrics_without_samples():
+    line = describe(method("plan", 12.0, [], [True]), OPTIONS)  # no passkey sample asked for
+    assert "passkey" not in line and "kv 1024 100% [21–100] n=1" in line

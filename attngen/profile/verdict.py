@@ -45,7 +45,7 @@ def describe(result: MethodResult, options: EvalOptions) -> str:
     for name, (value, n) in metrics(result, options).items():
         if name == "ppl":
             parts.append(f"ppl {value:7.3f}")
-        else:
+        elif n:  # a metric without samples (a count of 0 asked for) says nothing
             lo, hi = interval(value, n)
             parts.append(f"{name} {100 * value:.0f}% [{100 * lo:.0f}–{100 * hi:.0f}] n={n}")
     return "  ".join(parts)
