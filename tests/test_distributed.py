@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import attngen
 from attngen import distributed
 from attngen.bench import world as distributed_bench
+from tests.patterns_gen import oracle_mask, text, trees
 
 # (pattern, query heads, kv heads, length, packed documents)
 CASES = [
@@ -88,6 +92,27 @@ def test_the_split_balances_work_and_names_what_each_rank_needs():
         assert all(not window.wanted(rank, p) for p in range(rank - 1))
     sinks = distributed.plan_shards("causal & (sink(64) | local(128))", 4096, 4, block=64)
     assert sinks.wanted(3, 0)[0] == (0, 64)  # the sink block comes from rank 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=trees, N=st.integers(1, 260), world=st.integers(1, 5),
+       block=st.sampled_from([None, 16, 32]))
+def test_every_allowed_key_is_in_its_rank_s_needs(tree, N, world, block):
+    """Random patterns (within causal) against the independent NumPy oracle: the split
+    covers 0..N in order, and every key an allowed pair of a rank's rows names lies in the
+    ranges that rank receives or holds, none after its last row."""
+    pattern = f"causal & ({text(tree)})"
+    shards = distributed.plan_shards(pattern, N, world, block=block)
+    assert shards.bounds[0] == 0 and shards.bounds[-1] == N
+    assert all(a <= b for a, b in zip(shards.bounds, shards.bounds[1:]))
+    allowed = oracle_mask(tree, N, N) & np.tri(N, N, dtype=bool)
+    for rank in range(world):
+        lo, hi = shards.rows(rank)
+        inside = np.zeros(N, dtype=bool)
+        for a, b in shards.needs[rank]:
+            inside[a:b] = True
+        assert not inside[hi:].any(), (pattern, rank)
+        assert not (allowed[lo:hi].any(0) & ~inside).any(), (pattern, rank, shards)
 
 
 @pytest.mark.parametrize("text, error, message", [
