@@ -18,9 +18,11 @@ visits, so
   read).
 
 Autograd: the exchange's backward sends the gradients of the received blocks back to their
-owners, who add them to their own. Patterns must lie within causal (a rank's queries then
-need no key after its last row) and be static; `heads { … }` mixtures and GQA work. The
-estimate of a dynamic pattern needs every key, so dynamic patterns are refused.
+owners, who add them to their own. `N` and `M` in a pattern mean the whole sequence's
+length (each rank's kernel call sees its own), so they are bound to it before the call.
+Patterns must lie within causal (a rank's queries then need no key after its last row) and
+be static; `heads { … }` mixtures and GQA work. The estimate of a dynamic pattern needs
+every key, so dynamic patterns are refused.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ import torch.distributed as dist
 
 import attngen
 from attngen.ir import simplify as S
+from attngen.ir.arith import M as M_SYM
+from attngen.ir.arith import N as N_SYM
 from attngen.ir.pattern import Pattern
 from attngen.runtime.compiler import _pattern
 
@@ -322,4 +326,7 @@ def attention(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tenso
         return q_local * 0 + 0 * (k_buf.sum() + v_buf.sum())
     lo, hi = shards.rows(rank)
     docs = None if doc_ids is None else doc_ids[:hi]
-    return attngen.attention(q_local, k_buf, v_buf, pattern, scale=scale, doc_ids=docs)
+    # the rank's call sees M = its rows and N = its prefix: N and M in the pattern mean the
+    # whole sequence's (a prefill, M = N), so they are bound to it first
+    whole = Pattern(S.bind(_pattern(pattern).node, {N_SYM: N, M_SYM: N}))
+    return attngen.attention(q_local, k_buf, v_buf, whole, scale=scale, doc_ids=docs)

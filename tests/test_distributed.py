@@ -27,6 +27,9 @@ CASES = [
     ("causal & document", 2, 2, 110, True),
     ("heads { 0: causal; 1: local(9); *: causal & (sink(4) | local(20)) }", 4, 2, 101, False),
     ("causal", 2, 2, 40, False),  # fewer blocks than ranks at world 4: empty shards
+    # N means the whole sequence's length, not a rank's prefix (tri-shape, MoA-style widths)
+    ("causal & (local(8) | sink(4) | where(q >= N - 6)) | causal & local(N // 5)", 2, 1, 93,
+     False),
 ]
 TOL = 1e-4  # fp32; the same kernels on different key buffers (zeros where never visited)
 

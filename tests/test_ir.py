@@ -6,6 +6,7 @@ import sys
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 
 import attngen
 from attngen import causal, dilated, full, heads, local, sink, strided, where
@@ -106,3 +107,18 @@ def test_mask_is_bottom_right_aligned():
     tail = attngen.parse("causal & (sink(2) | local(4))").mask(4, 16)[0]
     assert np.array_equal(tail.numpy(), full_mask[-4:].numpy())
     assert tail[0].int().tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_binding_the_lengths_keeps_the_mask_and_rebuilds_canonically():
+    from attngen.ir import simplify as S
+    from attngen.ir.arith import M, N
+
+    assert S.bind(attngen.parse("causal & local(N // 4)").node, {N: 1000, M: 1000}).text \
+        == "local(250)"
+    for text in ["causal & (local(16) | sink(4) | where(q >= N - 8))",
+                 "heads { 0: causal & local(N // 8); *: causal - local(M // 3) }",
+                 "causal & (local(64*((max(16, N // 8) + 15) // 16)) | sink(2))"]:
+        p = attngen.parse(text)
+        bound = attngen.Pattern(S.bind(p.node, {N: 61, M: 61}))
+        assert not bound.node.text.count("N") and not bound.node.text.count("M"), bound
+        assert torch.equal(bound.mask(61, heads=2), p.mask(61, heads=2)), text

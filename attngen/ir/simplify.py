@@ -161,3 +161,30 @@ def heads(kind: str, ranges: list[tuple[int, int, Node]], default: Node | None) 
         ranges=tuple(HeadRange(lo, hi, nodes[n.text]) for lo, hi, n in merged),
         default=nodes[default.text] if default is not None else -1,
     ))
+
+
+def bind(node: Node, env: dict) -> Node:
+    """`node` with symbols replaced by values (N and M by the lengths of one call), rebuilt
+    through the constructors above so the result is canonical: `causal & local(N // 4)`
+    with N = 1000 becomes `local(250)`."""
+    memo: dict[Node, Node] = {}
+
+    def go(n: Node) -> Node:
+        if n not in memo:
+            if n.op == "prim":
+                memo[n] = prim(n.name, tuple(p.xreplace(env) for p in n.params))
+            elif n.op == "where":
+                memo[n] = where(n.cond.xreplace(env))
+            elif n.op == "not":
+                memo[n] = neg(go(n.children[0]))
+            elif n.op in ("or", "and"):
+                memo[n] = (union if n.op == "or" else inter)(*[go(c) for c in n.children])
+            elif n.op == "heads":
+                memo[n] = heads(n.name, [(r.lo, r.hi, go(n.children[r.child]))
+                                         for r in n.ranges],
+                                go(n.children[n.default]) if n.default >= 0 else None)
+            else:
+                memo[n] = n
+        return memo[n]
+
+    return go(node)
