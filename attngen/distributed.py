@@ -13,9 +13,11 @@ visits, so
 - each rank receives only the K/V blocks its query rows visit, from the ranks that hold
   them (a window needs its neighbour's last w keys, a sink the first rank's first blocks,
   strided keys their residue blocks), by point-to-point sends that all ranks post at once;
-- its queries then run the ordinary single-GPU kernel against a key buffer of its prefix
-  length: the blocks it received and its own, zeros elsewhere (never visited, so never
-  read).
+- its queries then run the ordinary single-GPU kernel against a key buffer holding the
+  blocks it received and its own, zeros elsewhere (never visited, so never read). The
+  buffer starts at the rank's first needed key when the pattern depends on positions only
+  through q − k (local, band, strided, dilated, causal, document: `shift_invariant` in
+  ir/primitives.py), so a window's memory is O(rows + w); otherwise at position 0.
 
 Autograd: the exchange's backward sends the gradients of the received blocks back to their
 owners, who add them to their own. `N` and `M` in a pattern mean the whole sequence's
@@ -38,7 +40,9 @@ import attngen
 from attngen.ir import simplify as S
 from attngen.ir.arith import M as M_SYM
 from attngen.ir.arith import N as N_SYM
+from attngen.ir.node import walk
 from attngen.ir.pattern import Pattern
+from attngen.ir.primitives import PRIMITIVES
 from attngen.runtime.compiler import _pattern
 
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint [start, stop) position ranges
@@ -53,6 +57,14 @@ class Shards:
     bounds: tuple[int, ...]  # rank r holds positions bounds[r] .. bounds[r + 1] - 1
     needs: tuple[Ranges, ...]  # per rank: the key positions its queries visit (own included)
     work: tuple[int, ...]  # per rank: kv blocks its query blocks visit, summed over patterns
+    shift_invariant: bool = False  # the pattern moves with the positions (compact buffers)
+
+    def buffer_start(self, rank: int) -> int:
+        """The first position of `rank`'s key buffer: its first needed key when the pattern
+        is shift-invariant (the kernel then sees positions shifted by it), else 0."""
+        if not self.shift_invariant or not self.needs[rank]:
+            return 0
+        return self.needs[rank][0][0]
 
     def rows(self, rank: int) -> tuple[int, int]:
         return self.bounds[rank], self.bounds[rank + 1]
@@ -145,7 +157,17 @@ def _plan(text: str, N: int, world: int, block: int, doc_key: str | None) -> Sha
     bounds = tuple(min(N, e * block) for e in edges)
     needs = tuple(_ranges(visited[a:b].any(0), block, N) for a, b in zip(edges, edges[1:]))
     work = tuple(int(cost[a:b].sum()) for a, b in zip(edges, edges[1:]))
-    return Shards(N, block, bounds, needs, work)
+    return Shards(N, block, bounds, needs, work, _shift_invariant(pattern, N))
+
+
+def _shift_invariant(pattern: Pattern, N: int) -> bool:
+    """Whether the pattern, its lengths bound to N, reads positions only through q − k
+    (and document ids), so a rank may run its queries against a buffer starting at its
+    first needed key (ir/primitives.py: `shift_invariant`)."""
+    node = S.bind(pattern.node, {N_SYM: N, M_SYM: N})
+    return all(n.op in ("or", "and", "not", "empty", "heads")
+               or (n.op == "prim" and PRIMITIVES[n.name].shift_invariant)
+               for n in walk(node))
 
 
 def plan_shards(pattern: Pattern | str, N: int, world: int, block: int | None = None,
@@ -214,6 +236,7 @@ class Exchange:
     received_positions: int = 0
     received_bytes: int = 0
     sent_bytes: int = 0
+    buffer_positions: int = 0  # the key buffer's length (received and own rows, gaps)
 
 
 LAST_EXCHANGE = Exchange()
@@ -260,42 +283,45 @@ def _exchange(x: torch.Tensor, sends: dict[int, Ranges], receives: dict[int, Ran
 
 
 class _Gather(torch.autograd.Function):
-    """k_local, v_local → key buffers of this rank's prefix length holding its own rows and
-    the rows it visits from the others (zeros elsewhere); backward returns the received
-    rows' gradients to their owners."""
+    """k_local, v_local → key buffers from Shards.buffer_start to the rank's last row,
+    holding its own rows and the rows it visits from the others (zeros elsewhere); backward
+    returns the received rows' gradients to their owners."""
 
     @staticmethod
     def forward(ctx, k_local, v_local, shards: Shards, rank: int, group):
         ctx.shards, ctx.rank, ctx.group = shards, rank, group
         lo, hi = shards.rows(rank)
+        start = shards.buffer_start(rank)
         peers = range(len(shards.bounds) - 1)
         sends = {p: shards.wanted(p, rank) for p in peers}
         receives = {p: shards.wanted(rank, p) for p in peers}
         bufs, received, sent = [], 0, 0
         for x in (k_local, v_local):
-            buf = x.new_zeros((*x.shape[:2], hi, x.shape[3]))
-            buf[:, :, lo:hi] = x
+            buf = x.new_zeros((*x.shape[:2], hi - start, x.shape[3]))
+            buf[:, :, lo - start:hi - start] = x
             pieces, (got, gave) = _exchange(x, sends, receives, lo, group)
             for a, b, rows in pieces:
-                buf[:, :, a:b] = rows
+                buf[:, :, a - start:b - start] = rows
             bufs.append(buf)
             received, sent = received + got, sent + gave
         LAST_EXCHANGE.received_positions = shards.received(rank)
         LAST_EXCHANGE.received_bytes, LAST_EXCHANGE.sent_bytes = received, sent
+        LAST_EXCHANGE.buffer_positions = hi - start
         return tuple(bufs)
 
     @staticmethod
     def backward(ctx, grad_k, grad_v):
         shards, rank = ctx.shards, ctx.rank
         lo, hi = shards.rows(rank)
+        start = shards.buffer_start(rank)
         peers = range(len(shards.bounds) - 1)
         # what this rank received from p goes back to p; what p received from it comes back
         sends = {p: shards.wanted(rank, p) for p in peers}
         receives = {p: shards.wanted(p, rank) for p in peers}
         grads = []
         for g in (grad_k, grad_v):
-            own = g[:, :, lo:hi].clone()
-            pieces, _ = _exchange(g, sends, receives, 0, ctx.group)
+            own = g[:, :, lo - start:hi - start].clone()
+            pieces, _ = _exchange(g, sends, receives, start, ctx.group)
             for a, b, rows in pieces:
                 own[:, :, a - lo:b - lo] += rows
             grads.append(own)
@@ -325,7 +351,8 @@ def attention(q_local: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tenso
         # in the backward's exchange like the others
         return q_local * 0 + 0 * (k_buf.sum() + v_buf.sum())
     lo, hi = shards.rows(rank)
-    docs = None if doc_ids is None else doc_ids[:hi]
+    start = shards.buffer_start(rank)
+    docs = None if doc_ids is None else doc_ids[start:hi]
     # the rank's call sees M = its rows and N = its prefix: N and M in the pattern mean the
     # whole sequence's (a prefill, M = N), so they are bound to it first
     whole = Pattern(S.bind(_pattern(pattern).node, {N_SYM: N, M_SYM: N}))

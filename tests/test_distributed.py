@@ -70,6 +70,8 @@ def _worker(rank: int, world: int, init: str) -> None:
         assert got.received_positions == shards.received(rank)
         assert got.received_positions <= w + shards.block, got
         assert got.received_bytes == 2 * got.received_positions * 16 * 4  # K and V, fp32
+        lo, hi = shards.rows(rank)  # and holds them in a buffer of O(rows + w), not O(N)
+        assert got.buffer_positions <= hi - lo + w + shards.block, got
     finally:
         dist.destroy_process_group()
 

@@ -34,6 +34,9 @@ class PrimSpec:
     fractional: tuple[str, ...] = ()  # parameters not floored to integers
     atoms: Callable[..., list[dict] | None] | None = None  # exact boxes (module doc)
     hull: Callable[..., dict] | None = None  # a box holding it (default: its one atom)
+    # allowed(q + c, k + c) = allowed(q, k) for every shift c when the parameters are
+    # constants: it depends on q − k alone (document: on ids that move with the positions)
+    shift_invariant: bool = False
 
     def boxes(self, *params) -> list[dict] | None:
         """The exact boxes of the primitive with these parameters, or None."""
@@ -98,15 +101,19 @@ def _power(g):
 
 
 _SPECS = [
-    PrimSpec("full", (), {}, {}, lambda: sympy.true, doc="every key", atoms=lambda: [{}]),
+    PrimSpec("full", (), {}, {}, lambda: sympy.true, doc="every key", atoms=lambda: [{}],
+             shift_invariant=True),
     PrimSpec("causal", (), {}, {}, lambda: k <= q, doc="k <= q",
-             atoms=lambda: [{"dlo": 0}]),
+             atoms=lambda: [{"dlo": 0}],
+             shift_invariant=True),
     PrimSpec("local", ("w",), {}, {"w": 1}, lambda w: sympy.And(q - w < k, k <= q),
              doc="q - w < k <= q: w keys ending at the diagonal",
-             atoms=lambda w: [{"dlo": 0, "dhi": w - 1}]),
+             atoms=lambda w: [{"dlo": 0, "dhi": w - 1}],
+             shift_invariant=True),
     PrimSpec("band", ("l", "r"), {}, {"l": 0, "r": 0},
              lambda l, r: sympy.And(q - l <= k, k <= q + r), doc="q - l <= k <= q + r",
-             atoms=lambda l, r: [{"dlo": -r, "dhi": l}]),
+             atoms=lambda l, r: [{"dlo": -r, "dhi": l}],
+             shift_invariant=True),
     PrimSpec("sink", ("n",), {}, {"n": 1}, lambda n: k < n, doc="k < n",
              atoms=lambda n: [{"khi": n - 1}]),
     PrimSpec("columns", ("c",), {}, {"c": 0}, lambda *c: _any_eq(k, c), variadic=True,
@@ -114,7 +121,8 @@ _SPECS = [
     PrimSpec("rows", ("r",), {}, {"r": 0}, lambda *r: _any_eq(q, r), variadic=True,
              doc="q in {r, ...}", atoms=_on_runs("qlo", "qhi")),
     PrimSpec("strided", ("s",), {}, {"s": 1}, lambda s: sympy.Eq(sympy.Mod(q - k, s), 0),
-             doc="(q - k) mod s == 0"),
+             doc="(q - k) mod s == 0",
+             shift_invariant=True),
     PrimSpec("fixed", ("l", "c"), {}, {"l": 1, "c": 0},
              lambda l, c: sympy.Or(sympy.Eq(floordiv(k, l), floordiv(q, l)),
                                    sympy.Mod(k, l) >= l - c),
@@ -122,7 +130,8 @@ _SPECS = [
     PrimSpec("dilated", ("w", "d"), {}, {"w": 1, "d": 1},
              lambda w, d: sympy.And(q - k >= 0, q - k < w * d, sympy.Eq(sympy.Mod(q - k, d), 0)),
              doc="0 <= q - k < w*d and (q - k) mod d == 0",
-             hull=lambda w, d: {"dlo": 0, "dhi": w * d - 1}),
+             hull=lambda w, d: {"dlo": 0, "dhi": w * d - 1},
+             shift_invariant=True),
     PrimSpec("chunked", ("c",), {}, {"c": 1},
              lambda c: sympy.Eq(floordiv(q, c), floordiv(k, c)),
              doc="q // c == k // c: Llama 4's chunked attention (combine with causal)"),
@@ -132,7 +141,8 @@ _SPECS = [
              _radial, doc="Radial Attention token rule, frames of f tokens",
              fractional=("decay",)),
     PrimSpec("document", (), {}, {}, lambda: sympy.Eq(doc(q), doc(k)),
-             doc="doc_ids[q] == doc_ids[k] (ids given at run time)"),
+             doc="doc_ids[q] == doc_ids[k] (ids given at run time)",
+             shift_invariant=True),
     PrimSpec("vertical_slash", ("v", "s"), {}, {"v": 1, "s": 1}, None,
              doc="dynamic: MInference vertical and slash lines"),
     PrimSpec("block_topk", ("t", "g"), {"g": 64}, {"t": 1, "g": 1}, None,
