@@ -145,17 +145,23 @@ def _plan(text: str, N: int, world: int, block: int, doc_key: str | None) -> Sha
     docs = None if doc_key is None else _DOCS[doc_key]
     QB = KB = -(-N // block)
     cost = np.zeros(QB, dtype=np.int64)
-    visited = np.zeros((QB, KB), dtype=bool)  # any pattern's blocks, per query block
+    tables = []  # (offsets, kv block indices) of every pattern's partial and full blocks
     for node in dict.fromkeys(nodes):  # each distinct head pattern weighs the same
         lay = attngen.layout(Pattern(node), N, N, block=block, doc_ids=docs)
         for csr in (lay.partial[0], lay.full[0]):
-            rows = np.repeat(np.arange(QB), csr.counts)
-            visited[rows, csr.indices] = True
+            tables.append((csr.offsets, csr.indices))
             cost += csr.counts
     cuts = _balanced_cuts(cost, world)
     edges = [0, *cuts, QB]
     bounds = tuple(min(N, e * block) for e in edges)
-    needs = tuple(_ranges(visited[a:b].any(0), block, N) for a, b in zip(edges, edges[1:]))
+
+    def visited(a: int, b: int) -> np.ndarray:  # kv blocks query blocks a .. b − 1 visit
+        flags = np.zeros(KB, dtype=bool)
+        for offsets, indices in tables:
+            flags[indices[offsets[a]:offsets[b]]] = True
+        return flags
+
+    needs = tuple(_ranges(visited(a, b), block, N) for a, b in zip(edges, edges[1:]))
     work = tuple(int(cost[a:b].sum()) for a, b in zip(edges, edges[1:]))
     return Shards(N, block, bounds, needs, work, _shift_invariant(pattern, N))
 
