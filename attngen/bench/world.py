@@ -53,19 +53,25 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int], list[f
 
 
 def _dense(q_rows: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor, lo: int):
-    """All keys gathered (equal shares), then causal SDPA of this rank's rows."""
+    """All keys gathered (equal shares), then causal SDPA of this rank's rows against the
+    keys up to its last row: is_causal for the first rank (its rows start at 0), a
+    lower-right causal bias for the others (no M × N mask is ever built)."""
+    from torch.nn.attention.bias import causal_lower_right
+
     world = dist.get_world_size()
     parts_k = [torch.empty_like(k_local) for _ in range(world)]
     parts_v = [torch.empty_like(v_local) for _ in range(world)]
     dist.all_gather(parts_k, k_local.contiguous())
     dist.all_gather(parts_v, v_local.contiguous())
-    k, v = torch.cat(parts_k, 2), torch.cat(parts_v, 2)
     M = q_rows.shape[2]
-    mask = torch.arange(k.shape[2], device=k.device)[None, :] <= \
-        torch.arange(lo, lo + M, device=k.device)[:, None]
+    k, v = torch.cat(parts_k, 2)[:, :, :lo + M], torch.cat(parts_v, 2)[:, :, :lo + M]
+    if lo == 0:
+        return torch.nn.functional.scaled_dot_product_attention(q_rows, k, v, is_causal=True,
+                                                                enable_gqa=True)
+    group = q_rows.shape[1] // k.shape[1]  # the bias path takes no enable_gqa
+    k, v = (t.repeat_interleave(group, 1) for t in (k, v))
     return torch.nn.functional.scaled_dot_product_attention(
-        q_rows, k[:, :, :lo + M], v[:, :, :lo + M], attn_mask=mask[:, :lo + M],
-        enable_gqa=True)
+        q_rows, k, v, attn_mask=causal_lower_right(M, lo + M))
 
 
 def run(lengths: list[int], patterns: list[str] | None, heads: int, kv_heads: int,
