@@ -13,7 +13,7 @@ timeout ${E2E_S:-330} python3 -m attngen bench --model llama3-8b:layers=4 \
   --lengths ${LENGTHS:-32768 65536 131072} --batch 1 --decode-cache 131072 --decode-batch 8 \
   --out "$OUT/e2e_searched.json" --md "$OUT/e2e_searched.md" > "$OUT/searched.log" 2>&1
 echo "searched exit $? at $(date -u +%T)"; tail -20 "$OUT/searched.log"
-timeout ${WORLD_S:-120} python3 -m torch.distributed.run --nproc-per-node 1 -m attngen bench \
+timeout ${WORLD_S:-120} python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m attngen bench \
   --world 1 --lengths 131072 --heads 32 --kv-heads 8 --head-dim 128 --repeats 5 \
   --out "$OUT/world1.json" --md "$OUT/world1.md" > "$OUT/world1.log" 2>&1
 echo "world exit $? at $(date -u +%T)"; tail -8 "$OUT/world1.log"

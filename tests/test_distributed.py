@@ -137,7 +137,8 @@ def test_bench_world_under_torchrun_writes_every_pattern(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out, md = tmp_path / "w.json", tmp_path / "w.md"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", "2",
                     "-m", "attngen", "bench", "--world", "2", "--lengths", "512", "--heads",
                     "2", "--kv-heads", "1", "--head-dim", "16", "--repeats", "1", "--out",
                     str(out), "--md", str(md)], check=True, env=env, capture_output=True,
