@@ -96,7 +96,7 @@ def _check(pattern: Pattern) -> None:
         raise NotImplementedError(f"`{pattern}`: a dynamic pattern estimates from every key; "
                                   "attngen.distributed runs static patterns only")
     nodes = pattern.node.children if pattern.node.op == "heads" else (pattern.node,)
-    causal = attngen.parse("causal").node
+    causal = S.prim("causal")
     for node in nodes:
         if not S.subset(node, causal):
             raise ValueError(f"`{node.text}` is not within causal: attngen.distributed needs "

@@ -198,12 +198,17 @@ class Timer:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def __call__(self, fn: Callable, repeats: int, warmup: int = 1) -> list[float]:
+    def __call__(self, fn: Callable, repeats: int, warmup: int = 1,
+                 before: Callable | None = None) -> list[float]:
+        """Times of `repeats` calls after `warmup` untimed ones; `before` runs untimed ahead
+        of each timed call (attngen.bench.world: a barrier, so ranks start together)."""
         for _ in range(warmup):
             fn()
         self.sync()
         times = []
         for _ in range(repeats):
+            if before is not None:
+                before()
             if self.cuda:
                 start = torch.cuda.Event(enable_timing=True)
                 end = torch.cuda.Event(enable_timing=True)

@@ -26,30 +26,10 @@ import torch
 import torch.distributed as dist
 
 from attngen import distributed
+from attngen.bench.model import Timer
 
 PATTERNS = ["causal", "causal & local(4096)", "causal & (sink(128) | local(4096))",
             "causal & document"]
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object], int], list[float]]:
-    def time_it(fn: Callable[[], object], repeats: int) -> list[float]:
-        fn()  # warm-up: compiles, plans, first exchange
-        out = []
-        for _ in range(repeats):
-            dist.barrier()
-            if device.type == "cuda":
-                start, stop = torch.cuda.Event(True), torch.cuda.Event(True)
-                start.record()
-                fn()
-                stop.record()
-                torch.cuda.synchronize()
-                out.append(start.elapsed_time(stop))
-            else:
-                t = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t) * 1e3)
-        return out
-    return time_it
 
 
 def _dense(q_rows: torch.Tensor, k_local: torch.Tensor, v_local: torch.Tensor, lo: int):
@@ -81,7 +61,12 @@ def run(lengths: list[int], patterns: list[str] | None, heads: int, kv_heads: in
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
         else torch.device("cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    time_it = _timer(device)
+    timer = Timer(device)
+
+    def time_it(fn: Callable[[], object], repeats: int) -> list[float]:
+        # warm-up: compiles, plans, first exchange; ranks start each timed call together
+        return timer(fn, repeats, before=dist.barrier)
+
     rows = []
     for N in lengths:
         g = torch.Generator(device="cpu").manual_seed(N)
